@@ -1,0 +1,50 @@
+"""Shared fixtures and hypothesis settings for the test suite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Two cores: keep torch from oversubscribing them when pytest-xdist runs two workers.
+torch.set_num_threads(1)
+
+settings.register_profile(
+    "default",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+settings.load_profile("default")
+
+
+class ConstantDenoiser(torch.nn.Module):
+    """A denoiser that ignores its input and returns the same logits everywhere.
+
+    Accepts ids (B, L), soft inputs (B, L, K) or a bag ``(ids, weights)``; returns (B, L, K).
+    """
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+
+    def forward(self, z_t, sigma, **cond):
+        ids = z_t[0] if isinstance(z_t, tuple) else z_t
+        b, l = ids.shape[:2]
+        return self.logits.expand(b, l, -1)
+
+
+@pytest.fixture
+def constant_denoiser():
+    def make(vocab_size: int, logits: torch.Tensor | None = None) -> ConstantDenoiser:
+        return ConstantDenoiser(torch.zeros(vocab_size) if logits is None else logits)
+
+    return make
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)

@@ -1,0 +1,182 @@
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from discdiff import GaussianCurriculum, MaskedDiffusion, UniformDiffusion
+from discdiff.schedules import LogLinearSchedule
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_training_snippet_runs():
+    text = README.read_text()
+    blocks = re.findall(r"<!-- snippet: training-step -->\s*```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "README must hold exactly one training-step snippet"
+    code = blocks[0]
+    assert len(code.strip().splitlines()) <= 20
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert math.isfinite(namespace["loss"].item())
+
+
+class Recorder(torch.nn.Module):
+    """A tiny denoiser that records what it was called with."""
+
+    def __init__(self, vocab_size: int, hidden: int = 8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab_size, hidden)
+        self.out = torch.nn.Linear(hidden, vocab_size)
+        self.calls: list = []
+
+    def forward(self, z_t, sigma):
+        self.calls.append((z_t, sigma))
+        if isinstance(z_t, tuple):
+            ids, weights = z_t
+            h = (self.emb(ids) * weights.unsqueeze(-1)).sum(-2)
+        elif z_t.is_floating_point():
+            h = z_t @ self.emb.weight
+        else:
+            h = self.emb(z_t)
+        return self.out(h)
+
+
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 40), step=st.integers(0, 20))
+def test_uniform_loss_is_finite_nonnegative_per_token(seed, vocab, step):
+    g = torch.Generator().manual_seed(seed)
+    x_0 = torch.randint(0, vocab, (3, 5), generator=g)
+    diffusion = UniformDiffusion(vocab, curriculum=GaussianCurriculum(end_step=10))
+    model = Recorder(vocab)
+    loss = diffusion.loss(model, x_0, step=step, generator=g)
+    assert loss.shape == (3, 5)
+    assert torch.isfinite(loss).all() and (loss >= -1e-5).all()
+    z_t, sigma = model.calls[-1]
+    assert sigma.shape == (3,) and (sigma > 0).all()
+    if step < 10:  # the curriculum feeds relaxed probabilities
+        assert z_t.shape == (3, 5, vocab)
+        torch.testing.assert_close(z_t.sum(-1), torch.ones(3, 5))
+    else:
+        assert z_t.shape == (3, 5) and not z_t.is_floating_point()
+
+
+def test_curriculum_top_k_feeds_a_bag():
+    g = torch.Generator().manual_seed(0)
+    x_0 = torch.randint(0, 50, (2, 4), generator=g)
+    curriculum = GaussianCurriculum(end_step=5, top_k=4)
+    model = Recorder(50)
+    loss = UniformDiffusion(50, curriculum=curriculum).loss(model, x_0, generator=g)
+    ids, weights = model.calls[-1][0]
+    assert ids.shape == weights.shape == (2, 4, 4)
+    assert torch.isfinite(loss).all()
+
+
+def test_curriculum_noise_levels_follow_the_transform():
+    g = torch.Generator().manual_seed(0)
+    diffusion = UniformDiffusion(1000, curriculum=GaussianCurriculum(-3.55, -1.85, end_step=1))
+    model = Recorder(1000)
+    t = torch.tensor([1e-3, 0.5, 1.0])
+    diffusion.loss(model, torch.zeros(3, 2, dtype=torch.long), t=t, generator=g)
+    sigma = model.calls[-1][1]
+    schedule = diffusion.curriculum_schedule
+    torch.testing.assert_close(sigma, -torch.log(schedule.alpha(t)))
+    assert (sigma[1:] > sigma[:-1]).all()
+
+
+def test_curriculum_gradient_reaches_the_model():
+    g = torch.Generator().manual_seed(0)
+    model = Recorder(30)
+    loss = UniformDiffusion(30, curriculum=GaussianCurriculum()).loss(
+        model, torch.randint(0, 30, (2, 6), generator=g), generator=g
+    )
+    loss.mean().backward()
+    assert model.emb.weight.grad.abs().sum() > 0 and model.out.weight.grad.abs().sum() > 0
+
+
+def test_temperature_anneals_log_linearly():
+    c = GaussianCurriculum(tau=1e-1, tau_end=1e-3, end_step=100)
+    assert c.tau_at(0) == pytest.approx(1e-1)
+    assert c.tau_at(50) == pytest.approx(1e-2)
+    assert c.tau_at(100) == pytest.approx(1e-3)
+
+
+def _exact_uniform_denoiser(p_data: torch.Tensor):
+    """x_hat(z_t) = p(x_0 | z_t) by Bayes' rule for single-token data with law p_data."""
+    vocab = p_data.numel()
+
+    def denoiser(z_t, sigma):
+        alpha = torch.exp(-sigma.double()).view(-1, 1, 1)
+        likelihood = alpha * torch.nn.functional.one_hot(z_t, vocab).double() + (1 - alpha) / vocab
+        posterior = p_data * likelihood
+        return torch.log(posterior / posterior.sum(-1, keepdim=True)).float()
+
+    return denoiser
+
+
+def test_uniform_validation_bound_is_above_the_true_nll():
+    p_data = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    entropy = -(p_data * p_data.log()).sum().item()
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    x_0 = torch.multinomial(p_data, n, replacement=True, generator=g).view(n, 1)
+    bound = UniformDiffusion(3).nelbo(_exact_uniform_denoiser(p_data), x_0, generator=g)
+    total = bound.total.mean().item()
+    stderr = bound.total.std().item() / math.sqrt(n)
+    assert total >= entropy - 4 * stderr
+    assert total <= entropy + 0.05  # an exact denoiser makes the bound nearly tight
+    assert (bound.prior >= 0).all() and (bound.reconstruction >= 0).all()
+
+
+def test_masked_loss_vanishes_on_unmasked_tokens():
+    g = torch.Generator().manual_seed(0)
+    diffusion = MaskedDiffusion(7)
+    model = Recorder(8)
+    x_0 = torch.randint(0, 7, (4, 16), generator=g)
+    loss = diffusion.loss(model, x_0, generator=g)
+    z_t = model.calls[-1][0]
+    assert (loss[z_t != diffusion.mask_id] == 0).all()
+    assert (loss[z_t == diffusion.mask_id] > 0).all()
+    bound = diffusion.nelbo(model, x_0, generator=g)
+    assert torch.isfinite(bound.total).all()
+
+
+def test_masked_validation_bound_is_above_the_true_nll():
+    p_data = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    entropy = -(p_data * p_data.log()).sum().item()
+
+    def denoiser(z_t, sigma):  # SUBS: the exact posterior of a masked token is p_data
+        logits = torch.log(p_data).float().expand(*z_t.shape, 3)
+        return torch.cat([logits, torch.zeros(*z_t.shape, 1)], dim=-1)
+
+    g = torch.Generator().manual_seed(1)
+    n = 20000
+    x_0 = torch.multinomial(p_data, n, replacement=True, generator=g).view(n, 1)
+    bound = MaskedDiffusion(3).nelbo(denoiser, x_0, generator=g)
+    total = bound.total.mean().item()
+    assert entropy - 4 * bound.total.std().item() / math.sqrt(n) <= total <= entropy + 0.05
+
+
+def test_bad_inputs_name_the_culprit():
+    diffusion = UniformDiffusion(10)
+    model = Recorder(10)
+    with pytest.raises(ValueError, match="x_0"):
+        diffusion.loss(model, torch.full((2, 3), 10))
+    with pytest.raises(ValueError, match="denoiser"):
+        diffusion.loss(lambda z, s: torch.zeros(2, 3, 9), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        diffusion.loss(
+            lambda z, s: torch.full((2, 3, 10), float("nan")), torch.zeros(2, 3, dtype=torch.long)
+        )
+    with pytest.raises(ValueError, match="vocab_size"):
+        UniformDiffusion(1)
+    with pytest.raises(ValueError, match="tau"):
+        GaussianCurriculum(tau=0.0)
+    with pytest.raises(ValueError, match="t must"):
+        diffusion.loss(model, torch.zeros(2, 3, dtype=torch.long), t=torch.rand(3))
+
+
+def test_default_schedule_is_log_linear():
+    assert isinstance(UniformDiffusion(5).schedule, LogLinearSchedule)
