@@ -88,7 +88,9 @@ class NELBO:
     def total(self) -> Tensor:
         return self.diffusion + self.prior + self.reconstruction
 
-    terms = "diffusion (continuous time, t in [eps, 1]) + prior KL at t = 1 + reconstruction at t = eps"
+    terms = (
+        "diffusion (continuous time, t in [eps, 1]) + prior KL at t = 1 + reconstruction at t = eps"
+    )
 
 
 def _column(x: Tensor) -> Tensor:
@@ -228,13 +230,15 @@ class UniformDiffusion:
         check_tokens(x_0, self.vocab_size, "x_0")
         t = _draw_times(x_0, self.eps, t, generator)
         # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
-        diffusion = (1 - self.eps) * self.discrete_loss(denoiser, x_0, t, generator=generator, **cond)
+        diffusion = (1 - self.eps) * self.discrete_loss(
+            denoiser, x_0, t, generator=generator, **cond
+        )
         one = torch.ones(x_0.shape[0], 1, device=x_0.device)
         prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
         alpha_eps = self.schedule.alpha(one * self.eps)
         z_eps = processes.uniform_corrupt(x_0, alpha_eps, self.vocab_size, generator=generator)
         logits = self._denoise(denoiser, z_eps, alpha_eps, x_0, **cond)
-        reconstruction = losses.uniform_reconstruction(logits, x_0)
+        reconstruction = losses.uniform_reconstruction(logits, x_0, z_eps, alpha_eps)
         return NELBO(diffusion.float(), prior.float(), reconstruction.float())
 
     def sample(
@@ -318,7 +322,7 @@ class MaskedDiffusion:
         t = _draw_times(x_0, self.eps, t, generator)
         diffusion = (1 - self.eps) * self.loss(denoiser, x_0, t=t, generator=generator, **cond)
         one = torch.ones(x_0.shape[0], 1, device=x_0.device)
-        prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one))
+        prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
         alpha_eps = self.schedule.alpha(one * self.eps)
         z_eps = processes.masked_corrupt(x_0, alpha_eps, self.mask_id, generator=generator)
         logits = self._denoise(denoiser, z_eps, alpha_eps, **cond)
@@ -344,4 +348,3 @@ class MaskedDiffusion:
             mask_id=self.mask_id,
             **kwargs,
         )
-

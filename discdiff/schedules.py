@@ -5,8 +5,8 @@ Notation: t in [0, 1], t = 0 clean, t = 1 pure noise; alpha_t decreases from 1 t
 own schedule only needs the same three: ``alpha(t)``, ``dalpha_dt(t)`` and ``inverse(alpha)``.
 
 The Gaussian schedule of Duo is separate: ``GammaSchedule`` gives the Gaussian signal level
-alpha_tilde_t with alpha_tilde^2 = sigmoid(-gamma_t), gamma_t linear in t; the duality module maps it
-to a discrete alpha_t through the transform T.
+alpha_tilde_t with alpha_tilde^2 = sigmoid(-gamma_t), gamma_t linear in t; the duality module
+maps it to a discrete alpha_t through the transform T.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypeVar, Union
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from beartype import beartype
@@ -29,9 +29,10 @@ PerToken = Float[Tensor, "b l"]
 """A per-token quantity (a loss, a weight), shape (B, L)."""
 Bag = tuple[Int[Tensor, "b l n"], Float[Tensor, "b l n"]]
 """Top-n (ids, weights) per position: a sparse soft input, embedded as a weighted bag."""
-DenoiserInput = Union[Tokens, Probs, Bag]
+DenoiserInput = Tokens | Probs | Bag
 
 
+@runtime_checkable
 class Denoiser(Protocol):
     """Anything that maps a noisy sequence and a noise level to logits over the clean token.
 
@@ -92,8 +93,13 @@ def check_tokens(x: Tensor, vocab_size: int, name: str) -> None:
             )
 
 
-def check_range(x: Tensor | float, name: str, lo: float, hi: float, *, open_lo: bool = False) -> None:
-    """Raise ValueError unless every value of ``x`` is finite and in [lo, hi] ((lo, hi] if open_lo)."""
+def check_range(
+    x: Tensor | float, name: str, lo: float, hi: float, *, open_lo: bool = False
+) -> None:
+    """Raise ValueError unless every value of ``x`` is finite and in [lo, hi].
+
+    With ``open_lo`` the interval is (lo, hi].
+    """
     if not checks_enabled():
         return
     t = torch.as_tensor(x)
@@ -122,7 +128,8 @@ def check_logits(logits: Tensor, vocab_size: int, name: str = "logits") -> None:
     """Raise ValueError unless logits have K = vocab_size on the last axis and hold no NaN."""
     if logits.shape[-1] != vocab_size:
         raise ValueError(
-            f"{name} has {logits.shape[-1]} classes on its last axis, expected vocab_size={vocab_size}"
+            f"{name} has {logits.shape[-1]} classes on its last axis, "
+            f"expected vocab_size={vocab_size}"
         )
     check_finite(logits, name)
 
@@ -163,7 +170,9 @@ def call_denoiser(
     expected = (batch_size, length, vocab_size)
     if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"denoiser returned logits of shape {got}, expected (B, L, K) = {expected}")
+        raise ValueError(
+            f"denoiser returned logits of shape {got}, expected (B, L, K) = {expected}"
+        )
     if checks_enabled() and bool(torch.isnan(logits).any()):
         raise ValueError("denoiser returned NaN logits")
     return logits

@@ -104,14 +104,15 @@ def test_temperature_anneals_log_linearly():
 
 
 def _exact_uniform_denoiser(p_data: torch.Tensor):
-    """x_hat(z_t) = p(x_0 | z_t) by Bayes' rule for single-token data with law p_data."""
-    vocab = p_data.numel()
+    """The denoiser that makes the reverse process exact for single-token data with law p_data.
+
+    The posterior q(z_s | z_t, x_hat) is a ratio N(x_hat) / D(x_hat) of functions linear in
+    x_hat, with D(x) = K q(z_t | x); it equals the true reverse sum_x p(x | z_t) N(x) / D(x) when
+    x_hat(x) is proportional to p(x | z_t) / q(z_t | x), i.e. to p_data itself (Bayes' rule).
+    """
 
     def denoiser(z_t, sigma):
-        alpha = torch.exp(-sigma.double()).view(-1, 1, 1)
-        likelihood = alpha * torch.nn.functional.one_hot(z_t, vocab).double() + (1 - alpha) / vocab
-        posterior = p_data * likelihood
-        return torch.log(posterior / posterior.sum(-1, keepdim=True)).float()
+        return torch.log(p_data).float().expand(*z_t.shape, p_data.numel())
 
     return denoiser
 
@@ -126,7 +127,7 @@ def test_uniform_validation_bound_is_above_the_true_nll():
     total = bound.total.mean().item()
     stderr = bound.total.std().item() / math.sqrt(n)
     assert total >= entropy - 4 * stderr
-    assert total <= entropy + 0.05  # an exact denoiser makes the bound nearly tight
+    assert total <= entropy + 0.01  # an exact denoiser makes the bound nearly tight
     assert (bound.prior >= 0).all() and (bound.reconstruction >= 0).all()
 
 

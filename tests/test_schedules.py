@@ -45,7 +45,9 @@ def test_gamma_schedule_is_variance_preserving_with_exact_derivative(t, g0, widt
     s = GammaSchedule(g0, g0 + width)
     tt = torch.tensor([t], dtype=torch.float64, requires_grad=True)
     a = s.alpha_tilde(tt)
-    torch.testing.assert_close(a.square() + s.sigma_tilde(tt.detach()).square(), torch.ones(1, dtype=torch.float64))
+    torch.testing.assert_close(
+        a.square() + s.sigma_tilde(tt.detach()).square(), torch.ones(1, dtype=torch.float64)
+    )
     (grad,) = torch.autograd.grad(a.sum(), tt)
     torch.testing.assert_close(s.dalpha_tilde_dt(tt.detach()), grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(s.inverse(a.detach()), tt.detach(), rtol=1e-8, atol=1e-8)
