@@ -270,10 +270,19 @@ class MaskedDiffusion:
             returns K + 1 logits (``model_vocab_size``); its mask logit is ignored.
         schedule: alpha_t (default log-linear).
         eps: the smallest time.
+        time_conditioned: whether the denoiser sees the noise level. MDLM's default is no: the
+            denoiser then gets sigma = 0, and the sampler may reuse x_hat while no token changes.
     """
 
-    def __init__(self, vocab_size: int, schedule: Schedule | None = None, eps: float = 1e-3):
+    def __init__(
+        self,
+        vocab_size: int,
+        schedule: Schedule | None = None,
+        eps: float = 1e-3,
+        time_conditioned: bool = False,
+    ):
         check_vocab_size(vocab_size)
+        self.time_conditioned = time_conditioned
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
         self.model_vocab_size = vocab_size + 1
@@ -282,6 +291,8 @@ class MaskedDiffusion:
 
     def _denoise(self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, **cond: Any) -> Tensor:
         sigma = -torch.log(alpha_t.squeeze(-1))
+        if not self.time_conditioned:
+            sigma = torch.zeros_like(sigma)
         b, l = z_t.shape
         return call_denoiser(
             denoiser, z_t, sigma, batch_size=b, length=l, vocab_size=self.model_vocab_size, **cond
@@ -346,5 +357,6 @@ class MaskedDiffusion:
             schedule=self.schedule,
             vocab_size=self.model_vocab_size,
             mask_id=self.mask_id,
+            time_conditioned=self.time_conditioned,
             **kwargs,
         )

@@ -181,3 +181,24 @@ def test_bad_inputs_name_the_culprit():
 
 def test_default_schedule_is_log_linear():
     assert isinstance(UniformDiffusion(5).schedule, LogLinearSchedule)
+
+
+@pytest.mark.parametrize("time_conditioned", [False, True])
+def test_masked_denoiser_sees_the_noise_level_only_when_time_conditioned(time_conditioned):
+    diffusion = MaskedDiffusion(5, time_conditioned=time_conditioned)
+    model = Recorder(6)
+    diffusion.loss(model, torch.zeros(3, 4, dtype=torch.long), t=torch.tensor([0.2, 0.5, 0.9]))
+    assert (model.calls[-1][1] > 0).all() == time_conditioned
+    samples = diffusion.sample(model, 2, 4, steps=4, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 4) and (samples < 5).all()
+    assert (model.calls[-1][1] > 0).any() == time_conditioned
+
+
+def test_uniform_sampling_reproduces_a_single_token_law():
+    p_data = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    denoiser = _exact_uniform_denoiser(p_data)
+    samples = UniformDiffusion(3).sample(denoiser, 20000, 1, 8, greedy_tail=False, generator=g)
+    freq = torch.bincount(samples.flatten(), minlength=3).double() / samples.numel()
+    # 5 standard errors of a multinomial frequency at n = 20000
+    assert (freq - p_data).abs().max() < 5 * math.sqrt(0.25 / 20000)

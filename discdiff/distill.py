@@ -1,0 +1,496 @@
+"""Discrete Consistency Distillation (DCD, SPEC §6): few-step generation from a Duo model.
+
+Notation: ``x_0`` clean tokens (B, L); K the vocabulary size; t in [0, 1] the time of the Gaussian
+gamma-schedule (gamma linear in t from ``gamma_min`` to ``gamma_max``), with Gaussian signal level
+alpha_tilde_t, sigma_tilde_t = sqrt(1 - alpha_tilde_t^2), and discrete signal level
+alpha_t = T(alpha_tilde_t) (``GaussianArgmaxTransform``); the denoisers see
+sigma = -log(alpha_t), shape (B,).
+
+One distillation step draws, for one shared eps ~ N(0, I_K) per token, the deterministic (DDIM)
+pair of Gaussian latents w_t = alpha_tilde_t x + sigma_tilde_t eps and
+w_s = alpha_tilde_s x + sigma_tilde_s eps at s = t - dt, maps both through argmax to
+(z_t, z_s), runs the student at (z_t, t) and the frozen teacher at (z_s, s), and returns the
+per-token KL(p_student || p_teacher) (or the reverse). Only the two argmaxes matter, so the pair
+is drawn exactly from three scalars per token (``argmax_pair``): no (B, L, K) noise is drawn.
+Training runs in rounds: round n uses dt = 2^n / T; at the end of each round the teacher is
+overwritten by the student (or its EMA).
+The distilled student samples with the ordinary ancestral sampler in few steps, on
+``DCDistiller.schedule`` (the time axis it was trained on).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from discdiff import losses
+from discdiff.duality import DualSchedule, GaussianArgmaxTransform
+from discdiff.schedules import GammaSchedule
+from discdiff.typing import (
+    Denoiser,
+    call_denoiser,
+    check_range,
+    check_tokens,
+    check_vocab_size,
+    typechecked,
+)
+
+__all__ = ["DCDistiller", "argmax_pair", "token_kl"]
+
+Divergence = Literal["kl_student_teacher", "kl_teacher_student"]
+
+# Rows of (B*L, K) logits per chunk of the KL: small on CPU (cache), large on accelerators.
+_CPU_CHUNK_ELEMENTS = 1 << 19
+_DEVICE_CHUNK_ELEMENTS = 1 << 26
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared-noise argmax pair, without the (B, L, K) noise
+# ----------------------------------------------------------------------------------------------
+
+
+def _signal_to_noise(alpha_tilde: Tensor) -> Tensor:
+    """nu = alpha_tilde / sigma_tilde in float64 (inf at alpha_tilde = 1)."""
+    a = alpha_tilde.to(torch.float64)
+    return a / ((1 - a) * (1 + a)).clamp_min(0).sqrt()
+
+
+@typechecked
+def argmax_pair(
+    x_0: Int[Tensor, "b l"],
+    alpha_tilde_t: Float[Tensor, "b _l"],
+    alpha_tilde_s: Float[Tensor, "b _l"],
+    vocab_size: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[Int[Tensor, "b l"], Int[Tensor, "b l"]]:
+    """(z_t, z_s) = (argmax w_t, argmax w_s) for w = alpha_tilde onehot(x_0) + sigma_tilde eps with
+    one eps ~ N(0, I_K) shared by both levels; ``alpha_tilde_*`` are (B, 1) or (B, L) in [0, 1].
+
+    Exact in law, and O(1) per token instead of O(K): eps is never drawn. Every coordinate but
+    the clean one is sigma_tilde eps_k at both levels, so the best rival is the same class j at
+    both levels, uniform over the K - 1 others, with value sigma_tilde m, m the maximum of K - 1
+    standard normals (drawn by inverting its cdf Phi(m)^(K-1)). The clean coordinate wins at a
+    level iff alpha_tilde / sigma_tilde + eps_x > m. Each of z_t, z_s has the uniform-state law
+    with alpha = T(alpha_tilde); their joint law is that of ``processes.gaussian_latent`` called
+    twice with the same ``noise``. Returns two int64 (B, L) tensors.
+    """
+    check_vocab_size(vocab_size)
+    check_tokens(x_0, vocab_size, "x_0")
+    check_range(alpha_tilde_t, "alpha_tilde_t", 0.0, 1.0)
+    check_range(alpha_tilde_s, "alpha_tilde_s", 0.0, 1.0)
+    for name, a in (("alpha_tilde_t", alpha_tilde_t), ("alpha_tilde_s", alpha_tilde_s)):
+        if a.shape[1] not in (1, x_0.shape[1]):
+            raise ValueError(
+                f"{name} must be (B, 1) or (B, L) = {tuple(x_0.shape)}, got {tuple(a.shape)}"
+            )
+    shape, device = x_0.shape, x_0.device
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    eps_x = torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
+    offset = torch.randint(1, vocab_size, shape, generator=generator, device=device)
+    rival = torch.remainder(x_0.long() + offset, vocab_size)
+    # m = Phi^-1(u^(1/(K-1))) through the upper tail: 1 - u^(1/(K-1)) keeps its precision.
+    m = -torch.special.ndtri(-torch.expm1(torch.log(u) / (vocab_size - 1)))
+    margin = eps_x - m
+    z_t = torch.where(_signal_to_noise(alpha_tilde_t) + margin > 0, x_0.long(), rival)
+    z_s = torch.where(_signal_to_noise(alpha_tilde_s) + margin > 0, x_0.long(), rival)
+    return z_t, z_s
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token KL between two softmaxes, lean in memory
+# ----------------------------------------------------------------------------------------------
+
+
+def _chunk_rows(k: int, device: torch.device) -> int:
+    budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
+    return max(1, budget // k)
+
+
+def _log_ratio(p_logits: Tensor, q_logits: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(p, log p - log q) for a chunk of rows, in ``dtype``; 0 where p = 0 (no 0 * inf NaNs)."""
+    log_p = torch.log_softmax(p_logits.to(dtype), dim=-1)
+    log_q = torch.log_softmax(q_logits.to(dtype), dim=-1)
+    p = log_p.exp()
+    return p, torch.where(p > 0, log_p - log_q, 0.0)
+
+
+class _TokenKL(torch.autograd.Function):
+    """KL(softmax(a) || softmax(b)) per row of (N, K) logits, processed in chunks of rows.
+
+    Saves only the two logits tensors (which exist anyway): no (N, K) temporary outlives a chunk.
+    With p = softmax(a), q = softmax(b), d = log p - log q and kl = sum p d:
+    d kl / d a = p (d - kl) and d kl / d b = q - p.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:  # type: ignore[override]
+        n, k = a.shape
+        out = torch.empty(n, dtype=dtype, device=a.device)
+        step = _chunk_rows(k, a.device)
+        for r0 in range(0, n, step):
+            p, d = _log_ratio(a[r0 : r0 + step], b[r0 : r0 + step], dtype)
+            out[r0 : r0 + step] = (p * d).sum(-1)
+        ctx.save_for_backward(a, b, out)
+        ctx.dtype = dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        a, b, kl = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_a = torch.empty_like(a) if need_a else None
+        grad_b = torch.empty_like(b) if need_b else None
+        n, k = a.shape
+        step = _chunk_rows(k, a.device)
+        for r0 in range(0, n, step):
+            rows = slice(r0, r0 + step)
+            g = grad[rows].to(ctx.dtype).unsqueeze(-1)
+            p, d = _log_ratio(a[rows], b[rows], ctx.dtype)
+            if grad_a is not None:
+                grad_a[rows] = g * p * (d - kl[rows].unsqueeze(-1))
+            if grad_b is not None:
+                q = torch.softmax(b[rows].to(ctx.dtype), dim=-1)
+                grad_b[rows] = g * (q - p)
+        return grad_a, grad_b, None
+
+
+@typechecked
+def token_kl(
+    p_logits: Float[Tensor, "b l k"],
+    q_logits: Float[Tensor, "b l k"],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "b l"]:
+    """KL(softmax(p_logits) || softmax(q_logits)) per token, (B, L), computed in ``dtype``.
+
+    Log-softmax based (no overflow, no log 0: classes with p = 0 contribute 0), differentiable
+    in both arguments, and lean: backward recomputes the softmaxes chunk by chunk instead of
+    keeping (B, L, K) temporaries alive. ``dtype`` (float32 or float64) is the dtype of the
+    arithmetic and of the result; float64 removes rounding from near-zero KLs.
+    """
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(
+            f"p_logits and q_logits must have the same shape, got {tuple(p_logits.shape)} and "
+            f"{tuple(q_logits.shape)}"
+        )
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    b, ln, k = p_logits.shape
+    flat = _TokenKL.apply(p_logits.reshape(b * ln, k), q_logits.reshape(b * ln, k), dtype)
+    return flat.reshape(b, ln)
+
+
+# ----------------------------------------------------------------------------------------------
+# The distiller
+# ----------------------------------------------------------------------------------------------
+
+
+def _unwrap(module: Any) -> Any:
+    """The bare module inside DDP / FSDP-like wrappers, ``AveragedModel`` and ``torch.compile``."""
+    while True:
+        if isinstance(module, torch.optim.swa_utils.AveragedModel) or isinstance(
+            module, nn.parallel.DistributedDataParallel
+        ):
+            module = module.module
+        elif isinstance(module, nn.Module) and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _frozen_copy(module: Any) -> Any:
+    module = copy.deepcopy(_unwrap(module))
+    if isinstance(module, nn.Module):
+        module.requires_grad_(False)
+        module.eval()
+    return module
+
+
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class DCDistiller:
+    """Discrete Consistency Distillation of a Duo teacher into a few-step student (SPEC §6).
+
+    Args:
+        teacher: a trained denoiser (the Denoiser protocol: ``teacher(z_t, sigma, **cond)`` ->
+            logits (B, L, K)). The distiller keeps its own frozen deep copy in
+            ``distiller.teacher`` (no gradients, eval mode, on the teacher's device): the module
+            you pass is never modified. DDP, ``AveragedModel`` and ``torch.compile`` wrappers are
+            unwrapped before copying. A teacher that is not an ``nn.Module`` is used as is
+            (nothing to copy) and replaced by a frozen copy of the student at the first refresh.
+        vocab_size: K; teacher and student must return K logits.
+        gamma_min, gamma_max: the Gaussian window: t in [0, 1] maps to gamma linear between
+            them, alpha_tilde^2 = sigmoid(-gamma), alpha = T(alpha_tilde). The paper's
+            [-4, -1] spans alpha from ~1 to ~0 at K = 50k; small vocabularies need a wider
+            window (at K = 8, gamma_max = 5 gives alpha_1 = 0.017).
+        initial_steps: T, the number of steps of the first round's discretisation (paper: 512).
+        steps_per_round: optimiser steps per round (paper: 10k).
+        n_rounds: rounds; round n uses dt = 2^n / T (paper: 5).
+        divergence: ``"kl_student_teacher"`` (the paper's, mode seeking) or
+            ``"kl_teacher_student"`` (mass covering).
+        refresh_from: at each round boundary the teacher becomes a copy of the ``"student"``
+            (SPEC §6; the released OWT run) or of its ``"ema"`` weights (then pass the EMA to
+            ``maybe_refresh``).
+        kl_dtype: torch.float32 or torch.float64, the precision of the KL.
+        eps: the smallest time of the teacher's point: t is drawn on [dt + eps, 1], s = t - dt.
+
+    Use, with ``step`` counting distillation steps from 0::
+
+        distiller = DCDistiller(teacher, K)
+        loss = distiller.loss(student, x_0, step).mean()   # per token (B, L): mask, reduce
+        loss.backward(); opt.step()
+        distiller.maybe_refresh(step, student)               # True at a round boundary
+
+    Checkpoint ``distiller.state_dict()`` with the student; ``load_state_dict`` on resume
+    restores the round and the teacher's weights, so the run continues the same round.
+    Sample with ``sample_uniform(student, ..., schedule=distiller.schedule, vocab_size=K)``.
+    """
+
+    def __init__(
+        self,
+        teacher: Denoiser,
+        vocab_size: int,
+        *,
+        gamma_min: float = -4.0,
+        gamma_max: float = -1.0,
+        initial_steps: int = 512,
+        steps_per_round: int = 10_000,
+        n_rounds: int = 5,
+        divergence: Divergence = "kl_student_teacher",
+        refresh_from: Literal["student", "ema"] = "student",
+        kl_dtype: torch.dtype = torch.float32,
+        eps: float = 1e-3,
+    ) -> None:
+        check_vocab_size(vocab_size)
+        if not callable(teacher):
+            raise TypeError(
+                f"teacher must be a denoiser (a callable), got {type(teacher).__name__}"
+            )
+        _check_count(initial_steps, "initial_steps")
+        _check_count(steps_per_round, "steps_per_round")
+        _check_count(n_rounds, "n_rounds")
+        if divergence not in ("kl_student_teacher", "kl_teacher_student"):
+            raise ValueError(
+                "divergence must be 'kl_student_teacher' (KL(p_student || p_teacher), the "
+                f"paper's) or 'kl_teacher_student', got {divergence!r}"
+            )
+        if refresh_from not in ("ema", "student"):
+            raise ValueError(f"refresh_from must be 'ema' or 'student', got {refresh_from!r}")
+        if kl_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"kl_dtype must be torch.float32 or torch.float64, got {kl_dtype}")
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"eps must lie in [0, 1), got {eps}")
+        last_dt = 2 ** (n_rounds - 1) / initial_steps
+        if last_dt + eps >= 1.0:
+            raise ValueError(
+                f"the last round's dt = 2**(n_rounds - 1) / initial_steps = 2**{n_rounds - 1} / "
+                f"{initial_steps} = {last_dt:g} leaves no time t in [dt + eps, 1] (eps = {eps:g}): "
+                "dt must stay below 1 - eps; raise initial_steps or lower n_rounds"
+            )
+        self.vocab_size = vocab_size
+        self.schedule = DualSchedule(
+            GammaSchedule(gamma_min, gamma_max), GaussianArgmaxTransform(vocab_size)
+        )
+        self.initial_steps = initial_steps
+        self.steps_per_round = steps_per_round
+        self.n_rounds = n_rounds
+        self.divergence: Divergence = divergence
+        self.refresh_from = refresh_from
+        self.kl_dtype = kl_dtype
+        self.eps = eps
+        self.teacher: Any = _frozen_copy(teacher)
+        self.round = 0
+        """The round the teacher's weights belong to (advanced by ``maybe_refresh``)."""
+
+    # -- the round schedule ---------------------------------------------------------------
+
+    def round_at(self, step: int) -> int:
+        """The round of distillation step ``step`` (0-based); steps past the last round stay in
+        the last round."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        return min(step // self.steps_per_round, self.n_rounds - 1)
+
+    def dt(self, round: int) -> float:
+        """The time gap of round ``round``: dt = 2^round / initial_steps."""
+        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
+            raise ValueError(
+                f"round must be an integer in [0, n_rounds={self.n_rounds}), got {round!r}"
+            )
+        return 2**round / self.initial_steps
+
+    def end_of_round(self, step: int) -> bool:
+        """Whether ``step`` is the last step of a round that another round follows."""
+        return self.round_at(step + 1) > self.round_at(step)
+
+    # -- the loss -------------------------------------------------------------------------
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        # -log(alpha) in float64, handed over as float32 (as the samplers do).
+        alpha = self.schedule.alpha(t.to(torch.float64))
+        return (-torch.log(alpha)).clamp_min(0.0).to(torch.float32)
+
+    def _call(self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: dict) -> Tensor:
+        b, ln = z.shape
+        try:
+            return call_denoiser(
+                denoiser, z, sigma, batch_size=b, length=ln, vocab_size=self.vocab_size, **cond
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"{role} ({type(_unwrap(denoiser)).__name__}): {err}; the {role} must return "
+                f"logits over the distiller's vocab_size={self.vocab_size} classes"
+            ) from err
+
+    def loss(
+        self,
+        student: Denoiser,
+        x_0: Int[Tensor, "b l"],
+        step: int,
+        *,
+        generator: torch.Generator | None = None,
+        **cond: Any,
+    ) -> Float[Tensor, "b l"]:
+        """The distillation loss per token (B, L) at distillation step ``step``.
+
+        t (B,) is antithetic over the batch on [dt + eps, 1], s = t - dt with dt of the step's
+        round; (z_t, z_s) is the shared-noise argmax pair (``argmax_pair``); the student sees
+        (z_t, sigma_t), the teacher (z_s, sigma_s) without gradients, sigma = -log T(alpha_tilde).
+        Returns the KL of ``divergence`` per token in ``kl_dtype``; ``cond`` goes to both.
+        """
+        if x_0.ndim != 2:
+            raise ValueError(f"x_0 must be (B, L) token ids, got shape {tuple(x_0.shape)}")
+        check_tokens(x_0, self.vocab_size, "x_0")
+        round = self.round_at(step)
+        if round != self.round:
+            raise ValueError(
+                f"step {step} belongs to round {round} but the teacher holds round {self.round}'s "
+                "weights: call maybe_refresh(step, student, ema) after every optimiser step, and "
+                "load_state_dict(...) from the checkpoint when resuming"
+            )
+        dt = self.dt(round)
+        t = losses.antithetic_times(
+            x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
+            dtype=torch.float64,
+        )
+        s = (t - dt).clamp_min(0.0)
+        gamma = self.schedule.gamma
+        z_t, z_s = argmax_pair(
+            x_0,
+            gamma.alpha_tilde(t).unsqueeze(-1),
+            gamma.alpha_tilde(s).unsqueeze(-1),
+            self.vocab_size,
+            generator=generator,
+        )
+        # Teacher first: its activations are freed before the student's are built.
+        with torch.no_grad():
+            if isinstance(self.teacher, nn.Module):
+                self.teacher.eval()
+            teacher_logits = self._call("teacher", self.teacher, z_s, self._sigma(s), cond)
+        student_logits = self._call("student", student, z_t, self._sigma(t), cond)
+        if self.divergence == "kl_student_teacher":
+            return token_kl(student_logits, teacher_logits, dtype=self.kl_dtype)
+        return token_kl(teacher_logits, student_logits, dtype=self.kl_dtype)
+
+    # -- teacher refresh ------------------------------------------------------------------
+
+    def maybe_refresh(self, step: int, student: Any, ema: Any = None) -> bool:
+        """Call after the optimiser update of distillation step ``step``: at a round boundary,
+        copy the student (``refresh_from="student"``) or its EMA into the teacher and return
+        True; otherwise return False. Idempotent for a given step.
+
+        ``ema`` is an ``nn.Module`` holding the averaged weights (e.g. a
+        ``torch.optim.swa_utils.AveragedModel``, or a copy of the student) or a state dict;
+        it is required when ``refresh_from="ema"`` and ignored otherwise.
+        """
+        target = self.round_at(step + 1)
+        if target <= self.round:
+            return False
+        if self.refresh_from == "ema":
+            if ema is None:
+                raise ValueError(
+                    "refresh_from='ema' needs the student's EMA: pass maybe_refresh(step, student, "
+                    "ema), or build the distiller with refresh_from='student' (the default)"
+                )
+            source = ema
+        else:
+            source = student
+        self._load_teacher(source)
+        self.round = target
+        return True
+
+    def _load_teacher(self, source: Any) -> None:
+        source = _unwrap(source)
+        if isinstance(self.teacher, nn.Module):
+            state = source.state_dict() if isinstance(source, nn.Module) else source
+            if not isinstance(state, Mapping):
+                raise TypeError(
+                    f"cannot refresh the teacher from a {type(source).__name__}: pass an "
+                    "nn.Module or a state dict"
+                )
+            self.teacher.load_state_dict(state)
+        elif isinstance(source, nn.Module):
+            self.teacher = _frozen_copy(source)
+        else:
+            raise TypeError(
+                "the teacher is not an nn.Module, so it cannot load a state dict: refresh it "
+                "from an nn.Module (the student or its EMA module)"
+            )
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        gamma = self.schedule.gamma
+        return {
+            "vocab_size": self.vocab_size,
+            "gamma_min": gamma.gamma_min,
+            "gamma_max": gamma.gamma_max,
+            "initial_steps": self.initial_steps,
+            "steps_per_round": self.steps_per_round,
+            "n_rounds": self.n_rounds,
+            "divergence": self.divergence,
+            "eps": self.eps,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"round", "teacher", "config"}``: the teacher's round and weights (None for a
+        teacher that is not an ``nn.Module``) and the settings that define the rounds."""
+        teacher = self.teacher.state_dict() if isinstance(self.teacher, nn.Module) else None
+        return {"round": self.round, "teacher": teacher, "config": self._config()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``'s round and teacher weights; the settings must match."""
+        missing = {"round", "teacher", "config"} - set(state)
+        if missing:
+            raise ValueError(f"not a DCDistiller state dict: missing {sorted(missing)}")
+        ours = self._config()
+        for key, value in state["config"].items():
+            if key in ours and ours[key] != value and not (
+                isinstance(value, float) and math.isclose(value, ours[key])
+            ):
+                raise ValueError(
+                    f"the checkpoint's distiller has {key}={value!r}, this one {ours[key]!r}: "
+                    "build the distiller with the checkpoint's settings"
+                )
+        round = state["round"]
+        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
+            raise ValueError(f"the checkpoint's round {round!r} is outside [0, {self.n_rounds})")
+        if state["teacher"] is not None:
+            self._load_teacher(state["teacher"])
+        elif round > 0:
+            raise ValueError("the checkpoint holds no teacher weights for round > 0")
+        self.round = round
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"DCDistiller({cfg}, round={self.round})"

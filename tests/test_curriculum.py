@@ -1,0 +1,27 @@
+"""The gradient-variance measurement behind benchmarks/bench_curriculum.py, at small scale."""
+
+import torch
+
+from benchmarks.bench_curriculum import gradient_variances, make_model
+from discdiff import losses
+from discdiff.duality import DualSchedule, GaussianArgmaxTransform
+from discdiff.schedules import GammaSchedule
+
+
+def _setup(vocab_size: int = 32):
+    schedule = DualSchedule(GammaSchedule(-3.55, -1.85), GaussianArgmaxTransform(vocab_size))
+    x_0 = torch.randint(0, vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
+    return make_model(vocab_size), x_0, losses.antithetic_times(4, u=0.5), schedule
+
+
+def test_relaxation_at_vanishing_temperature_matches_the_discrete_gradient_variance():
+    model, x_0, t, schedule = _setup()
+    relaxed, discrete = gradient_variances(model, x_0, t, schedule, tau=1e-6, draws=8)
+    assert discrete > 0
+    assert abs(relaxed / discrete - 1) < 1e-4
+
+
+def test_a_warm_relaxation_changes_the_gradient_variance():
+    model, x_0, t, schedule = _setup()
+    relaxed, discrete = gradient_variances(model, x_0, t, schedule, tau=1.0, draws=8)
+    assert abs(relaxed / discrete - 1) > 0.05

@@ -1,0 +1,384 @@
+"""Tests for discdiff.models.dit: the reference DiT and its causal twin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from discdiff.models import DiT, DiTConfig, KVCache, ParamCount
+from discdiff.models.dit import PRESETS, attention, flash_attn_available, vocab_projection
+
+K = 61  # a vocabulary size no dimension shares, so mixed-up axes fail loudly
+B, L = 2, 9
+
+
+def make(causal: bool = False, randomize: bool = True, seed: int = 0, **overrides) -> DiT:
+    """A tiny DiT in eval mode; ``randomize`` replaces the zero inits so outputs are non-trivial."""
+    torch.manual_seed(seed)
+    config = {"hidden_size": 32, "n_blocks": 2, "n_heads": 4, "cond_dim": 16, "causal": causal}
+    model = DiT(DiTConfig(vocab_size=K, **{**config, **overrides})).eval()
+    if randomize:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1 + 0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(0.3 * torch.randn_like(p))
+    return model
+
+
+def ids(seed: int = 1, batch: int = B, length: int = L) -> torch.Tensor:
+    return torch.randint(0, K, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def sigmas(batch: int = B) -> torch.Tensor:
+    return torch.tensor([0.3, 2.0, 0.7, 5.0][:batch])
+
+
+# ----------------------------------------------------------------------------- shapes and dtypes
+def test_shapes_and_dtypes_for_every_input_kind():
+    model = make()
+    x = ids()
+    probs = torch.softmax(torch.randn(B, L, K), dim=-1)
+    bag = (torch.randint(0, K, (B, L, 3)), torch.rand(B, L, 3))
+    for z_t in (x, x.to(torch.int32), probs, probs.double(), bag):
+        logits = model(z_t, sigmas())
+        assert logits.shape == (B, L, K)
+        assert logits.dtype == torch.float32
+        assert torch.isfinite(logits).all()
+    assert model.double()(x, sigmas().double()).dtype == torch.float64
+
+
+def test_causal_twin_needs_no_sigma_and_ignores_it():
+    model = make(causal=True)
+    x = ids()
+    logits = model(x)
+    assert logits.shape == (B, L, K) and logits.dtype == torch.float32
+    torch.testing.assert_close(model(x, sigmas()), logits, rtol=0, atol=0)
+    assert model.sigma_map is None
+    assert all(block.adaLN_modulation is None for block in model.blocks)
+
+
+def test_sigma_conditions_the_output():
+    model = make()
+    x = ids()
+    a = model(x, torch.tensor([0.1, 0.1]))
+    b = model(x, torch.tensor([3.0, 3.0]))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_backward_reaches_every_parameter_and_soft_inputs():
+    model = make().train()
+    probs = torch.softmax(torch.randn(B, L, K), dim=-1).requires_grad_()
+    model(probs, sigmas()).square().mean().backward()
+    assert probs.grad is not None and probs.grad.abs().sum() > 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ----------------------------------------------------------------------------- laws
+def test_causal_future_tokens_never_change_past_logits():
+    model = make(causal=True)
+    x = ids()
+    base = model(x)
+    for cut in (0, 1, 4, L - 1):
+        y = x.clone()
+        y[:, cut:] = (y[:, cut:] + 1 + torch.arange(L - cut)) % K
+        out = model(y)
+        torch.testing.assert_close(out[:, :cut], base[:, :cut], rtol=0, atol=1e-6)
+        assert (out[:, cut:] - base[:, cut:]).abs().max() > 1e-4
+
+
+def test_non_causal_attention_sees_the_future():
+    model = make()
+    x = ids()
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % K
+    assert (model(x, sigmas())[:, 0] - model(y, sigmas())[:, 0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_adaln_zero_blocks_are_identities_at_init(train: bool):
+    torch.manual_seed(0)
+    model = DiT.from_preset("tiny", vocab_size=K, hidden_size=32, n_blocks=3, n_heads=4)
+    model.train(train)
+    seen = []
+
+    def hook(module, args, output):
+        seen.append(torch.equal(output, args[0]))
+
+    for block in model.blocks:
+        block.register_forward_hook(hook)
+    logits = model(ids(), sigmas())
+    assert seen == [True] * 3
+    # The final adaLN layer and the zero-initialised output projection give zero logits.
+    assert torch.equal(logits, torch.zeros_like(logits))
+
+
+def test_one_hot_soft_input_equals_ids():
+    model = make()
+    x = ids()
+    expected = model(x, sigmas())
+    torch.testing.assert_close(model(F.one_hot(x, K).float(), sigmas()), expected)
+
+
+def test_bag_with_one_weight_one_id_equals_ids():
+    model = make()
+    x = ids()
+    bag = (x[..., None], torch.ones(B, L, 1))
+    torch.testing.assert_close(model(bag, sigmas()), model(x, sigmas()))
+
+
+def test_bag_equals_the_soft_input_it_encodes():
+    model = make()
+    bag_ids = torch.randint(0, K, (B, L, 4))
+    weights = torch.softmax(torch.randn(B, L, 4), dim=-1)
+    dense = torch.zeros(B, L, K).scatter_add_(-1, bag_ids, weights)
+    # Equal up to float32 summation order.
+    got, expected = model((bag_ids, weights), sigmas()), model(dense, sigmas())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sdpa_dispatch_matches_explicit_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 3, 8) for _ in range(3))
+    kk, vv = torch.randn(2, 7, 3, 8), torch.randn(2, 7, 3, 8)
+
+    def reference(q, k, v, causal):
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+        if causal:
+            n_q, n_k = q.shape[1], k.shape[1]
+            allowed = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + n_k - n_q
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+
+    for causal in (False, True):
+        torch.testing.assert_close(attention(q, k, v, causal=causal), reference(q, k, v, causal))
+        # Lq < Lk: the queries are the last positions (decoding with a cache).
+        got = attention(q, kk, vv, causal=causal)
+        torch.testing.assert_close(got, reference(q, kk, vv, causal))
+    assert isinstance(flash_attn_available(), bool)
+
+
+def test_blockwise_vocab_projection_equals_linear():
+    # On the CPU the output projection runs in blocks of vocabulary rows (K >= 4096).
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    weight = torch.randn(5000, 16, requires_grad=True)
+    bias = torch.randn(5000, requires_grad=True)
+    upstream = torch.randn(2, 5, 5000)
+    got = vocab_projection(x, weight, bias)
+    grads = torch.autograd.grad(got, (x, weight, bias), upstream)
+    expected = F.linear(x, weight, bias)
+    expected_grads = torch.autograd.grad(expected, (x, weight, bias), upstream)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+# ----------------------------------------------------------------------------- KV cache
+@pytest.mark.parametrize("max_len", [None, 32])
+def test_kv_cache_decoding_equals_the_full_causal_forward(max_len):
+    model = make(causal=True)
+    x = ids(length=12)
+    full = model(x)
+    cache = model.new_kv_cache(max_len)
+    with torch.no_grad():
+        pieces = [model(x[:, :3], kv_cache=cache)]  # prefill a chunk
+        pieces += [model(x[:, i : i + 1], kv_cache=cache) for i in range(3, 7)]  # one by one
+        pieces.append(model(x[:, 7:], kv_cache=cache))  # a chunk after the cache (masked)
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    # reset / crop rewind the cache: recomputing the tail gives the same logits again.
+    cache.crop(7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:, 7:], kv_cache=cache), full[:, 7:], rtol=0, atol=1e-5)
+    cache.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, kv_cache=cache), full, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_errors():
+    with pytest.raises(ValueError, match="causal"):
+        make().new_kv_cache()
+    with pytest.raises(ValueError, match="causal"):
+        make()(ids(), sigmas(), kv_cache=KVCache())
+    model = make(causal=True)
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        model(ids(), kv_cache=cache)
+        with pytest.raises(ValueError, match="batch"):
+            model(ids(batch=3), kv_cache=cache)
+    with pytest.raises(ValueError):
+        cache.crop(cache.length + 1)
+
+
+# ----------------------------------------------------------------------------- compile
+def test_torch_compile_matches_eager():
+    # backend="aot_eager" traces through dynamo + AOTAutograd like inductor; inductor's C++
+    # codegen alone takes > 60 s on a small shared CPU. fullgraph=True: no graph breaks.
+    for causal in (False, True):
+        model = make(causal=causal)
+        sigma = None if causal else sigmas()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        x = ids()
+        out = compiled(x, sigma)
+        torch.testing.assert_close(out, model(x, sigma))
+        out.sum().backward()
+        assert model.embed.weight.grad is not None
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_load_round_trip_is_bit_exact(tmp_path, tie: bool):
+    model = make(tie_weights=tie)
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["vocab_size"] == K
+    loaded = DiT.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    if tie:
+        assert loaded.final.linear.weight is loaded.embed.weight
+    assert torch.equal(loaded(ids(), sigmas()), model(ids(), sigmas()))
+    # Overrides that leave the weights alone are allowed.
+    assert DiT.from_pretrained(tmp_path / "m", dropout=0.0).config.dropout == 0.0
+
+
+def test_save_load_keeps_bfloat16(tmp_path):
+    model = make().to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = DiT.from_pretrained(tmp_path)
+    assert loaded.embed.weight.dtype == torch.bfloat16
+    pairs = zip(model.parameters(), loaded.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model directory"):
+        DiT.from_pretrained(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        DiT.from_pretrained(tmp_path)
+    make().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="do not match"):
+        DiT.from_pretrained(tmp_path, hidden_size=64, n_heads=4)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_blocks": 3}))
+    with pytest.raises(ValueError, match="missing"):
+        DiT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+    with pytest.raises(ValueError, match="unknown DiTConfig fields"):
+        DiT.from_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_input_errors():
+    model = make()
+    x = ids()
+    with pytest.raises((TypeError, ValueError)):  # jaxtyping: sigma must be (B,)
+        model(x, torch.rand(B + 1))
+    with pytest.raises((TypeError, ValueError)):
+        model(x, torch.rand(B, 1))
+    with pytest.raises(ValueError, match="sigma"):
+        model(x)
+    with pytest.raises(ValueError, match="sigma"):
+        model(x, torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match="outside"):
+        model(x + K, sigmas())
+    with pytest.raises(ValueError, match="outside"):
+        model(x - K, sigmas())
+    with pytest.raises(ValueError, match="K=61"):
+        model(torch.softmax(torch.randn(B, L, K + 1), -1), sigmas())
+    with pytest.raises(ValueError, match="outside"):
+        model((x[..., None] + K, torch.ones(B, L, 1)), sigmas())
+    with pytest.raises((TypeError, ValueError)):  # float ids of the wrong rank
+        model(x.float(), sigmas())
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="presets"):
+        DiT.from_preset("huge", vocab_size=K)
+    with pytest.raises(ValueError, match="divisible"):
+        DiTConfig(vocab_size=K, hidden_size=30, n_blocks=1, n_heads=4)
+    with pytest.raises(ValueError, match="even"):
+        DiTConfig(vocab_size=K, hidden_size=12, n_blocks=1, n_heads=4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        DiTConfig(vocab_size=1, hidden_size=32, n_blocks=1, n_heads=4)
+    with pytest.raises(ValueError, match="dropout"):
+        DiTConfig(vocab_size=K, hidden_size=32, n_blocks=1, n_heads=4, dropout=1.0)
+    with pytest.raises(ValueError, match="backend"):
+        make().set_attention_backend("xformers")
+
+
+# ----------------------------------------------------------------------------- sizes
+def test_presets_and_parameter_counts():
+    assert set(PRESETS) == {"tiny", "small", "medium"}
+    with torch.device("meta"):
+        small = DiT.from_preset("small", vocab_size=50258)
+        tiny = DiT.from_preset("tiny", vocab_size=50258)
+        medium = DiT.from_preset("medium", vocab_size=50258)
+    # The reference MDLM / Duo DiT "small" at the GPT-2 vocabulary (+ mask): 169.6M.
+    assert small.num_parameters() == 169_627_218
+    count = small.param_count()
+    assert isinstance(count, ParamCount)
+    assert count.total == 169_627_218
+    assert count.embedding == 50258 * 768
+    assert count.non_embedding == small.num_parameters(exclude_embedding=True)
+    assert (tiny.config.hidden_size, tiny.config.n_blocks, tiny.config.n_heads) == (256, 8, 8)
+    assert (medium.config.hidden_size, medium.config.n_blocks) == (1024, 24)
+    assert small.config.cond_dim == 128
+    # Tied weights are counted once; the causal twin has no conditioning parameters.
+    with torch.device("meta"):
+        tied = DiT.from_preset("small", vocab_size=50258, tie_weights=True)
+        causal = DiT.from_preset("small", vocab_size=50258, causal=True)
+    assert tied.num_parameters() == 169_627_218 - 50258 * 768
+    assert causal.param_count().conditioning == 0
+
+
+def test_flops_per_token():
+    with torch.device("meta"):
+        small = DiT.from_preset("small", vocab_size=50258)
+    h, n_blocks = 768, 12
+    n = n_blocks * 12 * h * h + h * 50258
+    assert small.flops_per_token(1024) == 6 * n + 12 * n_blocks * 1024 * h
+    assert small.flops_per_token(1024, training=False) == 2 * n + 4 * n_blocks * 1024 * h
+
+
+# ----------------------------------------------------------------------------- autocast, scripts
+def test_bfloat16_autocast_runs_and_returns_the_autocast_dtype():
+    model = make().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids(), sigmas())
+    assert logits.dtype == torch.bfloat16
+    logits.float().square().mean().backward()
+    assert model.embed.weight.grad.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = make().eval()(ids(), sigmas()).float()
+    exact = make()(ids(), sigmas())
+    assert (low - exact).norm() / exact.norm() < 0.1  # bf16 rounding, amplified
+
+
+def test_gpu_script_cpu_fallback_runs():
+    # benchmarks/gpu_dit.py is meant for a GPU machine; without CUDA it runs 2 tiny steps.
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_dit"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "eager" in done.stdout and "ms/step" in done.stdout
