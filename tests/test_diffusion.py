@@ -13,15 +13,23 @@ from discdiff.schedules import LogLinearSchedule
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_training_snippet_runs():
+def _readme_snippet(name: str) -> str:
     text = README.read_text()
-    blocks = re.findall(r"<!-- snippet: training-step -->\s*```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 1, "README must hold exactly one training-step snippet"
-    code = blocks[0]
+    blocks = re.findall(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, f"README must hold exactly one {name} snippet"
+    return blocks[0]
+
+
+def test_readme_snippets_run():
+    code = _readme_snippet("training-step")
     assert len(code.strip().splitlines()) <= 20
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert math.isfinite(namespace["loss"].item())
+    exec(compile(_readme_snippet("sampling"), "README.md", "exec"), namespace)
+    assert namespace["tokens"].shape == namespace["psi"].shape == (4, 32)
+    assert namespace["few_step"].shape == (4, 32)
+    assert namespace["distiller"].round == 0
 
 
 class Recorder(torch.nn.Module):
