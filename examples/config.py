@@ -1,0 +1,401 @@
+"""Typed configs for the example, presets that mirror the paper, and a generated CLI.
+
+``Config`` groups five dataclasses (model, data, train, duo, dcd, sample). Every field can be set
+on the command line as ``--section.field value`` (e.g. ``--train.lr 1e-4``) or, when the field
+name is unique across sections, flat (``--lr 1e-4``). Booleans take ``true``/``false``, optional
+fields ``none``, lists comma-separated values. ``--preset`` picks the starting point
+(``cpu-demo``, ``lm1b``, ``owt``) and ``--config run/config.json`` starts from a saved config.
+
+Paper settings (Sahoo et al. 2025, Duo): sequence length 128 (LM1B, bert-base-uncased) or 1024
+(OWT, GPT-2 BPE); global batch 512; AdamW lr 3e-4 with 2500 linear warm-up steps then constant;
+1M steps; EMA 0.9999; DiT "small" (12 blocks, hidden 768, 12 heads); curriculum on the Gaussian
+window gamma in [-3.55, -1.85] with tau = 1e-3 for the first 500k steps; DCD: 5 rounds of 10k
+steps, lr 6e-5, EMA 0.999, gamma in [-4, -1], T = 512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PRESETS",
+    "Config",
+    "DCDConfig",
+    "DataConfig",
+    "DuoConfig",
+    "ModelConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+    "parse_args",
+    "preset",
+    "save_config",
+]
+
+OBJECTIVES = ("duo", "mdlm", "ar", "dcd")
+
+
+@dataclass
+class ModelConfig:
+    """The DiT backbone: a preset of ``discdiff.models.DiT`` plus optional overrides."""
+
+    preset: str = "small"
+    hidden: int | None = None
+    blocks: int | None = None
+    heads: int | None = None
+    cond_dim: int | None = None
+    dropout: float | None = None
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"
+    """Training text: a built-in corpus, a file or directory, or hf:openwebtext / hf:lm1b."""
+    zero_shot: str = "milton"
+    """A corpus never trained on, for zero-shot perplexity (empty string: none)."""
+    tokenizer: str = "char"
+    """byte, char, gpt2-bpe, bert-wordpiece, json or hub:<name>."""
+    tokenizer_files: list[str] = field(default_factory=list)
+    seq_len: int = 128
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    max_documents: int | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "duo"
+    """duo (curriculum, then discrete), mdlm, ar or dcd (distil a trained Duo run)."""
+    steps: int = 1_000_000
+    batch_size: int = 512
+    """Global batch (all ranks and accumulation steps together)."""
+    micro_batch: int | None = None
+    """Per-rank batch per forward pass; gradient accumulation makes up the rest."""
+    lr: float = 3e-4
+    warmup: int = 2500
+    lr_schedule: str = "constant"
+    """constant or cosine (after warm-up)."""
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    ema: float = 0.9999
+    seed: int = 1
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, float32 on CPU), fp32 or bf16 (CUDA only)."""
+    fsdp: bool = False
+    compile: bool = False
+    log_every: int = 50
+    eval_every: int = 10_000
+    eval_sequences: int = 2048
+    ckpt_every: int = 5000
+    out_dir: str = "runs/train"
+    resume: bool = False
+    overwrite: bool = False
+    """Start afresh even if out_dir already holds a checkpoint (otherwise that is an error)."""
+    max_time_s: float | None = None
+    """Stop (with a checkpoint) once this much wall time has passed; None: no limit."""
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this many steps in this invocation, e.g. to split a run."""
+    progress: bool = True
+    tensorboard: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class DuoConfig:
+    gamma_min: float = -3.55
+    gamma_max: float = -1.85
+    tau: float = 1e-3
+    tau_end: float | None = None
+    curriculum_end: int = 500_000
+    """Steps of the curriculum phase; 0 trains on the discrete process from the start."""
+    top_k: int | None = None
+    eps: float = 1e-3
+
+
+@dataclass
+class DCDConfig:
+    teacher: str = ""
+    """Run directory of the trained Duo teacher."""
+    rounds: int = 5
+    steps_per_round: int = 10_000
+    lr: float = 6e-5
+    ema: float = 0.999
+    gamma_min: float = -4.0
+    gamma_max: float = -1.0
+    T: int = 512
+    divergence: str = "kl_student_teacher"
+    """kl_student_teacher: KL(p_student || p_teacher) (the paper's) or kl_teacher_student."""
+    refresh_from: str = "ema"
+    """Teacher update at each round boundary: ema or student."""
+
+
+@dataclass
+class SampleConfig:
+    steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
+    num_samples: int = 64
+    batch_size: int = 32
+    greedy_tail: bool = True
+    top_p: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = "owt"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    duo: DuoConfig = field(default_factory=DuoConfig)
+    dcd: DCDConfig = field(default_factory=DCDConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> Config:
+        t = self.train
+        if t.objective not in OBJECTIVES:
+            raise ValueError(f"train.objective must be one of {OBJECTIVES}, got {t.objective!r}")
+        if t.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {t.precision!r}")
+        if t.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
+        if t.steps < 1 or t.batch_size < 1:
+            raise ValueError("train.steps and train.batch_size must be >= 1")
+        if t.micro_batch is not None and (t.micro_batch < 1 or t.batch_size % t.micro_batch):
+            raise ValueError(
+                f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch "
+                f"({t.micro_batch})"
+            )
+        if self.dcd.divergence not in ("kl_student_teacher", "kl_teacher_student"):
+            raise ValueError(f"dcd.divergence: unknown value {self.dcd.divergence!r}")
+        if self.dcd.refresh_from not in ("ema", "student"):
+            raise ValueError(f"dcd.refresh_from: unknown value {self.dcd.refresh_from!r}")
+        if t.objective == "dcd" and not self.dcd.teacher:
+            raise ValueError("train.objective=dcd needs --dcd.teacher RUN_DIR (a trained Duo run)")
+        if t.objective == "dcd" and t.fsdp:
+            raise ValueError("DCD keeps a full copy of the teacher: use DDP, not FSDP, for it")
+        if self.data.seq_len < 2:
+            raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
+        return self
+
+
+def _owt() -> Config:
+    return Config(
+        preset="owt",
+        model=ModelConfig(preset="small"),
+        data=DataConfig(
+            source="hf:openwebtext", zero_shot="", tokenizer="hub:gpt2", seq_len=1024,
+        ),  # fmt: skip
+        train=TrainConfig(
+            steps=1_000_000, batch_size=512, lr=3e-4, warmup=2500, ema=0.9999,
+            eval_every=10_000, ckpt_every=5000, out_dir="runs/owt",
+        ),  # fmt: skip
+        duo=DuoConfig(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3, curriculum_end=500_000),
+        dcd=DCDConfig(rounds=5, steps_per_round=10_000, lr=6e-5, ema=0.999, gamma_min=-4.0,
+                      gamma_max=-1.0, T=512),  # fmt: skip
+        sample=SampleConfig(steps=[1024, 256, 64, 32, 16, 8], num_samples=1024),
+    )
+
+
+def _lm1b() -> Config:
+    cfg = _owt()
+    cfg.preset = "lm1b"
+    cfg.data = DataConfig(source="hf:lm1b", zero_shot="", tokenizer="hub:bert-base-uncased",
+                          seq_len=128)  # fmt: skip
+    cfg.train.out_dir = "runs/lm1b"
+    cfg.sample = SampleConfig(steps=[128, 64, 32, 16, 8], num_samples=1024)
+    return cfg
+
+
+def _cpu_demo() -> Config:
+    # Sized for ~3 CPU minutes per model on 2 cores: character tokens (K = 87), L = 128, a
+    # 4-block DiT of width 128. The Gaussian windows are moved so that alpha = T(alpha_tilde)
+    # spans the same range at K = 87 as the paper's windows do at K = 50257: curriculum
+    # [-3.55, -1.85] -> alpha in [0.049, 0.945] becomes [-2.88, 0.53]; DCD [-4, -1] -> alpha in
+    # [0.006, 0.999] becomes [-3.5, 3.4]. DCD is compressed to 4 rounds of 50 steps starting from
+    # T = 32 (dt = 1/32 ... 1/4) instead of 5 x 10k from T = 512, so that a few minutes of
+    # distillation already reach the step sizes of few-step sampling.
+    return Config(
+        preset="cpu-demo",
+        model=ModelConfig(preset="tiny", hidden=128, blocks=4, heads=4, cond_dim=64, dropout=0.0),
+        data=DataConfig(source="shakespeare", zero_shot="milton", tokenizer="char", seq_len=128),
+        train=TrainConfig(
+            steps=600, batch_size=32, lr=1e-3, warmup=50, ema=0.99, log_every=20, eval_every=200,
+            eval_sequences=256, ckpt_every=100, out_dir="runs/cpu-demo", grad_clip=1.0,
+        ),  # fmt: skip
+        duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_end=300),
+        dcd=DCDConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, gamma_min=-3.5,
+                      gamma_max=3.4, T=32),  # fmt: skip
+        sample=SampleConfig(steps=[64, 16, 8, 4], num_samples=32, batch_size=32),
+    )
+
+
+PRESETS = {"cpu-demo": _cpu_demo, "lm1b": _lm1b, "owt": _owt}
+
+
+def preset(name: str) -> Config:
+    """A fresh config for a named preset (``cpu-demo``, ``lm1b``, ``owt``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+# --- serialisation -----------------------------------------------------------------------------
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config keys in {where}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _from_dict(Config, data, "").validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return path
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config at {path}")
+    return config_from_dict(json.loads(path.read_text()))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _converter(hint: Any) -> tuple[Any, str]:
+    """A string -> value function for a field's type, and a metavar."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        conv, meta = _converter(inner)
+        return (lambda s: None if s.lower() == "none" else conv(s)), f"{meta}|none"
+    if origin is list:
+        (item,) = args
+        conv, meta = _converter(item)
+        return (lambda s: [conv(p) for p in s.split(",") if p.strip()]), f"{meta},..."
+    if hint is bool:
+        return _parse_bool, "true|false"
+    if hint in (int, float, str):
+        return hint, hint.__name__.upper()
+    raise TypeError(f"unsupported config field type {hint!r}")
+
+
+def _leaf_fields() -> list[tuple[str, str, Any]]:
+    out = []
+    for section in fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(cls):
+            continue
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            out.append((section.name, f.name, hints[f.name]))
+    return out
+
+
+def build_parser(
+    prog: str | None = None, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description or __doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)}")
+    parser.add_argument("--config", default=None, help="start from a saved config.json")
+    leaves = _leaf_fields()
+    counts: dict[str, int] = {}
+    for _, name, _ in leaves:
+        counts[name] = counts.get(name, 0) + 1
+    for section, name, hint in leaves:
+        conv, meta = _converter(hint)
+        flags = [f"--{section}.{name}"]
+        if counts[name] == 1 and name not in ("preset", "config", "help"):
+            flags.append(f"--{name}")
+        parser.add_argument(
+            *flags, dest=f"{section}.{name}", type=conv, metavar=meta, default=argparse.SUPPRESS
+        )
+    return parser
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with ``{"section.field": value}`` overrides applied."""
+    sections = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    changed: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in sections or not hasattr(sections[section], name):
+            raise ValueError(f"unknown config field {key!r}")
+        changed.setdefault(section, {})[name] = value
+    return replace(
+        cfg, **{s: replace(sections[s], **vals) for s, vals in changed.items()}
+    ).validate()
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, *, default_preset: str = "cpu-demo", prog: str | None = None
+) -> Config:
+    """Parse ``argv`` into a validated ``Config``; an unknown preset or field exits with an error.
+
+    With ``--train.resume true`` and neither ``--preset`` nor ``--config``, the run directory's
+    saved ``config.json`` is the starting point, so ``--train.out_dir DIR --train.resume true``
+    alone continues a run with the configuration it was started with.
+    """
+    parser = build_parser(prog)
+    ns = vars(parser.parse_args(argv))
+    preset_name, config_path = ns.pop("preset"), ns.pop("config")
+    try:
+        if preset_name is not None and config_path is not None:
+            raise ValueError("give --preset or --config, not both")
+        saved = Path(ns.get("train.out_dir", "")) / "config.json"
+        if config_path is not None:
+            cfg = load_config(config_path)
+        elif preset_name is None and ns.get("train.resume") and saved.is_file():
+            cfg = load_config(saved)
+        else:
+            cfg = preset(preset_name or default_preset)
+        return apply_overrides(cfg, ns)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,395 @@
+"""Text sources, packing into fixed-length sequences, a deterministic split, a resumable iterator.
+
+Sources (``read_documents``):
+  - a built-in corpus name: ``shakespeare`` (training default) or ``milton`` (zero-shot);
+  - a local ``.txt``/``.md`` file (one document) or ``.jsonl`` file (one document per line, its
+    ``text`` field), or a directory of such files (searched recursively, sorted by path);
+  - ``hf:openwebtext`` or ``hf:lm1b`` (or ``hf:<name>[:<config>]``) through Hugging Face
+    ``datasets`` when it is installed. OpenWebText has no validation split; as in the paper, the
+    last 100k documents of ``train`` are the validation set. LM1B uses its ``test`` split.
+
+Packing follows the paper's "wrap" mode: each document becomes ``[BOS] ids [EOS]``, documents
+are concatenated into one stream, and the stream is cut into rows of ``seq_len`` tokens (the
+final partial row is dropped). Sequences therefore cross document boundaries, and BOS/EOS mark
+where one ends and the next begins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from examples.corpus import CORPORA, Document, default_cache_dir, load_corpus
+from examples.tokenizer import TextTokenizer, build_tokenizer
+
+__all__ = [
+    "BatchIterator",
+    "PreparedData",
+    "pack_documents",
+    "prepare_data",
+    "read_documents",
+    "split_documents",
+    "validation_batches",
+]
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+OWT_VALIDATION_DOCS = 100_000
+
+
+def _read_file(path: Path) -> list[Document]:
+    if path.suffix == ".jsonl":
+        docs = []
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    text = json.loads(line).get("text", "")
+                    if text.strip():
+                        docs.append(Document(f"{path.name}:{i}", text))
+        return docs
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [Document(path.name, text)] if text.strip() else []
+
+
+def _hf_documents(spec: str, split: str, max_documents: int | None) -> Iterator[Document]:
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise ImportError(
+            f"data source {spec!r} needs the Hugging Face `datasets` package "
+            "(pip install datasets), or give a local text file or directory instead"
+        ) from err
+    name, _, config = spec[3:].partition(":")
+    if name == "openwebtext":
+        ds = datasets.load_dataset("openwebtext", split="train")
+        n = len(ds)
+        lo, hi = (n - OWT_VALIDATION_DOCS, n) if split != "train" else (0, n - OWT_VALIDATION_DOCS)
+    else:
+        hf_split = {"validation": "test"}.get(split, split) if name == "lm1b" else split
+        ds = datasets.load_dataset(name, config or None, split=hf_split)
+        lo, hi = 0, len(ds)
+    if max_documents is not None:
+        hi = min(hi, lo + max_documents)
+    for i in range(lo, hi):
+        yield Document(f"{name}/{split}/{i}", ds[i]["text"])
+
+
+def read_documents(
+    source: str,
+    *,
+    split: str = "train",
+    cache_dir: str | Path | None = None,
+    max_documents: int | None = None,
+) -> list[Document]:
+    """Read a data source into documents (see the module docstring for the accepted forms).
+
+    ``split`` only matters for ``hf:`` sources (``train`` or ``validation``); local sources are
+    split afterwards by ``split_documents``. Raises FileNotFoundError for a missing path and
+    ValueError when a path holds no text.
+    """
+    if source in CORPORA:
+        docs = load_corpus(source, cache_dir)
+    elif source.startswith("hf:"):
+        docs = list(_hf_documents(source, split, max_documents))
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"data path {source!r} does not exist (expected a text file, a directory of "
+                f".txt/.md/.jsonl files, a built-in corpus {sorted(CORPORA)} or hf:<dataset>)"
+            )
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")
+            )  # fmt: skip
+            if not files:
+                raise ValueError(f"data directory {source!r} contains no .txt/.md/.jsonl files")
+            docs = []
+            for f in files:
+                for d in _read_file(f):
+                    docs.append(Document(str(f.relative_to(path)) + d.name[len(f.name) :], d.text))
+        else:
+            docs = _read_file(path)
+    if max_documents is not None:
+        docs = docs[:max_documents]
+    if not docs or not any(d.text.strip() for d in docs):
+        raise ValueError(f"data source {source!r} contains no text")
+    return docs
+
+
+def _rank_key(seed: int, name: str) -> str:
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+def split_documents(
+    docs: Sequence[Document], val_fraction: float, seed: int = 0
+) -> tuple[list[Document], list[Document]]:
+    """A deterministic train/validation split that depends only on the documents' names.
+
+    The ``round(val_fraction * n)`` documents (at least one) with the smallest hash of
+    ``(seed, name)`` are held out, so adding or reordering other files does not move a document
+    between splits. A single document is split by text instead: its last ``val_fraction`` (cut at
+    a line break) is the validation text.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    docs = list(docs)
+    if val_fraction == 0:
+        return docs, []
+    if len(docs) == 1:
+        text = docs[0].text
+        cut = int(len(text) * (1 - val_fraction))
+        newline = text.rfind("\n", 0, cut)
+        cut = newline + 1 if newline > 0 else cut
+        return [Document(docs[0].name, text[:cut])], [Document(docs[0].name + "#val", text[cut:])]
+    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
+    held = set(sorted(range(len(docs)), key=lambda i: _rank_key(seed, docs[i].name))[:n_val])
+    train = [d for i, d in enumerate(docs) if i not in held]
+    val = [d for i, d in enumerate(docs) if i in held]
+    return train, val
+
+
+def token_stream(docs: Iterable[Document], tokenizer: TextTokenizer) -> np.ndarray:
+    """All documents as one int32 stream: ``[BOS] doc_0 [EOS] [BOS] doc_1 [EOS] ...``."""
+    bos = np.array([tokenizer.bos_id], dtype=np.int32)
+    eos = np.array([tokenizer.eos_id], dtype=np.int32)
+    parts: list[np.ndarray] = []
+    for doc in docs:
+        parts += [bos, tokenizer.encode_array(doc.text).astype(np.int32), eos]
+    if not parts:
+        return np.zeros(0, dtype=np.int32)
+    return np.concatenate(parts)
+
+
+def pack_documents(
+    docs: Iterable[Document], tokenizer: TextTokenizer, seq_len: int, *, what: str = "corpus"
+) -> np.ndarray:
+    """Pack documents into rows of ``seq_len`` tokens, shape (N, seq_len), int32 ("wrap" mode).
+
+    Raises ValueError if the stream is shorter than one sequence.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    stream = token_stream(docs, tokenizer)
+    n = len(stream) // seq_len
+    if n == 0:
+        raise ValueError(
+            f"the {what} has {len(stream)} tokens after tokenisation, fewer than one sequence of "
+            f"seq_len={seq_len}; use more text or a shorter --data.seq_len"
+        )
+    return stream[: n * seq_len].reshape(n, seq_len)
+
+
+@dataclass
+class PreparedData:
+    """A tokenizer and the packed splits, (N, L) int32 arrays."""
+
+    tokenizer: TextTokenizer
+    train: np.ndarray
+    val: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _pack_to_cache(
+    docs: Iterable[Document], tok: TextTokenizer, seq_len: int, cache: Path, key: dict[str, Any],
+    what: str,
+) -> np.ndarray:  # fmt: skip
+    """Tokenise a (possibly huge, streamed) source once into an int32 file and memory-map it.
+
+    The tokens go to ``<digest>.bin`` in chunks of documents; ``<digest>.json`` (its shape) is
+    written last and marks the file complete, so an interrupted run starts the file over.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache / "packed"
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path, meta_path = folder / f"{digest}.bin", folder / f"{digest}.json"
+    if meta_path.is_file():
+        rows = json.loads(meta_path.read_text())["rows"]
+        return np.memmap(data_path, dtype=np.int32, mode="r", shape=(rows, seq_len))
+    tmp = folder / f"{digest}.tmp{os.getpid()}.bin"
+    encode_batch = getattr(tok, "encode_batch", None)
+    n_tokens = 0
+
+    def write(texts: list[str], f: Any) -> int:
+        arrays = encode_batch(texts) if encode_batch else [tok.encode_array(t) for t in texts]
+        parts = []
+        for ids in arrays:
+            parts += [np.array([tok.bos_id], np.int32), ids.astype(np.int32),
+                      np.array([tok.eos_id], np.int32)]  # fmt: skip
+        chunk = np.concatenate(parts)
+        chunk.tofile(f)
+        return len(chunk)
+
+    with open(tmp, "wb") as f:
+        texts: list[str] = []
+        for doc in docs:
+            texts.append(doc.text)
+            if len(texts) == 1024:
+                n_tokens += write(texts, f)
+                texts = []
+        if texts:
+            n_tokens += write(texts, f)
+    rows = n_tokens // seq_len
+    if rows == 0:
+        tmp.unlink()
+        raise ValueError(
+            f"the {what} has {n_tokens} tokens after tokenisation, fewer than one sequence of "
+            f"seq_len={seq_len}; use more text or a shorter --data.seq_len"
+        )
+    os.replace(tmp, data_path)
+    meta_path.write_text(json.dumps({"rows": rows, "seq_len": seq_len, "key": key}))
+    return np.memmap(data_path, dtype=np.int32, mode="r", shape=(rows, seq_len))
+
+
+def prepare_data(
+    source: str,
+    *,
+    tokenizer: str | TextTokenizer = "char",
+    tokenizer_files: Sequence[str] = (),
+    seq_len: int = 128,
+    val_fraction: float = 0.05,
+    split_seed: int = 0,
+    cache_dir: str | Path | None = None,
+    max_documents: int | None = None,
+) -> PreparedData:
+    """Read, split, tokenise and pack a source.
+
+    Local sources and built-in corpora are held in memory; a ``char`` tokenizer is built from
+    their training split only (characters first seen in validation text become UNK).
+    ``hf:`` sources are streamed document by document into a token file in the cache
+    directory (tokenised once, then memory-mapped); they need a fixed-vocabulary tokenizer.
+    """
+    if source.startswith("hf:"):
+        if tokenizer == "char":
+            raise ValueError(
+                f"a char tokenizer is built from the whole training text; for {source!r} use "
+                "byte, gpt2-bpe, bert-wordpiece or hub:<name>"
+            )
+        tok = tokenizer if not isinstance(tokenizer, str) else build_tokenizer(
+            tokenizer, files=tuple(tokenizer_files))  # fmt: skip
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        key = {"source": source, "tokenizer": tok.to_dict(), "seq_len": seq_len,
+               "max": max_documents}  # fmt: skip
+        splits = {}
+        for split in ("train", "validation"):
+            splits[split] = _pack_to_cache(
+                _hf_documents(source, split, max_documents), tok, seq_len, cache,
+                {**key, "split": split}, f"{split} split of {source!r}",
+            )  # fmt: skip
+        train, val = splits["train"], splits["validation"]
+        info: dict[str, Any] = {"source": source}
+    else:
+        docs = read_documents(source, cache_dir=cache_dir, max_documents=max_documents)
+        train_docs, val_docs = split_documents(docs, val_fraction, split_seed)
+        if isinstance(tokenizer, str):
+            tok = build_tokenizer(
+                tokenizer, text=(d.text for d in train_docs), files=tuple(tokenizer_files)
+            )
+        else:
+            tok = tokenizer
+        train = pack_documents(train_docs, tok, seq_len, what=f"training split of {source!r}")
+        val = pack_documents(val_docs, tok, seq_len, what=f"validation split of {source!r}")
+        info = {"source": source, "train_documents": len(train_docs),
+                "val_documents": [d.name for d in val_docs][:50]}  # fmt: skip
+    info.update({"train_sequences": int(train.shape[0]), "val_sequences": int(val.shape[0]),
+                 "seq_len": seq_len, "vocab_size": tok.vocab_size})  # fmt: skip
+    return PreparedData(tok, train, val, info)
+
+
+class BatchIterator:
+    """Endless shuffled batches over packed rows, resumable from ``state_dict()``.
+
+    Each epoch visits a permutation of the rows drawn from ``(seed, epoch)`` alone, so the
+    position (epoch, batches consumed) is the whole state. With data parallelism every rank
+    builds the same permutation and takes its own slice of each global batch of
+    ``batch_size * world_size`` rows; the incomplete last global batch of an epoch is skipped.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray | Tensor,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        self.rows = rows
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.global_batch = batch_size * world_size
+        self.batches_per_epoch = len(rows) // self.global_batch
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training data has {len(rows)} sequences, fewer than one global batch of "
+                f"{self.global_batch} (batch per rank {batch_size} x {world_size} ranks); use "
+                "more data, a smaller batch or a shorter sequence length"
+            )
+        self.epoch, self.index = 0, 0
+        self._perm_epoch, self._perm = -1, np.arange(0)
+
+    def _permutation(self) -> np.ndarray:
+        if self._perm_epoch != self.epoch:
+            n = len(self.rows)
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._perm = rng.permutation(n) if self.shuffle else np.arange(n)
+            self._perm_epoch = self.epoch
+        return self._perm
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Tensor:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        start = self.index * self.global_batch + self.rank * self.batch_size
+        ids = self._permutation()[start : start + self.batch_size]
+        self.index += 1
+        if isinstance(self.rows, np.ndarray):
+            return torch.as_tensor(np.asarray(self.rows[ids]), dtype=torch.long)
+        return self.rows[torch.as_tensor(ids)].long()
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "num_rows": len(self.rows),
+            "global_batch": self.global_batch,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key, mine in (("num_rows", len(self.rows)), ("global_batch", self.global_batch)):
+            if state[key] != mine:
+                raise ValueError(
+                    f"cannot resume the data position: the checkpoint's {key} is {state[key]} but "
+                    f"this run has {mine} (the data, its split or the batch size changed)"
+                )
+        self.epoch, self.index, self.seed = state["epoch"], state["index"], state["seed"]
+
+
+def validation_batches(
+    rows: np.ndarray, batch_size: int, max_sequences: int | None = None, *, rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Tensor]:  # fmt: skip
+    """The first ``max_sequences`` validation rows in order, in batches, sharded over ranks.
+
+    With several ranks the count is rounded down to a multiple of ``world_size``, so every rank
+    runs the same number of batches (FSDP needs the collectives to line up).
+    """
+    n = len(rows) if max_sequences is None else min(len(rows), max_sequences)
+    if world_size > 1:
+        n -= n % world_size
+    mine = np.arange(rank, n, world_size)
+    for start in range(0, len(mine), batch_size):
+        yield torch.as_tensor(np.asarray(rows[mine[start : start + batch_size]]), dtype=torch.long)

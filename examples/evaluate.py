@@ -1,0 +1,333 @@
+"""Evaluate a trained run: validation and zero-shot perplexity bounds, generative perplexity.
+
+    python -m examples.evaluate runs/demo/duo                         # validation bound
+    python -m examples.evaluate runs/demo/duo --zero-shot milton      # + another corpus
+    python -m examples.evaluate runs/demo/duo --gen-ppl --evaluator runs/demo/ar --steps 64,8
+    python -m examples.evaluate runs/demo/duo --gen-ppl --evaluator hf:/path/to/gpt2-large
+
+Metrics (SPEC §7):
+- validation perplexity: exp(sum NELBO / tokens) over the held-out split, an upper bound for
+  diffusion models (terms: continuous-time diffusion loss over t in [eps, 1] + prior KL at t = 1
+  + reconstruction at t = eps; one Monte Carlo time per sequence) and the exact perplexity for
+  the AR model;
+- zero-shot perplexity: the same on a corpus the model never saw (tokenised with the run's own
+  tokenizer; characters outside its alphabet count as UNK, and their share is reported);
+- generative perplexity: perplexity of the model's samples under an evaluator LM — by default
+  one of our AR runs (same tokenizer: token ids are scored directly), or any local Hugging Face
+  causal LM directory when ``transformers`` is installed (samples are decoded to text and
+  re-tokenised). Always reported with the mean per-sample unigram entropy of the token ids (in
+  nats), the sample count, the step count, the precision and the evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from examples.data import pack_documents, prepare_data, read_documents
+from examples.train import TrainedRun, evaluate_bound, load_trained
+
+__all__ = [
+    "AREvaluator",
+    "HFEvaluator",
+    "generate",
+    "generative_perplexity",
+    "load_evaluator",
+    "main",
+    "sample_entropy",
+    "validation_perplexity",
+    "zero_shot_perplexity",
+]
+
+
+def sample_entropy(samples: Tensor) -> float:
+    """Mean over samples of the entropy (nats) of each sample's empirical token distribution."""
+    values = []
+    for row in samples.cpu():
+        _, counts = torch.unique(row, return_counts=True)
+        p = counts.double() / counts.sum()
+        values.append(float(-(p * p.log()).sum()))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _precision(device: torch.device, precision: str) -> str:
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return "bf16 autocast"
+    return "float32"
+
+
+def validation_perplexity(
+    run: TrainedRun, *, max_sequences: int | None = None, batch_size: int = 32, seed: int = 0,
+    device: torch.device | str = "cpu", precision: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    """The run's validation split, rebuilt exactly as in training."""
+    cfg = run.config
+    data = prepare_data(
+        cfg.data.source, tokenizer=run.tokenizer, seq_len=cfg.data.seq_len,
+        val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed,
+        cache_dir=cfg.data.cache_dir, max_documents=cfg.data.max_documents,
+    )  # fmt: skip
+    device = torch.device(device)
+    res = evaluate_bound(run.objective, run.model.to(device), data.val, batch_size=batch_size,
+                         max_sequences=max_sequences, seed=seed, device=device,
+                         precision=precision)  # fmt: skip
+    return {**res, "corpus": f"{cfg.data.source} (validation split)",
+            "precision": _precision(device, precision)}  # fmt: skip
+
+
+def zero_shot_perplexity(
+    run: TrainedRun, source: str, *, max_sequences: int | None = None, batch_size: int = 32,
+    seed: int = 0, device: torch.device | str = "cpu", precision: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    """The bound on a corpus the model was not trained on, with the run's tokenizer."""
+    docs = read_documents(source, split="validation", cache_dir=run.config.data.cache_dir)
+    rows = pack_documents(docs, run.tokenizer, run.config.data.seq_len, what=f"corpus {source!r}")
+    device = torch.device(device)
+    res = evaluate_bound(run.objective, run.model.to(device), rows, batch_size=batch_size,
+                         max_sequences=max_sequences, seed=seed, device=device,
+                         precision=precision)  # fmt: skip
+    unk = getattr(run.tokenizer, "unk_id", None)
+    used = rows if max_sequences is None else rows[:max_sequences]
+    unk_share = float(np.mean(np.asarray(used) == unk)) if unk is not None else 0.0
+    return {**res, "corpus": source, "unk_fraction": unk_share,
+            "precision": _precision(device, precision)}  # fmt: skip
+
+
+# --- generative perplexity -----------------------------------------------------------------------
+
+
+class Evaluator(Protocol):
+    name: str
+
+    def nll(self, samples: Tensor, tokenizer: Any) -> tuple[float, int]:
+        """Summed negative log-likelihood (nats) of the samples and the number of scored
+        tokens."""
+        ...
+
+
+@dataclass
+class AREvaluator:
+    """One of our AR runs as the evaluator. Samples in the same vocabulary are scored directly
+    (every token after the first, given its prefix); others are decoded and re-tokenised."""
+
+    run: TrainedRun
+    batch_size: int = 32
+
+    @property
+    def name(self) -> str:
+        return f"AR run {self.run.run_dir} (step {self.run.step})"
+
+    @torch.no_grad()
+    def nll(self, samples: Tensor, tokenizer: Any) -> tuple[float, int]:
+        model = self.run.model
+        device = next(model.parameters()).device
+        if tokenizer.to_dict() != self.run.tokenizer.to_dict():
+            texts = [tokenizer.decode(row.tolist()) for row in samples]
+            ids = [self.run.tokenizer.encode_array(t) for t in texts]
+            length = max(2, min(len(i) for i in ids))
+            samples = torch.as_tensor(np.stack([i[:length] for i in ids]))
+        total, count = 0.0, 0
+        for batch in samples.split(self.batch_size):
+            x = batch.to(device)
+            logits = model(x[:, :-1]).double()
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), x[:, 1:], reduction="sum"
+            )
+            total += float(nll)
+            count += x[:, 1:].numel()
+        return total, count
+
+
+@dataclass
+class HFEvaluator:
+    """A local Hugging Face causal LM (e.g. a gpt2-large directory); needs ``transformers``."""
+
+    directory: str
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as err:
+            raise ImportError(
+                "a Hugging Face evaluator needs the `transformers` package (pip install "
+                "transformers); or pass one of our AR runs as --evaluator"
+            ) from err
+        if not Path(self.directory).is_dir():
+            raise FileNotFoundError(f"no model directory at {self.directory}")
+        self.tok = AutoTokenizer.from_pretrained(self.directory, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.directory, local_files_only=True
+        ).to(self.device).eval()  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return f"HF causal LM {self.directory}"
+
+    @torch.no_grad()
+    def nll(self, samples: Tensor, tokenizer: Any) -> tuple[float, int]:
+        max_len = getattr(self.model.config, "max_position_embeddings", 1024)
+        total, count = 0.0, 0
+        for row in samples:
+            ids = self.tok(tokenizer.decode(row.tolist()), return_tensors="pt").input_ids
+            ids = ids[:, :max_len].to(self.device)
+            if ids.shape[1] < 2:
+                continue
+            logits = self.model(ids).logits[:, :-1].double()
+            total += float(torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), ids[:, 1:], reduction="sum"))  # fmt: skip
+            count += ids.shape[1] - 1
+        return total, count
+
+
+def load_evaluator(spec: str, device: str = "cpu") -> Evaluator:
+    """``hf:<dir>`` for a Hugging Face causal LM, else the directory of one of our AR runs."""
+    if spec.startswith("hf:"):
+        return HFEvaluator(spec[3:], device)
+    run = load_trained(spec, device=device)
+    if run.config.train.objective != "ar":
+        raise ValueError(
+            f"the evaluator {spec} was trained with objective {run.config.train.objective!r}; "
+            "generative perplexity needs an autoregressive model (objective ar)"
+        )
+    return AREvaluator(run)
+
+
+def generate(
+    run: TrainedRun, steps: int, num_samples: int, *, batch_size: int = 32, seed: int = 0,
+    greedy_tail: bool = True, top_p: float | None = None, device: torch.device | str = "cpu",
+) -> tuple[Tensor, float]:  # fmt: skip
+    """``num_samples`` samples of the run's sequence length in ``steps`` steps, and the wall
+    time (s) it took. Seeded: the same call gives the same samples."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model = run.model.to(device).eval()
+    length = run.config.data.seq_len
+    out = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - lo)
+            kwargs: dict[str, Any] = {"generator": gen, "greedy_tail": greedy_tail}
+            if top_p is not None:
+                kwargs["top_p"] = top_p
+            out.append(run.objective.sample(model, n, length, steps, **kwargs).cpu())
+    return torch.cat(out), time.perf_counter() - start
+
+
+def generative_perplexity(
+    samples: Tensor, tokenizer: Any, evaluator: Evaluator
+) -> dict[str, Any]:
+    total, count = evaluator.nll(samples, tokenizer)
+    return {
+        "gen_ppl": math.exp(total / max(count, 1)),
+        "entropy": sample_entropy(samples),
+        "num_samples": int(samples.shape[0]),
+        "scored_tokens": count,
+        "evaluator": evaluator.name,
+    }
+
+
+def evaluate_generation(
+    run: TrainedRun, evaluator: Evaluator, steps_list: Sequence[int], *, num_samples: int,
+    batch_size: int = 32, seed: int = 0, greedy_tail: bool = True, top_p: float | None = None,
+    device: torch.device | str = "cpu", label: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    rows = []
+    for steps in steps_list:
+        samples, wall = generate(run, steps, num_samples, batch_size=batch_size, seed=seed,
+                                 greedy_tail=greedy_tail, top_p=top_p, device=device)  # fmt: skip
+        res = generative_perplexity(samples, run.tokenizer, evaluator)
+        res.update({
+            "method": label or run.config.train.objective,
+            "steps": steps if run.objective.name != "ar" else run.config.data.seq_len - 1,
+            "wall_s": wall,
+            "precision": f"model {_precision(torch.device(device), 'auto')}; categorical "
+                         "draws exact (float64 law)",
+            "greedy_tail": greedy_tail if run.objective.name != "ar" else None,
+            "top_p": top_p,
+            "samples": [run.tokenizer.decode(r.tolist()) for r in samples[:4]],
+        })  # fmt: skip
+        rows.append(res)
+    return rows
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _parse_steps(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m examples.evaluate", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("run", help="a run directory written by examples.train")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"])
+    p.add_argument("--no-val", action="store_true", help="skip the validation bound")
+    p.add_argument("--zero-shot", default=None,
+                   help="a corpus for zero-shot perplexity (default: the run's data.zero_shot)")
+    p.add_argument("--max-sequences", type=int, default=512)
+    p.add_argument("--gen-ppl", action="store_true", help="sample and score the samples")
+    p.add_argument("--evaluator", default=None,
+                   help="an AR run directory or hf:<local HF causal LM dir>")
+    p.add_argument("--steps", type=_parse_steps, default=None, help="e.g. 64,16,8,4")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-greedy-tail", action="store_true")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="JSON file (default: RUN/eval.json)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    run = load_trained(args.run, weights=args.weights, device=args.device)
+    results: dict[str, Any] = {"run": str(args.run), "step": run.step, "weights": args.weights}
+    kw = {"max_sequences": args.max_sequences, "batch_size": args.batch_size,
+          "seed": args.seed, "device": args.device}  # fmt: skip
+    if not args.no_val:
+        results["validation"] = validation_perplexity(run, **kw)
+    zero_shot = args.zero_shot if args.zero_shot is not None else run.config.data.zero_shot
+    if zero_shot:
+        results["zero_shot"] = zero_shot_perplexity(run, zero_shot, **kw)
+    if args.gen_ppl:
+        if args.evaluator is None and run.config.train.objective != "ar":
+            raise SystemExit("--gen-ppl needs --evaluator (an AR run directory or hf:<dir>)")
+        evaluator = load_evaluator(args.evaluator or args.run, args.device)
+        results["generation"] = evaluate_generation(
+            run, evaluator, args.steps or run.config.sample.steps,
+            num_samples=args.num_samples or run.config.sample.num_samples,
+            batch_size=args.batch_size, seed=args.seed, greedy_tail=not args.no_greedy_tail,
+            top_p=args.top_p, device=args.device,
+        )  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    for key in ("validation", "zero_shot"):
+        if key in results:
+            r = results[key]
+            rel = "=" if r["bound"].startswith("exact") else "<="
+            print(f"{key:10s} {r['corpus']}: NELBO {r['nelbo']:.4f} nats/token, "
+                  f"PPL {rel} {r['ppl']:.3f} over {r['tokens']} tokens [{r['bound']}]")  # fmt: skip
+    for r in results.get("generation", []):
+        print(f"generation {r['method']} steps={r['steps']}: gen PPL {r['gen_ppl']:.3f}, entropy "
+              f"{r['entropy']:.3f} nats, {r['num_samples']} samples, {r['precision']}, "
+              f"evaluator {r['evaluator']}")  # fmt: skip
+    print(f"results written to {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

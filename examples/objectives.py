@@ -1,0 +1,324 @@
+"""Training objectives behind one small adapter, so the training loop is shared.
+
+An objective turns a batch of clean tokens into a per-token loss, gives a validation bound with
+its terms, samples, and carries whatever state its phase needs in checkpoints:
+
+- ``DuoObjective``: ``UniformDiffusion`` with the Gaussian curriculum for the first
+  ``curriculum_end`` steps, then the plain discrete process (SPEC §3-4).
+- ``MDLMObjective``: ``MaskedDiffusion`` (absorbing state; the model has one extra id, the mask).
+- ``ARObjective``: a causal DiT and next-token cross-entropy (the baseline and the evaluator).
+- ``DCDObjective``: discrete consistency distillation of a trained Duo model (SPEC §6).
+
+Strings are resolved to objects here, at the edge (``build_objective``); the library itself
+takes objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from examples.config import Config
+
+__all__ = [
+    "ARObjective",
+    "Bound",
+    "DCDObjective",
+    "DuoObjective",
+    "MDLMObjective",
+    "Objective",
+    "build_objective",
+    "sample_autoregressive",
+]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A per-token validation bound (B, L') and its named terms (each (B, L'))."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    description: str
+
+
+class Objective(Protocol):
+    name: str
+    vocab_size: int
+    """Data vocabulary (the tokenizer's)."""
+    model_vocab_size: int
+    """Logits the model returns (MDLM adds the mask id)."""
+    causal: bool
+    uses_times: bool
+
+    def loss(
+        self, model: nn.Module, x_0: Tensor, *, step: int, t: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor: ...  # fmt: skip
+
+    def bound(
+        self, model: nn.Module, x_0: Tensor, *, generator: torch.Generator | None
+    ) -> Bound: ...
+
+    def sample(
+        self, model: nn.Module, batch_size: int, length: int, steps: int, **kwargs: Any
+    ) -> Tensor: ...
+
+    def phase(self, step: int) -> str: ...
+
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        """Called after every optimizer step; ``step`` is that step's 0-based index."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class _Stateless:
+    uses_times = True
+
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        del step, model, ema
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+def _nelbo_bound(nelbo: Any) -> Bound:
+    terms = {
+        "diffusion": nelbo.diffusion,
+        "prior": nelbo.prior,
+        "reconstruction": nelbo.reconstruction,
+    }
+    return Bound(nelbo.total, terms, getattr(nelbo, "terms", "diffusion + prior + reconstruction"))
+
+
+class DuoObjective(_Stateless):
+    """Duo: curriculum (relaxed Gaussian latents) until ``curriculum_end``, then discrete."""
+
+    name = "duo"
+    causal = False
+
+    def __init__(
+        self, vocab_size: int, *, gamma_min: float, gamma_max: float, tau: float,
+        curriculum_end: int, top_k: int | None = None, tau_end: float | None = None,
+        eps: float = 1e-3,
+    ) -> None:  # fmt: skip
+        from discdiff.diffusion import GaussianCurriculum, UniformDiffusion
+
+        curriculum = None
+        if curriculum_end > 0:
+            curriculum = GaussianCurriculum(
+                gamma_min=gamma_min, gamma_max=gamma_max, tau=tau, end_step=curriculum_end,
+                top_k=top_k, tau_end=tau_end,
+            )  # fmt: skip
+        self.diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
+        self.vocab_size = self.model_vocab_size = vocab_size
+        self.curriculum_end = curriculum_end
+
+    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
+
+    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
+        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
+
+    def phase(self, step: int) -> str:
+        return "curriculum" if step < self.curriculum_end else "discrete"
+
+
+class MDLMObjective(_Stateless):
+    """MDLM: absorbing-state diffusion; the model's vocabulary has the mask id appended."""
+
+    name = "mdlm"
+    causal = False
+
+    def __init__(self, vocab_size: int, *, eps: float = 1e-3) -> None:
+        from discdiff.diffusion import MaskedDiffusion
+
+        self.diffusion = MaskedDiffusion(vocab_size, eps=eps)
+        self.vocab_size = vocab_size
+        self.model_vocab_size = self.diffusion.model_vocab_size
+
+    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
+
+    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
+        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
+
+    def phase(self, step: int) -> str:
+        return "masked"
+
+
+class ARObjective(_Stateless):
+    """Next-token prediction with a causal DiT: logits at i predict token i + 1."""
+
+    name = "ar"
+    causal = True
+    uses_times = False
+
+    def __init__(self, vocab_size: int, bos_id: int) -> None:
+        self.vocab_size = self.model_vocab_size = vocab_size
+        self.bos_id = bos_id
+
+    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+        from discdiff.losses import ar_loss
+
+        del step, t, generator
+        return ar_loss(model(x_0[:, :-1]), x_0[:, 1:])
+
+    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
+        nll = self.loss(model, x_0, step=0, t=None, generator=generator)
+        return Bound(nll, {"nll": nll}, "exact next-token NLL (no bound: the AR likelihood)")
+
+    def sample(self, model, batch_size, length, steps=None, **kwargs):  # type: ignore[no-untyped-def]
+        del steps
+        return sample_autoregressive(
+            model, batch_size, length, bos_id=self.bos_id, generator=kwargs.get("generator"),
+            top_p=kwargs.get("top_p"),
+        )  # fmt: skip
+
+    def phase(self, step: int) -> str:
+        return "ar"
+
+
+@torch.no_grad()
+def sample_autoregressive(
+    model: nn.Module, batch_size: int, length: int, *, bos_id: int,
+    generator: torch.Generator | None = None, top_p: float | None = None,
+) -> Tensor:  # fmt: skip
+    """Ancestral decoding with a KV cache: BOS, then ``length - 1`` sampled tokens, (B, length).
+
+    Draws are made in float64 from the model's probabilities (exact for small vocabularies).
+    """
+    device = next(model.parameters()).device
+    out = torch.full((batch_size, length), bos_id, dtype=torch.long, device=device)
+    cache = model.new_kv_cache(length) if hasattr(model, "new_kv_cache") else None
+    for i in range(1, length):
+        if cache is not None:
+            logits = model(out[:, i - 1 : i], kv_cache=cache)[:, -1]
+        else:
+            logits = model(out[:, :i])[:, -1]
+        probs = torch.softmax(logits.double(), dim=-1)
+        if top_p is not None and top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+        out[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return out
+
+
+class DCDObjective:
+    """Discrete consistency distillation of a Duo teacher into a student (same architecture).
+
+    Rounds of ``steps_per_round`` steps; dt = 2^round / T; at every round boundary the teacher
+    is refreshed from the student's EMA (or the student). The distiller's state (round, teacher
+    weights) is checkpointed. The student samples on the distiller's time axis (the Gaussian
+    window's t, mapped through T), the one it was distilled on; its validation bound uses the
+    log-linear schedule like every other uniform-state model here. ``teacher=None`` builds the
+    objective for evaluation and sampling only.
+    """
+
+    name = "dcd"
+    causal = False
+    uses_times = False
+
+    def __init__(
+        self, teacher: nn.Module | None, vocab_size: int, *, rounds: int, steps_per_round: int,
+        gamma_min: float, gamma_max: float, T: int, divergence: str, refresh_from: str,
+        eps: float = 1e-3,
+    ) -> None:  # fmt: skip
+        from discdiff.diffusion import UniformDiffusion
+        from discdiff.duality import DualSchedule, GaussianArgmaxTransform
+        from discdiff.schedules import GammaSchedule
+
+        self.vocab_size = self.model_vocab_size = vocab_size
+        self.steps_per_round, self.rounds = steps_per_round, rounds
+        self.refresh_from = refresh_from
+        self.distiller: Any = None
+        if teacher is not None:
+            from discdiff.distill import DCDistiller
+
+            self.distiller = DCDistiller(
+                teacher, vocab_size, gamma_min=gamma_min, gamma_max=gamma_max,
+                initial_steps=T, steps_per_round=steps_per_round, n_rounds=rounds,
+                divergence=divergence, refresh_from=refresh_from, eps=eps,
+            )  # fmt: skip
+        self.sampling_schedule = DualSchedule(
+            GammaSchedule(gamma_min, gamma_max), GaussianArgmaxTransform(vocab_size)
+        )
+        self.diffusion = UniformDiffusion(vocab_size, eps=eps)
+
+    def _require_distiller(self) -> Any:
+        if self.distiller is None:
+            raise RuntimeError("this DCD objective was built without a teacher (evaluation only)")
+        return self.distiller
+
+    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+        del t
+        return self._require_distiller().loss(model, x_0, step, generator=generator)
+
+    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
+        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        from discdiff.samplers import sample_uniform
+
+        return sample_uniform(model, batch_size, length, steps, schedule=self.sampling_schedule,
+                              vocab_size=self.vocab_size, **kwargs)  # fmt: skip
+
+    def phase(self, step: int) -> str:
+        return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
+
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        """``step``: the 0-based index of the optimizer step just taken."""
+        distiller = self._require_distiller()
+        if not distiller.end_of_round(step):
+            return
+        if self.refresh_from == "ema":
+            with ema.swapped_in(model):  # the EMA weights, loaded into the student's module
+                distiller.maybe_refresh(step, model, model)
+        else:
+            distiller.maybe_refresh(step, model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._require_distiller().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._require_distiller().load_state_dict(state)
+
+
+def build_objective(
+    cfg: Config, vocab_size: int, *, bos_id: int, teacher: nn.Module | None = None
+) -> Objective:
+    """The objective named by ``cfg.train.objective`` for a tokenizer of ``vocab_size`` ids."""
+    kind = cfg.train.objective
+    if kind == "duo":
+        d = cfg.duo
+        return DuoObjective(
+            vocab_size, gamma_min=d.gamma_min, gamma_max=d.gamma_max, tau=d.tau,
+            curriculum_end=d.curriculum_end, top_k=d.top_k, tau_end=d.tau_end, eps=d.eps,
+        )  # fmt: skip
+    if kind == "mdlm":
+        return MDLMObjective(vocab_size, eps=cfg.duo.eps)
+    if kind == "ar":
+        return ARObjective(vocab_size, bos_id)
+    if kind == "dcd":
+        c = cfg.dcd
+        return DCDObjective(
+            teacher, vocab_size, rounds=c.rounds, steps_per_round=c.steps_per_round,
+            gamma_min=c.gamma_min, gamma_max=c.gamma_max, T=c.T, divergence=c.divergence,
+            refresh_from=c.refresh_from, eps=cfg.duo.eps,
+        )  # fmt: skip
+    raise ValueError(f"unknown objective {kind!r}")

@@ -1,0 +1,552 @@
+"""The training loop shared by every objective (Duo, MDLM, AR, DCD).
+
+    python -m examples.train --preset cpu-demo --train.objective duo --train.out_dir runs/duo
+    torchrun --nproc_per_node 8 -m examples.train --preset owt --train.out_dir runs/owt
+    python -m examples.train --train.out_dir runs/duo --train.resume true     # continue exactly
+
+AdamW with linear warm-up then a constant or cosine learning rate; gradient clipping; an EMA of
+the weights (used for validation and sampling); gradient accumulation; bf16 autocast on CUDA
+only (on CPU it is much slower than float32, so it is refused there); DDP through torchrun
+(gloo on CPU, NCCL on GPU) or FSDP2 (``--train.fsdp true``). The antithetic times of a step
+are stratified over the *global* batch: every rank and accumulation step draws the same offset
+u from a generator seeded by (seed, step) and takes its own strata. Logs go to CSV (and
+TensorBoard), checkpoints are atomic and carry everything needed to continue bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from examples import distributed as D
+from examples.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_write,
+    capture_rng_state,
+    check_compatible,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from examples.config import Config, ModelConfig, config_from_dict, parse_args
+from examples.data import BatchIterator, prepare_data, validation_batches
+from examples.ema import EMA
+from examples.metrics import MetricsLogger
+from examples.objectives import Objective, build_objective
+from examples.tokenizer import TextTokenizer, load_tokenizer
+
+__all__ = [
+    "TrainResult",
+    "TrainedRun",
+    "autocast",
+    "build_model",
+    "evaluate_bound",
+    "load_trained",
+    "lr_multiplier",
+    "main",
+    "train",
+]
+
+
+# --- small pieces --------------------------------------------------------------------------------
+
+
+def build_model(mcfg: ModelConfig, vocab_size: int, *, causal: bool = False) -> nn.Module:
+    """A ``discdiff.models.DiT`` from the config's preset and overrides."""
+    from discdiff.models import DiT
+
+    names = {"hidden": "hidden_size", "blocks": "n_blocks", "heads": "n_heads",
+             "cond_dim": "cond_dim", "dropout": "dropout"}  # fmt: skip
+    overrides = {names[k]: v for k, v in asdict(mcfg).items() if k in names and v is not None}
+    return DiT.from_preset(mcfg.preset, vocab_size=vocab_size, causal=causal, **overrides)
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA ("auto" or "bf16"); float32 elsewhere. bf16 on CPU is refused."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        raise ValueError(
+            "bf16 autocast is only used on CUDA: on CPU it is far slower than float32; "
+            "use --train.precision fp32 (or auto)"
+        )
+    return contextlib.nullcontext()
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """Identical on every rank: the shared offset u of the step's antithetic times."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63))
+
+
+def _times(objective: Objective, micro: int, info: D.DistInfo, accum: int, index: int, seed: int,
+           step: int, eps: float) -> Tensor | None:  # fmt: skip
+    if not objective.uses_times:
+        return None
+    from discdiff.losses import antithetic_times
+
+    return antithetic_times(
+        micro, eps=eps, world_size=info.world_size, rank=info.rank, accum_steps=accum,
+        accum_index=index, generator=_step_generator(seed, step), device=info.device,
+    )  # fmt: skip
+
+
+def model_meta(model: nn.Module, vocab_size: int, objective: str) -> dict[str, Any]:
+    config = getattr(D.unwrap(model), "config", None)
+    return {
+        "vocab_size": vocab_size,
+        "model": config.to_dict() if config is not None else {},
+        "objective": objective,
+    }
+
+
+@torch.no_grad()
+def evaluate_bound(
+    objective: Objective, model: nn.Module, rows: np.ndarray, *, batch_size: int,
+    max_sequences: int | None, seed: int, device: torch.device, precision: str = "auto",
+    info: D.DistInfo | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Validation bound over the first ``max_sequences`` rows: per-token NELBO (the AR objective:
+    exact NLL), its perplexity and the mean of each term. The noise is seeded, so repeated
+    evaluations of the same model agree."""
+    info = info or D.DistInfo(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, Tensor] = {}
+    description = ""
+    try:
+        for x_0 in validation_batches(
+            rows, batch_size, max_sequences, rank=info.rank, world_size=info.world_size
+        ):
+            x_0 = x_0.to(device)
+            with autocast(device, precision):
+                bound = objective.bound(model, x_0, generator=gen)
+            description = bound.description
+            parts = {"total": bound.total, **bound.terms}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=device)) + (
+                    v.double().sum()
+                )
+            n = torch.tensor(float(bound.total.numel()), dtype=torch.float64, device=device)
+            sums["tokens"] = sums.get("tokens", torch.zeros_like(n)) + n
+    finally:
+        model.train(was_training)
+    keys = sorted(sums)
+    if info.enabled:
+        stacked = D.all_reduce_sum(torch.stack([sums[k] for k in keys]))
+        sums = dict(zip(keys, stacked, strict=True))
+    tokens = float(sums.pop("tokens"))
+    if tokens == 0:
+        raise ValueError("the validation split is empty")
+    means = {k: float(v) / tokens for k, v in sums.items()}
+    nelbo = means.pop("total")
+    return {
+        "nelbo": nelbo,
+        "ppl": math.exp(min(nelbo, 700.0)),
+        "tokens": int(tokens),
+        "terms": means,
+        "bound": description,
+    }
+
+
+# --- state dicts under DDP / FSDP ---------------------------------------------------------------
+
+
+def _model_state(model: nn.Module, fsdp: bool) -> dict[str, Tensor]:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=opts)
+    return {k: v.detach().cpu() for k, v in D.unwrap(model).state_dict().items()}
+
+
+def _optim_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=opts)
+    return optimizer.state_dict()
+
+
+def _load_model_state(model: nn.Module, state: dict[str, Tensor], fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return
+    D.unwrap(model).load_state_dict(state)
+
+
+def _load_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                      fsdp: bool) -> None:  # fmt: skip
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, state, options=opts)
+        return
+    optimizer.load_state_dict(state)
+
+
+# --- loading a finished run ---------------------------------------------------------------------
+
+
+@dataclass
+class TrainedRun:
+    """A trained model (EMA weights by default) with its config, tokenizer and objective."""
+
+    model: nn.Module
+    config: Config
+    tokenizer: TextTokenizer
+    objective: Objective
+    step: int
+    run_dir: Path
+
+
+def load_trained(
+    run_dir: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu",
+    build_objective_too: bool = True,
+) -> TrainedRun:  # fmt: skip
+    """Rebuild the model of a run directory from its checkpoint (``weights``: ema or raw)."""
+    from discdiff.models import DiT, DiTConfig
+
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir, map_location="cpu")
+    cfg = config_from_dict(_read_json(run_dir / "config.json"))
+    tokenizer = load_tokenizer(run_dir)
+    meta = state["meta"]
+    if meta["vocab_size"] != tokenizer.vocab_size:
+        raise ValueError(
+            f"{run_dir}: the checkpoint's vocabulary ({meta['vocab_size']}) does not match the "
+            f"saved tokenizer ({tokenizer.vocab_size})"
+        )
+    model = DiT(DiTConfig.from_dict(meta["model"]))
+    model.load_state_dict(state["model"])
+    if weights == "ema":
+        ema_state = state["ema"]
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in ema_state:
+                    p.copy_(ema_state[name])
+    elif weights != "raw":
+        raise ValueError(f"weights must be ema or raw, got {weights!r}")
+    model = model.to(device).eval()
+    objective: Any = None
+    if build_objective_too:
+        objective = build_objective(cfg, tokenizer.vocab_size, bos_id=tokenizer.bos_id)
+    return TrainedRun(model, cfg, tokenizer, objective, int(state["step"]), run_dir)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} in {path.parent}")
+    return json.loads(path.read_text())
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    """The step reached (checkpointed)."""
+    losses: list[float] = field(default_factory=list)
+    """Mean training loss per optimizer step, for the steps run in this invocation."""
+    val: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    num_parameters: int = 0
+    model: nn.Module | None = None
+    """The trained module (raw weights; unwrapped from DDP; still sharded under FSDP)."""
+
+
+def train(
+    cfg: Config, *, info: D.DistInfo | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:  # fmt: skip
+    """Run (or resume) training as configured; returns the losses and validation results."""
+    cfg.validate()
+    tc = cfg.train
+    info = info or D.init_distributed(tc.device)
+    device = info.device
+    autocast(device, tc.precision)  # refuse bf16 on CPU before any work
+    run_dir = Path(tc.out_dir)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    resuming = tc.resume and ckpt_path.is_file()
+    if ckpt_path.is_file() and not tc.resume and not tc.overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a checkpoint: pass --train.resume true to continue it, "
+            "--train.overwrite true to start afresh, or another --train.out_dir"
+        )
+    state = load_checkpoint(ckpt_path) if resuming else None
+
+    # Data and tokenizer (a resumed run reuses the tokenizer it saved).
+    tok_arg: Any = load_tokenizer(run_dir) if resuming else cfg.data.tokenizer
+    data = prepare_data(
+        cfg.data.source, tokenizer=tok_arg, tokenizer_files=cfg.data.tokenizer_files,
+        seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction,
+        split_seed=cfg.data.split_seed, cache_dir=cfg.data.cache_dir,
+        max_documents=cfg.data.max_documents,
+    )  # fmt: skip
+    tokenizer = data.tokenizer
+
+    # Model and objective. DCD: the student starts from the teacher's (EMA) weights.
+    torch.manual_seed(tc.seed)
+    teacher = None
+    if tc.objective == "dcd":
+        teacher_run = load_trained(cfg.dcd.teacher, build_objective_too=False)
+        if teacher_run.tokenizer.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"the DCD teacher {cfg.dcd.teacher} has vocabulary size "
+                f"{teacher_run.tokenizer.vocab_size}, this run's data has {tokenizer.vocab_size}"
+            )
+        teacher = teacher_run.model.to(device)
+    objective = build_objective(cfg, tokenizer.vocab_size, bos_id=tokenizer.bos_id,
+                                teacher=teacher)  # fmt: skip
+    if teacher is not None:
+        from discdiff.models import DiT
+
+        model: nn.Module = DiT(teacher.config)
+        model.load_state_dict(teacher.state_dict())
+    else:
+        model = build_model(cfg.model, objective.model_vocab_size, causal=objective.causal)
+    model = model.to(device)
+    meta = model_meta(model, tokenizer.vocab_size, tc.objective)
+    num_parameters = sum(p.numel() for p in model.parameters())
+
+    world = info.world_size
+    micro = tc.micro_batch if tc.micro_batch is not None else tc.batch_size // world
+    if tc.batch_size % (micro * world):
+        raise ValueError(
+            f"train.batch_size={tc.batch_size} is not a multiple of micro_batch x world_size = "
+            f"{micro} x {world}"
+        )
+    accum = tc.batch_size // (micro * world)
+    iterator = BatchIterator(data.train, micro, seed=tc.seed, rank=info.rank, world_size=world)
+    noise = torch.Generator(device=device).manual_seed(tc.seed * 1009 + 7 * info.rank + 1)
+
+    model = D.wrap_model(model, info, fsdp=tc.fsdp)
+    if tc.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    # DCD runs its own schedule: rounds x steps_per_round steps at its own lr and EMA decay.
+    distilling = tc.objective == "dcd"
+    lr = cfg.dcd.lr if distilling else tc.lr
+    total_steps = cfg.dcd.rounds * cfg.dcd.steps_per_round if distilling else tc.steps
+    ema = EMA(D.unwrap(model) if not tc.fsdp else model, cfg.dcd.ema if distilling else tc.ema)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr,
+        betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=tc.weight_decay,
+    )  # fmt: skip
+
+    def lr_lambda(s: int) -> float:
+        return lr_multiplier(s, warmup=tc.warmup, total=total_steps, schedule=tc.lr_schedule,
+                             min_ratio=tc.min_lr_ratio)  # fmt: skip
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+    step, elapsed_before = 0, 0.0
+    if state is not None:
+        check_compatible(state["meta"], meta, where=str(ckpt_path))
+        _load_model_state(model, state["model"], tc.fsdp)
+        ema.load_state_dict(state["ema"])
+        _load_optim_state(model, optimizer, state["optimizer"], tc.fsdp)
+        scheduler.load_state_dict(state["scheduler"])
+        iterator.load_state_dict(state["data"])
+        objective.load_state_dict(state["objective"])
+        ranks = state["rng"]
+        mine = ranks[info.rank] if len(ranks) == world else ranks[0]
+        restore_rng_state(mine["global"])
+        noise.set_state(mine["noise"])
+        step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        del state
+    if info.is_main:  # the resolved config of this (possibly resumed) invocation
+        from examples.config import save_config
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        if not resuming:
+            tokenizer.save(run_dir)
+            _write_json(run_dir / "data_info.json", data.info)
+    D.barrier()
+
+    logger = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=tc.tensorboard,
+                           resume_step=step if resuming else None)  # fmt: skip
+    eps = cfg.duo.eps
+    tokens_per_step = tc.batch_size * cfg.data.seq_len
+    result = TrainResult(run_dir, step, num_parameters=num_parameters)
+
+    def save(at_step: int, elapsed: float) -> None:
+        rng = D.all_gather_objects({"global": capture_rng_state(), "noise": noise.get_state()})
+        payload = {
+            "step": at_step,
+            "meta": meta,
+            "model": _model_state(model, tc.fsdp),
+            "ema": ema.state_dict(),
+            "optimizer": _optim_state(model, optimizer, tc.fsdp),
+            "scheduler": scheduler.state_dict(),
+            "data": iterator.state_dict(),
+            "objective": objective.state_dict(),
+            "rng": rng,
+            "elapsed_s": elapsed,
+        }
+        if info.is_main:
+            save_checkpoint(ckpt_path, payload)
+        D.barrier()
+
+    def validate(at_step: int) -> dict[str, Any]:
+        inner = model if tc.fsdp else D.unwrap(model)
+        with ema.swapped_in(inner):
+            res = evaluate_bound(
+                objective, inner, data.val, batch_size=micro, max_sequences=tc.eval_sequences,
+                seed=tc.seed + 12345, device=device, precision=tc.precision, info=info,
+            )  # fmt: skip
+        res["step"] = at_step
+        logger.log("val", at_step, nelbo=res["nelbo"], ppl=res["ppl"], tokens=res["tokens"],
+                   **res["terms"])  # fmt: skip
+        result.val.append(res)
+        return res
+
+    bar = None
+    if tc.progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"train {tc.objective}",
+                   unit="step", dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+    start = time.perf_counter()
+    steps_this_run = 0
+    model.train()
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            total_loss = torch.zeros((), device=device)
+            for index in range(accum):
+                x_0 = next(iterator).to(device, non_blocking=True)
+                t = _times(objective, micro, info, accum, index, tc.seed, step, eps)
+                sync = index == accum - 1 or not info.enabled or tc.fsdp
+                ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
+                with ctx:
+                    with autocast(device, tc.precision):
+                        per_token = objective.loss(model, x_0, step=step, t=t, generator=noise)
+                    loss = per_token.float().mean() / accum
+                    loss.backward()
+                total_loss += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
+            step_lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(D.unwrap(model) if not tc.fsdp else model)
+            step += 1
+            steps_this_run += 1
+            objective.after_step(step - 1, D.unwrap(model) if not tc.fsdp else model, ema)
+
+            mean_loss = float(D.all_reduce_mean(total_loss))
+            result.losses.append(mean_loss)
+            if on_step is not None:
+                on_step(step, mean_loss)
+            dt = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", phase=objective.phase(step - 1),
+                                tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)  # fmt: skip
+            if step % tc.log_every == 0 or step == total_steps:
+                logger.log(
+                    "train", step, phase=objective.phase(step - 1), loss=mean_loss,
+                    lr=step_lr, grad_norm=float(grad_norm),
+                    tokens_per_s=tokens_per_step / dt,
+                    elapsed_s=elapsed_before + time.perf_counter() - start,
+                )  # fmt: skip
+            if step % tc.eval_every == 0 or step == total_steps:
+                res = validate(step)
+                if bar is not None:
+                    bar.write(f"step {step}: validation NELBO {res['nelbo']:.4f} nats/token, "
+                              f"PPL <= {res['ppl']:.2f}")  # fmt: skip
+            elapsed = time.perf_counter() - start
+            out_of_time = tc.max_time_s is not None and elapsed > tc.max_time_s
+            stop = D.any_rank(out_of_time, device) or (
+                tc.stop_after is not None and steps_this_run >= tc.stop_after
+            )
+            if step % tc.ckpt_every == 0 or step == total_steps or stop:
+                save(step, elapsed_before + elapsed)
+            if stop and step < total_steps:
+                result.stopped_early = True
+                if out_of_time and not any(v["step"] == step for v in result.val):
+                    validate(step)
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+    result.step = step
+    result.model = model if tc.fsdp else D.unwrap(model)
+    result.wall_s = time.perf_counter() - start
+    result.tokens_per_s = steps_this_run * tokens_per_step / max(result.wall_s, 1e-9)
+    if info.is_main:
+        _write_json(run_dir / "result.json", {
+            "step": step, "stopped_early": result.stopped_early, "wall_s": result.wall_s,
+            "tokens_per_s": result.tokens_per_s, "num_parameters": num_parameters,
+            "val": result.val[-1] if result.val else None,
+        })  # fmt: skip
+    return result
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import json
+
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def main(argv: Sequence[str] | None = None) -> TrainResult:
+    cfg = parse_args(argv, default_preset="cpu-demo", prog="python -m examples.train")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    info = D.init_distributed(cfg.train.device)
+    try:
+        result = train(cfg, info=info)
+    finally:
+        D.shutdown_distributed()
+    if info.is_main:
+        last = result.val[-1] if result.val else None
+        msg = f"step {result.step}, {result.wall_s:.1f} s, {result.tokens_per_s:,.0f} tokens/s"
+        if last:
+            msg += f", validation NELBO {last['nelbo']:.4f} (PPL <= {last['ppl']:.2f})"
+        print(f"{cfg.train.objective}: {msg}; outputs in {result.run_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
