@@ -34,24 +34,23 @@ SHAPE = (4, 256, 50257)
 TARGETS = {"memory": 0.3, "time": 0.5, "rel64": 1e-10, "rel32": 1e-5}
 
 
-def naive_uniform_nelbo(
-    logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor
-) -> Tensor:
-    """SPEC §3 as written, with dense (B, L, K) x̂, x̄, x̄_θ and log x̄_θ (the reference)."""
+def naive_uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_t):
+    """SPEC §3 as written, with dense (B, L, K) x̂, x̄, x̄_θ and log x̄_θ: the baseline and the
+    tests' reference (alpha_t / dalpha_t may be floats or tensors)."""
     k = logits.shape[-1]
-    a = alpha_t.expand(x_0.shape).unsqueeze(-1)
+    a = torch.as_tensor(alpha_t, dtype=logits.dtype).expand(x_0.shape).unsqueeze(-1)
+    da = torch.as_tensor(dalpha_t, dtype=logits.dtype).expand(x_0.shape)
     x_hat = logits.softmax(-1)
     x_bar = (1 - a).expand(logits.shape).scatter_add(-1, x_0.unsqueeze(-1), k * a)
     x_bar_theta = k * a * x_hat + (1 - a)
     log_x_bar_theta = x_bar_theta.log()
     i = z_t.unsqueeze(-1)
     x_bar_i = x_bar.gather(-1, i)
-    # The j = i term is log(1) = 0, so summing over all j equals the sum over j != i.
     terms = (x_bar / x_bar_i) * (
         log_x_bar_theta.gather(-1, i) + x_bar.log() - log_x_bar_theta - x_bar_i.log()
     )
     bracket = k / x_bar_i.squeeze(-1) - k / x_bar_theta.gather(-1, i).squeeze(-1) - terms.sum(-1)
-    return dalpha_t / (k * alpha_t) * bracket
+    return da / (k * a.squeeze(-1)) * bracket
 
 
 IMPLEMENTATIONS: dict[str, Callable[..., Tensor]] = {
@@ -141,8 +140,9 @@ def agreement(shape64: tuple[int, int, int] = (2, 64, 50257)) -> dict[str, float
     lean32, glean32 = forward_backward("lean", in32)
     naive32, _ = forward_backward("naive", in32)
     # Reference for float32: the float64 loss of the very same (float32-representable) inputs.
-    ref, gref = forward_backward("lean", tuple(t.double() if t.is_floating_point() else t
-                                               for t in in32))
+    ref, gref = forward_backward(
+        "lean", tuple(t.double() if t.is_floating_point() else t for t in in32)
+    )
     gscale = gref.abs().max()
     return {
         "rel64": _max_rel(lean64, naive64),

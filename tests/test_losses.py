@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.bench_losses import naive_uniform_nelbo
 from discdiff.losses import (
     antithetic_times,
     ar_loss,
@@ -27,24 +28,6 @@ from discdiff.schedules import LogLinearSchedule
 from discdiff.typing import unchecked
 
 F64 = torch.float64
-
-
-def naive_uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_t):
-    """SPEC §3 as written, with dense (B, L, K) x̂, x̄, x̄_θ, log x̄_θ: the reference."""
-    k = logits.shape[-1]
-    a = torch.as_tensor(alpha_t, dtype=logits.dtype).expand(x_0.shape).unsqueeze(-1)
-    da = torch.as_tensor(dalpha_t, dtype=logits.dtype).expand(x_0.shape)
-    x_hat = logits.softmax(-1)
-    x_bar = (1 - a).expand(logits.shape).scatter_add(-1, x_0.unsqueeze(-1), k * a)
-    x_bar_theta = k * a * x_hat + (1 - a)
-    log_x_bar_theta = x_bar_theta.log()
-    i = z_t.unsqueeze(-1)
-    x_bar_i = x_bar.gather(-1, i)
-    terms = (x_bar / x_bar_i) * (
-        log_x_bar_theta.gather(-1, i) + x_bar.log() - log_x_bar_theta - x_bar_i.log()
-    )
-    bracket = k / x_bar_i.squeeze(-1) - k / x_bar_theta.gather(-1, i).squeeze(-1) - terms.sum(-1)
-    return da / (k * a.squeeze(-1)) * bracket
 
 
 def mp_uniform_nelbo(logits, x_0, z_t, alpha, dalpha):
@@ -77,8 +60,9 @@ def make_case(seed, b, length, k, alpha, scale=2.0, dtype=F64, per_token_alpha=F
     g = torch.Generator().manual_seed(seed)
     logits = (scale * torch.randn(b, length, k, generator=g, dtype=F64)).to(dtype)
     x_0 = torch.randint(0, k, (b, length), generator=g)
-    z_t = torch.where(torch.rand(b, length, generator=g) < 0.5, x_0,
-                      torch.randint(0, k, (b, length), generator=g))
+    z_t = torch.where(
+        torch.rand(b, length, generator=g) < 0.5, x_0, torch.randint(0, k, (b, length), generator=g)
+    )
     shape = (b, length) if per_token_alpha else (b, 1)
     a = torch.full(shape, alpha, dtype=dtype)
     da = -(0.1 + torch.rand(shape, generator=g, dtype=F64)).to(dtype)
@@ -130,8 +114,9 @@ def test_accuracy_against_high_precision_including_tiny_alpha(alpha, k):
     assert torch.isfinite(out32).all()
 
 
-@given(case=cases, alpha=st.floats(1e-6, 1.0), scale=st.floats(0.1, 30.0),
-       n_masked=st.integers(0, 5))
+@given(
+    case=cases, alpha=st.floats(1e-6, 1.0), scale=st.floats(0.1, 30.0), n_masked=st.integers(0, 5)
+)
 def test_uniform_nelbo_is_nonnegative_and_finite(case, alpha, scale, n_masked):
     logits, x_0, z_t, a, da = make_case(*case, alpha, scale)
     if float(torch.tensor(alpha, dtype=torch.float32)) == 1.0:
@@ -177,10 +162,14 @@ def test_alpha_one_gives_the_limit_and_rejects_impossible_tokens():
 
 def test_alpha_and_dalpha_broadcast_as_floats_scalars_and_columns():
     logits, x_0, z_t, _, _ = make_case(1, 2, 3, 6, 0.5)
-    ref = uniform_nelbo(logits, x_0, z_t, torch.full((2, 3), 0.4, dtype=F64),
-                        torch.full((2, 3), -0.9, dtype=F64))
-    for a, da in [(0.4, -0.9), (torch.tensor(0.4, dtype=F64), torch.tensor(-0.9, dtype=F64)),
-                  (torch.full((2, 1), 0.4, dtype=F64), -0.9)]:
+    ref = uniform_nelbo(
+        logits, x_0, z_t, torch.full((2, 3), 0.4, dtype=F64), torch.full((2, 3), -0.9, dtype=F64)
+    )
+    for a, da in [
+        (0.4, -0.9),
+        (torch.tensor(0.4, dtype=F64), torch.tensor(-0.9, dtype=F64)),
+        (torch.full((2, 1), 0.4, dtype=F64), -0.9),
+    ]:
         torch.testing.assert_close(uniform_nelbo(logits, x_0, z_t, a, da), ref)
 
 
@@ -203,8 +192,7 @@ def test_chunking_layout_and_dtypes_do_not_change_the_result():
 def test_double_backward_is_refused_not_wrong():
     logits, x_0, z_t, a, da = make_case(4, 1, 2, 4, 0.4)
     leaf = logits.requires_grad_()
-    (g,) = torch.autograd.grad(uniform_nelbo(leaf, x_0, z_t, a, -1).sum(), leaf,
-                               create_graph=True)
+    (g,) = torch.autograd.grad(uniform_nelbo(leaf, x_0, z_t, a, -1).sum(), leaf, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
 
@@ -287,8 +275,13 @@ def _diffusion_integral(x_hat_of, k: int, x: int, t0: float, t1: float) -> float
     i = torch.arange(k).repeat(len(t))
     a_rows = alpha.repeat_interleave(k)
     logits = x_hat_of(i, a_rows).log().unsqueeze(1)
-    loss = uniform_nelbo(logits, torch.full((len(i), 1), x), i[:, None], a_rows[:, None],
-                         dalpha.repeat_interleave(k)[:, None])
+    loss = uniform_nelbo(
+        logits,
+        torch.full((len(i), 1), x),
+        i[:, None],
+        a_rows[:, None],
+        dalpha.repeat_interleave(k)[:, None],
+    )
     return float((w * (q_t * loss.view(len(t), k)).sum(-1)).sum())
 
 
@@ -340,7 +333,9 @@ def _uniform_bound(x_hat_of, eps: float) -> float:
         q_eps = _marginal(torch.tensor([a_eps], dtype=F64), F.one_hot(torch.tensor(x), k).to(F64))
         recon = uniform_reconstruction(
             x_hat_of(i, torch.full((k,), a_eps, dtype=F64)).log().unsqueeze(1),
-            torch.full((k, 1), x), i[:, None], a_eps,
+            torch.full((k, 1), x),
+            i[:, None],
+            a_eps,
         )
         prior = uniform_prior_kl(torch.tensor([[x]]), a_1, k)
         recon = float((q_eps[0] * recon[:, 0]).sum())
@@ -398,8 +393,9 @@ def test_masked_bound_on_an_exactly_solvable_case():
     for x in range(3):
         x_0 = torch.full((len(t), 1), x)
         z_m = torch.full((len(t), 1), mask)
-        loss = masked_nelbo(logits.expand(len(t), 1, k), x_0, z_m, alpha[:, None],
-                            dalpha[:, None], mask)[:, 0]
+        loss = masked_nelbo(
+            logits.expand(len(t), 1, k), x_0, z_m, alpha[:, None], dalpha[:, None], mask
+        )[:, 0]
         integral = float((w * (1 - alpha) * loss).sum())  # only masked tokens contribute
         recon = float((1 - a_eps) * masked_reconstruction(logits, x_0[:1], z_m[:1], mask))
         prior = float(masked_prior_kl(x_0[:1], a_1, k))
@@ -495,8 +491,16 @@ def test_prior_terms(alpha, k):
 def test_antithetic_strata_cover_the_global_batch_once(batch, world, accum, u, eps):
     n = batch * world * accum
     parts = [
-        antithetic_times(batch, eps=eps, world_size=world, rank=r, accum_steps=accum,
-                         accum_index=s, u=u, dtype=F64)
+        antithetic_times(
+            batch,
+            eps=eps,
+            world_size=world,
+            rank=r,
+            accum_steps=accum,
+            accum_index=s,
+            u=u,
+            dtype=F64,
+        )
         for r in range(world)
         for s in range(accum)
     ]
@@ -523,8 +527,9 @@ def test_antithetic_times_with_identically_seeded_generators():
     assert torch.equal(a, b) and a.dtype == torch.float32
     # The batch mean spreads n times less than with i.i.d. times: sd 1/(n √12) instead of
     # 1/√(12 n) (0.036 vs 0.102 at n = 8).
-    means = torch.stack([antithetic_times(8, generator=torch.Generator().manual_seed(s)).mean()
-                         for s in range(400)])
+    means = torch.stack(
+        [antithetic_times(8, generator=torch.Generator().manual_seed(s)).mean() for s in range(400)]
+    )
     assert float(means.std()) == pytest.approx((1 - 1e-3) / (8 * math.sqrt(12)), rel=0.15)
 
 
