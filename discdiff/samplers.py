@@ -619,9 +619,16 @@ def _check_row_maxima(values: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_window(t_on: float, t_off: float) -> None:
+def _check_weight_and_window(name: str, value: float, t_on: float, t_off: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
     if not 0.0 <= t_off <= t_on <= 1.0:
         raise ValueError(f"need 0 <= t_off <= t_on <= 1, got t_off={t_off}, t_on={t_on}")
+
+
+def _inside(t: float, s: float, t_on: float, t_off: float) -> bool:
+    """Whether the step t -> s lies in the window t_off <= s < t <= t_on."""
+    return t <= t_on and s >= t_off
 
 
 def _alpha_at(schedule: Schedule, t: float) -> float:
@@ -646,12 +653,10 @@ class ConstantKappa:
     t_off: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"kappa must lie in [0, 1], got {self.value}")
-        _check_window(self.t_on, self.t_off)
+        _check_weight_and_window("kappa", self.value, self.t_on, self.t_off)
 
     def __call__(self, t: float, s: float) -> float:
-        return self.value if (t <= self.t_on and s >= self.t_off) else 1.0
+        return self.value if _inside(t, s, self.t_on, self.t_off) else 1.0
 
 
 @dataclass(frozen=True)
@@ -668,12 +673,10 @@ class CappedKappa:
     t_off: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eta_cap <= 1.0:
-            raise ValueError(f"eta_cap must lie in [0, 1], got {self.eta_cap}")
-        _check_window(self.t_on, self.t_off)
+        _check_weight_and_window("eta_cap", self.eta_cap, self.t_on, self.t_off)
 
     def __call__(self, t: float, s: float) -> float:
-        if not (t <= self.t_on and s >= self.t_off):
+        if not _inside(t, s, self.t_on, self.t_off):
             return 1.0
         room = 1.0 - _alpha_at(self.schedule, s)
         if room <= 0.0:
@@ -697,12 +700,10 @@ class CappedRemask:
     t_off: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eta_cap <= 1.0:
-            raise ValueError(f"eta_cap must lie in [0, 1], got {self.eta_cap}")
-        _check_window(self.t_on, self.t_off)
+        _check_weight_and_window("eta_cap", self.eta_cap, self.t_on, self.t_off)
 
     def __call__(self, t: float, s: float) -> float:
-        if not (t <= self.t_on and s >= self.t_off):
+        if not _inside(t, s, self.t_on, self.t_off):
             return 0.0
         return min(self.eta_cap, _sigma_max(self.schedule, t, s))
 
@@ -718,12 +719,10 @@ class RescaledRemask:
     t_off: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
-        _check_window(self.t_on, self.t_off)
+        _check_weight_and_window("eta", self.eta, self.t_on, self.t_off)
 
     def __call__(self, t: float, s: float) -> float:
-        if not (t <= self.t_on and s >= self.t_off):
+        if not _inside(t, s, self.t_on, self.t_off):
             return 0.0
         return self.eta * _sigma_max(self.schedule, t, s)
 

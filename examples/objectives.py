@@ -99,7 +99,22 @@ def _nelbo_bound(nelbo: Any) -> Bound:
     return Bound(nelbo.total, terms, getattr(nelbo, "terms", "diffusion + prior + reconstruction"))
 
 
-class DuoObjective(_Stateless):
+class _DiffusionObjective(_Stateless):
+    """An objective that delegates to a discdiff diffusion object held as ``self.diffusion``."""
+
+    diffusion: Any
+
+    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
+
+    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
+        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
+
+
+class DuoObjective(_DiffusionObjective):
     """Duo: curriculum (relaxed Gaussian latents) until ``curriculum_end``, then discrete."""
 
     name = "duo"
@@ -122,20 +137,11 @@ class DuoObjective(_Stateless):
         self.vocab_size = self.model_vocab_size = vocab_size
         self.curriculum_end = curriculum_end
 
-    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
-        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
-
-    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
-        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
-
-    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
-
     def phase(self, step: int) -> str:
         return "curriculum" if step < self.curriculum_end else "discrete"
 
 
-class MDLMObjective(_Stateless):
+class MDLMObjective(_DiffusionObjective):
     """MDLM: absorbing-state diffusion; the model's vocabulary has the mask id appended."""
 
     name = "mdlm"
@@ -147,15 +153,6 @@ class MDLMObjective(_Stateless):
         self.diffusion = MaskedDiffusion(vocab_size, eps=eps)
         self.vocab_size = vocab_size
         self.model_vocab_size = self.diffusion.model_vocab_size
-
-    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
-        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
-
-    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
-        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
-
-    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
 
     def phase(self, step: int) -> str:
         return "masked"
