@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.bench_curriculum import make_model
 from discdiff.distill import DCDistiller, token_kl
 from discdiff.losses import antithetic_times
 
@@ -57,18 +58,8 @@ class TableDenoiser(nn.Module):
 
 
 def small_dit(vocab_size: int, seed: int = 0) -> nn.Module:
-    """A small DiT with every zero-initialised weight randomised, so its logits are not flat."""
-    from discdiff.models import DiT
-
-    torch.manual_seed(seed)
-    model = DiT.from_preset("tiny", vocab_size=vocab_size, hidden_size=64, n_blocks=2, n_heads=2,
-                            cond_dim=32, dropout=0.0)  # fmt: skip
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-        model.final.linear.weight.mul_(20.0)  # logits of a few units, like a trained model
-    return model
+    """``make_model`` with logits of a few units of spread, so x_hat is peaked rather than flat."""
+    return make_model(vocab_size, seed, logit_scale=20.0)
 
 
 def make_distiller(student: nn.Module, vocab_size: int = K_GPT2) -> DCDistiller:

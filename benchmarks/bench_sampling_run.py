@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.bench_curriculum import make_model
 from discdiff.samplers import sample_uniform
 from discdiff.schedules import LogLinearSchedule, Schedule
 
@@ -40,19 +41,8 @@ SIZES = {"full": (2, 128), "quick": (1, 64)}
 
 
 def small_dit(vocab_size: int = K_GPT2, seed: int = 0) -> nn.Module:
-    """DiT (hidden 64, 2 blocks) with its zero-initialised weights randomised; logits of a few
-    units of spread, so x_hat is peaked rather than flat."""
-    from discdiff.models import DiT
-
-    torch.manual_seed(seed)
-    model = DiT.from_preset("tiny", vocab_size=vocab_size, hidden_size=64, n_blocks=2, n_heads=2,
-                            cond_dim=32, dropout=0.0)  # fmt: skip
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-        model.final.linear.weight.mul_(20.0)
-    return model.eval()
+    """``make_model`` with logits of a few units of spread, so x_hat is peaked rather than flat."""
+    return make_model(vocab_size, seed, logit_scale=20.0).eval()
 
 
 def _alpha(schedule: Schedule, t: float) -> float:
