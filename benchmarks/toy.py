@@ -29,6 +29,7 @@ from discdiff.diffusion import GaussianCurriculum, UniformDiffusion
 from discdiff.distill import DCDistiller
 from discdiff.samplers import sample_uniform
 from discdiff.schedules import Schedule
+from discdiff.typing import Bag
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ class ToyDenoiser(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, length * vocab_size))
 
     def forward(self, z_t: Any, sigma: Tensor) -> Tensor:
-        if isinstance(z_t, tuple):
-            ids, weights = z_t
+        if isinstance(z_t, Bag):
+            ids, weights = z_t.ids, z_t.weights
             x = torch.zeros(*ids.shape[:2], self.vocab_size, device=ids.device)
             x = x.scatter_add(-1, ids, weights.to(x.dtype))
         elif z_t.is_floating_point():

@@ -19,14 +19,10 @@ import torch
 from torch import Tensor
 
 from discdiff import losses, processes, samplers
+from discdiff.denoise import denoise, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
-from discdiff.typing import (
-    Denoiser,
-    call_denoiser,
-    check_tokens,
-    check_vocab_size,
-)
+from discdiff.typing import Bag, Denoiser, check_tokens, check_vocab_size
 
 __all__ = ["NELBO", "GaussianCurriculum", "MaskedDiffusion", "UniformDiffusion"]
 
@@ -139,11 +135,8 @@ class UniformDiffusion:
             )
 
     def _denoise(self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, x_0: Tensor, **cond: Any):
-        sigma = -torch.log(alpha_t.squeeze(-1))
-        b, l = x_0.shape
-        return call_denoiser(
-            denoiser, z_t, sigma, batch_size=b, length=l, vocab_size=self.vocab_size, **cond
-        )
+        sigma = noise_level(alpha_t, x_0.shape[0], x_0.device)
+        return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def loss(
         self,
@@ -208,7 +201,7 @@ class UniformDiffusion:
             bag = processes.topk_gaussian_latent(
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
-            relaxed, z_t = (bag.ids, bag.weights), bag.z_t
+            relaxed, z_t = Bag(bag.ids, bag.weights), bag.z_t
         logits = self._denoise(denoiser, relaxed, alpha_t, x_0, **cond)
         return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
 
@@ -290,13 +283,8 @@ class MaskedDiffusion:
         self.eps = eps
 
     def _denoise(self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, **cond: Any) -> Tensor:
-        sigma = -torch.log(alpha_t.squeeze(-1))
-        if not self.time_conditioned:
-            sigma = torch.zeros_like(sigma)
-        b, l = z_t.shape
-        return call_denoiser(
-            denoiser, z_t, sigma, batch_size=b, length=l, vocab_size=self.model_vocab_size, **cond
-        )
+        sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
+        return denoise(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
 
     def loss(
         self,

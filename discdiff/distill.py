@@ -30,11 +30,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from discdiff import losses
+from discdiff.denoise import denoise, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import GammaSchedule
 from discdiff.typing import (
     Denoiser,
-    call_denoiser,
     check_range,
     check_tokens,
     check_vocab_size,
@@ -337,20 +337,11 @@ class DCDistiller:
 
     def _sigma(self, t: Tensor) -> Tensor:
         # -log(alpha) in float64, handed over as float32 (as the samplers do).
-        alpha = self.schedule.alpha(t.to(torch.float64))
-        return (-torch.log(alpha)).clamp_min(0.0).to(torch.float32)
+        return noise_level(self.schedule.alpha(t.to(torch.float64)), t.shape[0], t.device)
 
     def _call(self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: dict) -> Tensor:
-        b, ln = z.shape
-        try:
-            return call_denoiser(
-                denoiser, z, sigma, batch_size=b, length=ln, vocab_size=self.vocab_size, **cond
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"{role} ({type(_unwrap(denoiser)).__name__}): {err}; the {role} must return "
-                f"logits over the distiller's vocab_size={self.vocab_size} classes"
-            ) from err
+        name = f"{role} ({type(_unwrap(denoiser)).__name__})"
+        return denoise(denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond, role=name)
 
     def loss(
         self,

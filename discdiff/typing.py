@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import operator
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
-from beartype import beartype
+from beartype import BeartypeConf, beartype
 from jaxtyping import Float, Int, jaxtyped
 from torch import Tensor
 
@@ -27,9 +30,27 @@ Times = Float[Tensor, " b"]
 """One time or noise level per sequence, shape (B,)."""
 PerToken = Float[Tensor, "b l"]
 """A per-token quantity (a loss, a weight), shape (B, L)."""
-Bag = tuple[Int[Tensor, "b l n"], Float[Tensor, "b l n"]]
-"""Top-n (ids, weights) per position: a sparse soft input, embedded as a weighted bag."""
+
+
+@dataclass(frozen=True)
+class Bag:
+    """A sparse soft input: the top-n token ids of each position and their weights.
+
+    ``ids`` (B, L, n) int64, ``weights`` (B, L, n) float; a denoiser embeds it as the weighted
+    sum of the ids' embeddings (an embedding bag). The curriculum's top-k latents use it.
+    """
+
+    ids: Int[Tensor, "b l n"]
+    weights: Float[Tensor, "b l n"]
+
+    @property
+    def shape(self) -> torch.Size:
+        """(B, L): the sequence shape, as for token ids."""
+        return self.ids.shape[:2]
+
+
 DenoiserInput = Tokens | Probs | Bag
+"""What a denoiser receives: token ids (B, L), soft inputs (B, L, K) or a ``Bag``."""
 
 
 @runtime_checkable
@@ -37,13 +58,15 @@ class Denoiser(Protocol):
     """Anything that maps a noisy sequence and a noise level to logits over the clean token.
 
     ``z_t`` is token ids (B, L), soft inputs (B, L, K) (the curriculum's relaxed latent), or a
-    top-n bag ``(ids, weights)`` each (B, L, n). ``sigma`` is the noise level -log(alpha_t), (B,).
-    Returns logits (B, L, K). No base class: a bare ``nn.Module`` or a lambda fits.
+    top-n ``Bag``. ``sigma`` is the noise level -log(alpha_t), (B,) float32. ``cond`` is the
+    caller's conditioning (class labels, padding masks), passed through untouched. Returns
+    logits (B, L, K). No base class: a bare ``nn.Module`` or a lambda fits.
     """
 
-    def __call__(self, z_t: Any, sigma: Tensor, **cond: Any) -> Tensor: ...
+    def __call__(self, z_t: DenoiserInput, sigma: Times, **cond: Any) -> Logits: ...
 
 
+_BEARTYPE = beartype(conf=BeartypeConf(is_pep484_tower=True))
 _F = TypeVar("_F", bound=Callable[..., Any])
 _checks_enabled = True
 
@@ -67,9 +90,10 @@ def checks_enabled() -> bool:
 def typechecked(fn: _F) -> _F:
     """Check jaxtyping annotations with beartype on every call.
 
+    Numbers follow the numeric tower: an ``int`` is accepted where a ``float`` is annotated.
     Skipped while ``torch.compile`` traces (jaxtyping+beartype raise false errors there).
     """
-    checked = jaxtyped(typechecker=beartype)(fn)
+    checked = jaxtyped(typechecker=_BEARTYPE)(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -80,17 +104,75 @@ def typechecked(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+host_checks = 0
+"""How many value checks decided on the host so far (a test counts them: each is a device sync)."""
+
+
+def reject_if(bad: Tensor, message: str | Callable[[], str]) -> None:
+    """Raise ValueError(message) if any element of the boolean tensor ``bad`` is set.
+
+    The one place where a value check reaches the host. On the CPU that costs nothing; on an
+    accelerator ``bool()`` would stall the stream, so there the check is enqueued as an
+    asynchronous device assertion instead (it fails at the next synchronisation).
+    """
+    global host_checks
+    if bad.device.type == "cpu" or not _async_checks:
+        host_checks += 1
+        if bool(bad.any()):
+            raise ValueError(message() if callable(message) else message)
+    else:
+        text = message if isinstance(message, str) else "a discdiff value check failed"
+        torch._assert_async(~bad.any(), text)
+
+
+_async_checks = True
+
+
+def check_count(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name`` unless it is an integer
+    (not a bool) >= ``minimum``."""
+    try:
+        if isinstance(value, (bool, float)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def as_float(value: Any, name: str) -> float:
+    """Return a Python number or a one-element tensor as a float; raise naming ``name``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        return float(value)
+    try:
+        return float(operator.index(value)) if not isinstance(value, float) else value
+    except TypeError:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
 def check_tokens(x: Tensor, vocab_size: int, name: str) -> None:
-    """Raise ValueError unless ``x`` is an integer tensor with values in [0, vocab_size)."""
+    """Raise unless ``x`` is an integer tensor with values in [0, vocab_size)."""
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
     if checks_enabled() and x.numel() > 0:
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(
+
+        def message() -> str:
+            lo, hi = int(x.min()), int(x.max())
+            return (
                 f"{name} holds token ids in [{lo}, {hi}], outside [0, {vocab_size}) "
                 f"for vocab_size={vocab_size}"
             )
+
+        reject_if((x < 0) | (x >= vocab_size), message)
 
 
 def check_range(
@@ -102,25 +184,28 @@ def check_range(
     """
     if not checks_enabled():
         return
-    t = torch.as_tensor(x)
-    if t.numel() == 0:
+    interval = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
+    if not isinstance(x, Tensor):
+        value = float(x)
+        if not math.isfinite(value) or value > hi or (value <= lo if open_lo else value < lo):
+            raise ValueError(f"{name} must lie in {interval}, got {value}")
         return
-    bad = ~torch.isfinite(t) | (t > hi) | ((t <= lo) if open_lo else (t < lo))
-    if bool(bad.any()):
-        value = t[bad].flatten()[0].item()
-        interval = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
-        raise ValueError(f"{name} must lie in {interval}, got {value}")
+    if x.numel() == 0:
+        return
+    bad = ~torch.isfinite(x) | (x > hi) | ((x <= lo) if open_lo else (x < lo))
+    reject_if(bad, lambda: f"{name} must lie in {interval}, got {x[bad].flatten()[0].item()}")
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    """Raise ValueError if ``x`` holds NaN or infinite values (-inf is allowed in logits)."""
+    """Raise ValueError if ``x`` holds NaN or +inf values (-inf is allowed in logits)."""
     if checks_enabled() and x.numel() > 0:
-        if bool(torch.isnan(x).any()) or bool(torch.isposinf(x).any()):
-            raise ValueError(f"{name} contains NaN or +inf values")
+        # One streaming reduction (max propagates NaN) instead of a full boolean mask.
+        top = x.detach().amax()
+        reject_if(torch.isnan(top) | torch.isposinf(top), f"{name} contains NaN or +inf values")
 
 
 def check_vocab_size(vocab_size: int, name: str = "vocab_size") -> None:
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"{name} must be an integer >= 2, got {vocab_size!r}")
 
 
@@ -136,6 +221,9 @@ def check_logits(logits: Tensor, vocab_size: int, name: str = "logits") -> None:
 
 __all__ = [
     "Bag",
+    "as_float",
+    "check_count",
+    "reject_if",
     "Denoiser",
     "DenoiserInput",
     "Logits",
@@ -148,31 +236,8 @@ __all__ = [
     "check_range",
     "check_tokens",
     "check_vocab_size",
-    "call_denoiser",
     "checks_enabled",
     "typechecked",
     "unchecked",
 ]
 
-
-def call_denoiser(
-    denoiser: Denoiser,
-    z_t: Any,
-    sigma: Tensor,
-    *,
-    batch_size: int,
-    length: int,
-    vocab_size: int,
-    **cond: Any,
-) -> Tensor:
-    """Call ``denoiser(z_t, sigma, **cond)`` and check it returned finite (B, L, K) logits."""
-    logits = denoiser(z_t, sigma, **cond)
-    expected = (batch_size, length, vocab_size)
-    if not isinstance(logits, Tensor) or tuple(logits.shape) != expected:
-        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"denoiser returned logits of shape {got}, expected (B, L, K) = {expected}"
-        )
-    if checks_enabled() and bool(torch.isnan(logits).any()):
-        raise ValueError("denoiser returned NaN logits")
-    return logits

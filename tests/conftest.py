@@ -24,7 +24,7 @@ settings.load_profile("default")
 class ConstantDenoiser(torch.nn.Module):
     """A denoiser that ignores its input and returns the same logits everywhere.
 
-    Accepts ids (B, L), soft inputs (B, L, K) or a bag ``(ids, weights)``; returns (B, L, K).
+    Accepts ids (B, L), soft inputs (B, L, K) or a ``Bag``; returns (B, L, K).
     """
 
     def __init__(self, logits: torch.Tensor):
@@ -32,8 +32,7 @@ class ConstantDenoiser(torch.nn.Module):
         self.logits = torch.nn.Parameter(logits.clone())
 
     def forward(self, z_t, sigma, **cond):
-        ids = z_t[0] if isinstance(z_t, tuple) else z_t
-        b, l = ids.shape[:2]
+        b, l = z_t.shape[:2]
         return self.logits.expand(b, l, -1)
 
 

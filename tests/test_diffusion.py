@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from discdiff import GaussianCurriculum, MaskedDiffusion, UniformDiffusion
 from discdiff.schedules import LogLinearSchedule
+from discdiff.typing import Bag
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -43,8 +44,8 @@ class Recorder(torch.nn.Module):
 
     def forward(self, z_t, sigma):
         self.calls.append((z_t, sigma))
-        if isinstance(z_t, tuple):
-            ids, weights = z_t
+        if isinstance(z_t, Bag):
+            ids, weights = z_t.ids, z_t.weights
             h = (self.emb(ids) * weights.unsqueeze(-1)).sum(-2)
         elif z_t.is_floating_point():
             h = z_t @ self.emb.weight
@@ -77,7 +78,9 @@ def test_curriculum_top_k_feeds_a_bag():
     curriculum = GaussianCurriculum(end_step=5, top_k=4)
     model = Recorder(50)
     loss = UniformDiffusion(50, curriculum=curriculum).loss(model, x_0, generator=g)
-    ids, weights = model.calls[-1][0]
+    bag = model.calls[-1][0]
+    assert isinstance(bag, Bag)
+    ids, weights = bag.ids, bag.weights
     assert ids.shape == weights.shape == (2, 4, 4)
     assert torch.isfinite(loss).all()
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from discdiff.models import DiT, DiTConfig, KVCache, ParamCount
 from discdiff.models.dit import PRESETS, attention, flash_attn_available, vocab_projection
+from discdiff.typing import Bag
 
 K = 61  # a vocabulary size no dimension shares, so mixed-up axes fail loudly
 B, L = 2, 9
@@ -47,7 +48,7 @@ def test_shapes_and_dtypes_for_every_input_kind():
     model = make()
     x = ids()
     probs = torch.softmax(torch.randn(B, L, K), dim=-1)
-    bag = (torch.randint(0, K, (B, L, 3)), torch.rand(B, L, 3))
+    bag = Bag(torch.randint(0, K, (B, L, 3)), torch.rand(B, L, 3))
     for z_t in (x, x.to(torch.int32), probs, probs.double(), bag):
         logits = model(z_t, sigmas())
         assert logits.shape == (B, L, K)
@@ -132,7 +133,7 @@ def test_one_hot_soft_input_equals_ids():
 def test_bag_with_one_weight_one_id_equals_ids():
     model = make()
     x = ids()
-    bag = (x[..., None], torch.ones(B, L, 1))
+    bag = Bag(x[..., None], torch.ones(B, L, 1))
     torch.testing.assert_close(model(bag, sigmas()), model(x, sigmas()))
 
 
@@ -142,7 +143,7 @@ def test_bag_equals_the_soft_input_it_encodes():
     weights = torch.softmax(torch.randn(B, L, 4), dim=-1)
     dense = torch.zeros(B, L, K).scatter_add_(-1, bag_ids, weights)
     # Equal up to float32 summation order.
-    got, expected = model((bag_ids, weights), sigmas()), model(dense, sigmas())
+    got, expected = model(Bag(bag_ids, weights), sigmas()), model(dense, sigmas())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -300,7 +301,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="K=61"):
         model(torch.softmax(torch.randn(B, L, K + 1), -1), sigmas())
     with pytest.raises(ValueError, match="outside"):
-        model((x[..., None] + K, torch.ones(B, L, 1)), sigmas())
+        model(Bag(x[..., None] + K, torch.ones(B, L, 1)), sigmas())
     with pytest.raises((TypeError, ValueError)):  # float ids of the wrong rank
         model(x.float(), sigmas())
 

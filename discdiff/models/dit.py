@@ -521,15 +521,13 @@ class DiT(nn.Module):
         return KVCache(max_len)
 
     # ----------------------------------------------------------------------------- forward
-    def embed_input(self, z_t: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """(B, L, h) embedding of ids, soft probabilities or an (ids, weights) bag."""
+    def embed_input(self, z_t: Tensor | Bag) -> Tensor:
+        """(B, L, h) embedding of ids, soft probabilities or a ``Bag`` of (ids, weights)."""
         weight = self.embed.weight
         k = self.config.vocab_size
-        if isinstance(z_t, tuple):
-            if len(z_t) != 2:
-                raise ValueError(f"a bag input is a pair (ids, weights), got {len(z_t)} items")
-            ids, weights = z_t
-            if ids.shape != weights.shape or ids.ndim != 3:
+        if isinstance(z_t, Bag):
+            ids, weights = z_t.ids, z_t.weights
+            if ids.shape != weights.shape:
                 raise ValueError(
                     f"bag ids and weights must both be (B, L, n), got {tuple(ids.shape)} and "
                     f"{tuple(weights.shape)}"
