@@ -1,0 +1,33 @@
+"""Per-token training losses and the terms that close the variational bound.
+
+Notation (SPEC §3): K vocabulary size (read from the last axis of ``logits``), ``x_0`` the clean
+token x, ``z_t`` the noisy token i, ``alpha_t`` = α_t in (0, 1], ``dalpha_t`` = α'_t = dα_t/dt <= 0,
+x̂ = softmax(logits) the denoiser's estimate of the one-hot **x**. Every loss is returned
+unreduced, shape (B, L); the caller masks padding and reduces. ``alpha_t`` and ``dalpha_t`` are
+python floats, 0-d tensors, or tensors that broadcast as (B, 1) or (B, L).
+
+Modules: ``uniform`` (the memory-lean uniform-state NELBO), ``masked`` (the masked NELBO),
+``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss).
+"""
+
+from discdiff.losses.bounds import (
+    ar_loss,
+    masked_prior_kl,
+    masked_reconstruction,
+    uniform_prior_kl,
+    uniform_reconstruction,
+)
+from discdiff.losses.masked import masked_nelbo
+from discdiff.losses.uniform import uniform_nelbo
+from discdiff.timesteps import antithetic_times  # TODO: remove once callers import timesteps
+
+__all__ = [
+    "antithetic_times",
+    "ar_loss",
+    "masked_nelbo",
+    "masked_prior_kl",
+    "masked_reconstruction",
+    "uniform_nelbo",
+    "uniform_prior_kl",
+    "uniform_reconstruction",
+]

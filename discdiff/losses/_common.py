@@ -1,0 +1,128 @@
+"""Argument handling and the small numerics that more than one loss shares."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from discdiff.typing import (
+    check_finite,
+    check_range,
+    check_tokens,
+    check_vocab_size,
+    checks_enabled,
+)
+
+Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
+"""alpha_t or dalpha_t: a python number, a 0-d tensor, or a tensor broadcasting as (B, 1)/(B, L)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes
+# ---------------------------------------------------------------------------------------------
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    # Per-row scalars are cheap (B*L of them): keep them in float64 wherever float64 exists.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def result_dtype(logits: Tensor, *levels: Tensor | float) -> torch.dtype:
+    dtype = logits.dtype
+    for level in levels:
+        if isinstance(level, Tensor):
+            dtype = torch.promote_types(dtype, level.dtype)
+    return torch.promote_types(dtype, torch.float32)  # half inputs give a float32 loss
+
+
+def prior_dtype(alpha_1: Tensor | float) -> torch.dtype:
+    if isinstance(alpha_1, Tensor):
+        return torch.promote_types(alpha_1.dtype, torch.float32)
+    return torch.get_default_dtype()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, once at the door of each public loss
+# ---------------------------------------------------------------------------------------------
+
+
+def check_levels(alpha: Tensor | float, dalpha: Tensor | float, alpha_name: str) -> None:
+    check_range(alpha, alpha_name, 0.0, 1.0, open_lo=True)
+    if checks_enabled():
+        d = torch.as_tensor(dalpha)
+        bad = ~torch.isfinite(d) | (d > 0)
+        if bool(bad.any()):
+            value = d[bad].flatten()[0].item()
+            raise ValueError(
+                f"dalpha_t must be finite and <= 0 (alpha_t decreases with t), got {value}"
+            )
+
+
+def _check_logits_finite(logits: Tensor) -> None:
+    # One streaming reduction (max propagates NaN) instead of a (B, L, K) boolean mask; the full
+    # check, with its message, runs only when something is wrong.
+    if checks_enabled() and logits.numel() > 0:
+        top = logits.detach().amax()
+        if bool(torch.isnan(top)) or bool(torch.isposinf(top)):
+            check_finite(logits, "logits")
+
+
+def check_common(
+    logits: Tensor, x_0: Tensor, z_t: Tensor | None, z_name: str = "z_t", x_name: str = "x_0"
+) -> int:
+    """Check the logits and token ids of a loss; return K, read from the logits' last axis."""
+    k = logits.shape[-1]
+    check_vocab_size(k, "logits.shape[-1] (the vocabulary size K)")
+    check_tokens(x_0, k, x_name)
+    if z_t is not None:
+        check_tokens(z_t, k, z_name)
+    _check_logits_finite(logits)
+    return k
+
+
+def check_mask_id(mask_id: int, k: int, x_0: Tensor) -> None:
+    if isinstance(mask_id, bool) or not 0 <= mask_id < k:
+        raise ValueError(f"mask_id must be a token id in [0, {k}) (K from logits), got {mask_id}")
+    if checks_enabled() and bool((x_0 == mask_id).any()):
+        raise ValueError(f"x_0 contains the mask token mask_id={mask_id}; clean data never does")
+
+
+def per_token(level: Tensor | float, shape: torch.Size, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """Broadcast alpha_t / dalpha_t to (B, L) in ``dtype`` on ``like``'s device (differentiably)."""
+    if isinstance(level, Tensor):
+        return level.to(device=like.device, dtype=dtype).expand(shape)
+    return torch.full(shape, level, dtype=dtype, device=like.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared numerics
+# ---------------------------------------------------------------------------------------------
+
+
+def g_small(z: Tensor) -> Tensor:
+    """z - log1p(z) to rounding for |z| <= 0.1 (the naive difference loses all digits).
+
+    With s = z / (2 + z), log1p(z) = 2 atanh(s) = 2 (s + s³/3 + s⁵/5 + ...) and z = 2s / (1 - s),
+    so z - log1p(z) = 2s² / (1 - s) - 2s³ (1/3 + s²/5 + ...); |s| <= 0.053 and the series is cut
+    where its next term is below float64 rounding relative to the result.
+    """
+    s = z / (2 + z)
+    s2 = s * s
+    poly = 1 / 3 + s2 * (1 / 5 + s2 * (1 / 7 + s2 * (1 / 9 + s2 * (1 / 11 + s2 / 13))))
+    return 2 * s2 / (1 - s) - 2 * s * s2 * poly
+
+
+def g(z: Tensor) -> Tensor:
+    """z - log1p(z) for z > -1, accurate to rounding everywhere (series near 0)."""
+    near = z.abs() <= 0.1
+    return torch.where(near, g_small(torch.where(near, z, 0.0)), z - torch.log1p(z))
+
+
+def log_prob_without_mask(logits: Tensor, x_0: Tensor, mask_id: int) -> Tensor:
+    """log x̂[x_0] with the mask logit excluded (-∞), without copying or editing the logits."""
+    lse = torch.logaddexp(
+        torch.logsumexp(logits[..., :mask_id], dim=-1),
+        torch.logsumexp(logits[..., mask_id + 1 :], dim=-1),
+    )
+    return logits.gather(-1, x_0.unsqueeze(-1)).squeeze(-1) - lse

@@ -1,0 +1,278 @@
+"""The uniform-state NELBO (UDLM / Duo), memory-lean: an autograd function in rewritten algebra.
+
+The formula as SPEC §3 writes it is ``discdiff.losses.reference.uniform_nelbo_reference``; the
+tests hold this fast path to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from discdiff import _chunks
+from discdiff.losses._common import (
+    Level,
+    accumulation_dtype,
+    check_common,
+    check_levels,
+    g_small,
+    per_token,
+    result_dtype,
+)
+from discdiff.typing import check_count, checks_enabled, typechecked
+
+__all__ = ["uniform_nelbo"]
+
+# Below this β = Kα/(1-α) the bracket of the uniform NELBO is O(β²) while its pieces are O(β):
+# those rows use a form where the first order cancels analytically (see _UniformNelboCore).
+_BETA_SERIES = 0.1
+_BETA_MAX = 1e30  # β is +inf at α = 1, where its terms carry weight zero; keep them finite
+
+
+def _log_ratio(v: Tensor, xbar_x: Tensor, a_: Tensor, p: Tensor, one_m_p: Tensor) -> Tensor:
+    """log(v / x̄_x) = log((A p + c) / (A + c)), from whichever of p, 1 - p is accurate."""
+    near_one = torch.log1p(-a_ * one_m_p / xbar_x)
+    return torch.where(p > 0.5, near_one, torch.log(v / xbar_x))
+
+
+def _row_reader(logits: Tensor):
+    """Return ``rows(r0, r1) -> (r1 - r0, K)`` over the flattened (B*L, K) logits, never copying
+    more than one chunk (an expanded, stride-0 input stays unexpanded)."""
+    b, length, k = logits.shape
+    try:
+        flat = logits.view(b * length, k)
+    except RuntimeError:
+        flat = None
+
+    def rows(r0: int, r1: int) -> Tensor:
+        if flat is not None:
+            return flat[r0:r1]
+        idx = torch.arange(r0, r1, device=logits.device)
+        return logits[idx // length, idx % length]
+
+    return rows
+
+
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+
+
+class _UniformNelboCore(torch.autograd.Function):
+    """D = Σ_{j≠i} (x̄_j/x̄_i) (ρ_j - 1 - log ρ_j), ρ_j = x̄_θ,j x̄_i / (x̄_θ,i x̄_j), per row.
+
+    The SPEC bracket equals -D: Σ_{j≠i} (x̄_j/x̄_i)(ρ_j - 1) = K/x̄_θ,i - K/x̄_i in closed form
+    (Σ_j x̄_j = Σ_j x̄_θ,j = K). So loss = -(α'/(Kα)) D >= 0, and D = 0 iff x̄_θ ∝ x̄ on the
+    support. With A = Kα, c = 1 - α, v_j = x̄_θ,j = A p_j + c, β = A / c, u_j = 1 + β p_j, the
+    x-dependent constants take two values (x̄_x = A + c, x̄_j = c for j ≠ x) and
+
+    i = x:  D = C - (c/x̄_i) [T - (K-1) log(v_i / x̄_i)]
+    i ≠ x:  D = C - T - (x̄_x/c) log(v_x / x̄_x) + (K - 1 + β) log u_i
+
+    with C = K A (δ_ix - p_i) / (v_i x̄_i) and T = Σ_{j ∉ {i, x}} log1p(β p_j), the one O(K)
+    reduction. For β < 0.1 the O(β) parts of these cancel to an O(β²) result; those rows use the
+    same identity rewritten with g(z) = z - log1p(z) (computed by a series), where the first
+    order cancels exactly:
+
+    i = x:  (1+β) D = β²(1-p_i)(1-K p_i)/u_i + G - (K-1) g(β p_i) + (K-1) g(β)
+    i ≠ x:  D = (K+β) β² p_i²/u_i + β²(1-p_x) + G + (1+β) g(β p_x) - (K+β-1) g(β p_i) - (1+β) g(β)
+
+    with G = Σ_{j ∉ {i, x}} g(β p_j). The gradient w.r.t. the logits is closed form,
+    dD/dℓ_k = p_k [a (q_k - R + q_x) + p_i A C / v_i] - [k=x] a p_x / v_x - [k=i] A C p_i / v_i,
+    a = A² / x̄_i, q = p / v, R = Σ_m p_m q_m (the second reduction), recomputed chunk by chunk.
+    1 - p_i and 1 - p_x are sums of the other probabilities, accurate when p → one-hot.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha: Tensor, chunk_rows: int
+    ) -> Tensor:
+        b, length, k = logits.shape
+        n = b * length
+        dev = logits.device
+        acc = alpha.dtype
+        cdt = _compute_dtype(logits)
+        ix = x_0.reshape(n, 1)
+        ii = z_t.reshape(n, 1)
+        same = (ix == ii).view(n)
+
+        a_ = k * alpha  # A = Kα
+        c_ = 1 - alpha  # c = 1 - α
+        beta = (a_ / c_).clamp(max=_BETA_MAX)  # β = Kα / (1 - α); +inf at α = 1 clamped
+        small = beta < _BETA_SERIES
+        any_small = bool(small.any())
+        beta_c = beta.to(cdt).view(n, 1)
+        beta_small = torch.where(small, beta, 0.0).to(cdt).view(n, 1)
+
+        p_i = torch.empty(n, dtype=acc, device=dev)
+        p_x = torch.empty(n, dtype=acc, device=dev)
+        rest = torch.empty(n, dtype=acc, device=dev)  # Σ_{j ∉ {i, x}} p_j
+        t_sum = torch.empty(n, dtype=acc, device=dev)
+        g_sum = torch.zeros(n, dtype=acc, device=dev)
+        rows = _row_reader(logits)
+        for r0 in range(0, n, chunk_rows):
+            r1 = min(n, r0 + chunk_rows)
+            p = torch.softmax(rows(r0, r1).to(cdt), dim=-1)
+            ci, cx = ii[r0:r1], ix[r0:r1]
+            p_i[r0:r1] = p.gather(1, ci).view(-1)
+            p_x[r0:r1] = p.gather(1, cx).view(-1)
+            p.scatter_(1, ci, 0.0).scatter_(1, cx, 0.0)
+            rest[r0:r1] = p.sum(-1)
+            if any_small:
+                g_sum[r0:r1] = g_small(p * beta_small[r0:r1]).sum(-1)
+            t_sum[r0:r1] = p.mul_(beta_c[r0:r1]).log1p_().sum(-1)
+
+        one_m_pi = rest + torch.where(same, 0.0, p_x)
+        one_m_px = rest + torch.where(same, 0.0, p_i)
+        # Near one-hot, a rounded p_i (float32) disagrees with the accurate 1 - p_i by more than
+        # the O((1 - p_i)²) loss: take p from its complement so that every term sees the same p.
+        p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
+        p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
+        xbar_x = a_ + c_
+        xbar_i = torch.where(same, xbar_x, c_)
+        v_i = a_ * p_i + c_
+        v_x = a_ * p_x + c_
+        kf = float(k)
+        cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
+
+        # Large β (the T form). Weight c/x̄_i is exactly 0 at α = 1, where T may be huge.
+        w = c_ / xbar_i
+        inner = t_sum - (kf - 1) * _log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
+        d_same = cc - torch.where(w > 0, w * inner, 0.0)
+        d_diff = (
+            cc
+            - t_sum
+            - (xbar_x / c_) * _log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
+            + (kf - 1 + beta) * torch.log1p(beta * p_i)
+        )
+        d = torch.where(same, d_same, d_diff)
+        if any_small:
+            bs = torch.where(small, beta, 0.0)
+            u_i = 1 + bs * p_i
+            g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
+            b2 = bs * bs
+            s_same = (
+                b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
+            ) / (1 + bs)
+            s_diff = (
+                (kf + bs) * b2 * p_i * p_i / u_i
+                + b2 * one_m_px
+                + g_sum
+                + (1 + bs) * g_bx
+                - (kf + bs - 1) * g_bi
+                - (1 + bs) * g_b
+            )
+            d = torch.where(small, torch.where(same, s_same, s_diff), d)
+        # z_t ≠ x_0 at α = 1 is impossible under q(z_t | x_0): the bound is +inf there.
+        d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
+
+        ctx.save_for_backward(logits, ii, ix, a_, c_, xbar_i, v_i, p_i, cc)
+        ctx.chunk_rows = chunk_rows
+        return d.view(b, length)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_d: Tensor):  # type: ignore[override]
+        logits, ii, ix, a_, c_, xbar_i, v_i, p_i, cc = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        b, length, k = logits.shape
+        n = b * length
+        cdt = _compute_dtype(logits)
+        chunk_rows = ctx.chunk_rows
+        gd = grad_d.reshape(n).to(a_.dtype)
+        a_coef = a_ * a_ / xbar_i  # a = A² / x̄_i
+        at_i = (-gd * a_ * cc / v_i * p_i).to(cdt).view(n, 1)  # -A C p_i / v_i at k = i
+        shift_i = gd * p_i * a_ * cc / v_i
+        # v = A p + c with c floored at the smallest normal: at α = 1, p_k = 0 gives q_k = 0.
+        c_floor = c_.to(cdt).clamp_min(torch.finfo(cdt).tiny).view(n, 1)
+        a_c = a_.to(cdt).view(n, 1)
+        scale = (gd * a_coef).to(cdt).view(n, 1)
+        grad = torch.empty((n, k), dtype=logits.dtype, device=logits.device)
+        in_place = cdt == logits.dtype
+        rows = _row_reader(logits)
+        for r0 in range(0, n, chunk_rows):
+            sl = slice(r0, min(n, r0 + chunk_rows))
+            p = torch.softmax(rows(sl.start, sl.stop).to(cdt), dim=-1)
+            q = torch.mul(p, a_c[sl]).add_(c_floor[sl])  # v = A p + c
+            torch.div(p, q, out=q)  # q = p / v
+            r_sum = torch.mul(p, q).sum(-1, keepdim=True)  # R = Σ p q
+            # q_x and R from this chunk, so that at a one-hot x̂ the terms cancel to exactly 0.
+            at_x = -(scale[sl] * q.gather(1, ix[sl]))  # -a q_x at k = x
+            shift = gd[sl, None] * a_coef[sl, None] * (q.gather(1, ix[sl]) - r_sum).to(gd.dtype)
+            shift = (shift + shift_i[sl, None]).to(cdt)
+            q.mul_(scale[sl]).add_(shift)
+            out = torch.mul(q, p, out=grad[sl]) if in_place else q.mul_(p)
+            out.scatter_add_(1, ix[sl], at_x).scatter_add_(1, ii[sl], at_i[sl])
+            if not in_place:
+                grad[sl] = out
+        return grad.view(b, length, k), None, None, None, None
+
+
+@typechecked
+def uniform_nelbo(
+    logits: Float[Tensor, "b l k"],
+    x_0: Int[Tensor, "b l"],
+    z_t: Int[Tensor, "b l"],
+    alpha_t: Level,
+    dalpha_t: Level,
+    *,
+    chunk_rows: int | None = None,
+) -> Float[Tensor, "b l"]:
+    """Continuous-time uniform-state NELBO per token (UDLM; SPEC §3).
+
+    With x̄ = Kα_t **x** + (1 - α_t), x̄_θ = Kα_t x̂ + (1 - α_t) and i = z_t::
+
+        loss = (α'_t / (K α_t)) [K/x̄_i - K/x̄_θ,i - Σ_{j≠i} (x̄_j/x̄_i) log(x̄_θ,i x̄_j / (x̄_θ,j x̄_i))]
+
+    It is >= 0 and exactly 0 when x̂ is the one-hot of x_0 (``-inf`` logits are fine).
+
+    Args:
+        logits: (B, L, K) denoiser output; x̂ = softmax(logits). K is read from here.
+        x_0: (B, L) clean token ids in [0, K).
+        z_t: (B, L) noisy token ids in [0, K).
+        alpha_t: α_t in (0, 1]; float, 0-d, (B, 1) or (B, L). Treated as a constant: a tensor
+            that requires grad is rejected (the loss differentiates w.r.t. logits and dalpha_t).
+        dalpha_t: α'_t <= 0, same shapes as alpha_t.
+        chunk_rows: rows of the flattened (B*L, K) logits processed at a time (default: about
+            1 MiB of float32 per temporary on CPU, 128 MiB on accelerators).
+
+    Returns:
+        (B, L) loss; float64 when any input is float64, float32 for float32 or half inputs.
+
+    Memory: nothing of size (B, L, K) is kept for backward besides the logits themselves; the
+    backward recomputes softmax chunk by chunk and writes the closed-form gradient straight into
+    the logits' gradient (see ``_UniformNelboCore``). No double backward. Exactly at α_t = 1 a
+    position with z_t ≠ x_0 is impossible: that raises (or gives +inf under ``unchecked()``).
+    """
+    k = check_common(logits, x_0, z_t)
+    check_levels(alpha_t, dalpha_t, "alpha_t")
+    if isinstance(alpha_t, Tensor) and alpha_t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "alpha_t requires grad, but uniform_nelbo treats it as a constant; pass "
+            "alpha_t.detach() (gradients flow to logits and dalpha_t)"
+        )
+    if chunk_rows is not None:
+        chunk_rows = check_count(chunk_rows, "chunk_rows")
+    out_dtype = result_dtype(logits, alpha_t, dalpha_t)
+    acc = accumulation_dtype(logits.device)
+    shape = x_0.shape
+    alpha = per_token(alpha_t, shape, logits, acc).reshape(-1)
+    if checks_enabled():
+        impossible = (alpha.view(shape) == 1) & (z_t != x_0)
+        if bool(impossible.any()):
+            raise ValueError(
+                "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
+                "(the uniform NELBO is +inf there)"
+            )
+    if chunk_rows is None:
+        chunk_rows = _chunks.chunk_rows(k, logits.device)
+    d = _UniformNelboCore.apply(logits, x_0, z_t, alpha.contiguous(), chunk_rows)
+    alpha_bl = alpha.view(shape)
+    dalpha = per_token(dalpha_t, shape, logits, acc)
+    loss = (-dalpha / (k * alpha_bl)) * d
+    return loss.to(out_dtype)
