@@ -1,14 +1,28 @@
-"""Training times t in [eps, 1]: stratified (antithetic) over the global batch."""
+"""Training times t in [eps, 1], stratified (antithetic) over the *global* batch (SPEC §3).
+
+The global batch of an optimiser step has n = batch_size · world_size · accum_steps sequences,
+spread over data-parallel ranks and gradient-accumulation steps. Sequence g of it gets
+t_g = (u + g/n) mod 1, mapped to eps + (1 - eps) t_g: one point per stratum [g/n, (g+1)/n)
+shifted by u, so the n times never repeat and their mean has far lower variance than i.i.d.
+times (standard deviation 1/(n √12) instead of 1/√(12 n)).
+
+That needs one offset u per optimiser step, the same on every rank and accumulation step.
+``AntitheticTimes`` derives it from (seed, step), so the ranks agree without communicating;
+``antithetic_times`` is the primitive that takes u (or a generator) and the global layout.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.distributed as dist
 from jaxtyping import Float
 from torch import Tensor
 
-from discdiff.typing import check_count, typechecked
+from discdiff.typing import as_float, check_count, typechecked
 
-__all__ = ["antithetic_times"]
+__all__ = ["AntitheticTimes", "antithetic_times"]
 
 
 @typechecked
@@ -25,20 +39,17 @@ def antithetic_times(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Float[Tensor, " b"]:
-    """Stratified (antithetic) times over the global batch, mapped to [eps, 1].
+    """This call's share of the stratified times of the global batch, in [eps, 1].
 
-    The global batch has n = batch_size · world_size · accum_steps sequences; sequence
-    g = (accum_index · world_size + rank) · batch_size + j gets t_g = (u + g/n) mod 1, returned as
-    eps + (1 - eps) t_g. Across all ranks and accumulation steps the n times are exactly one point
-    per stratum [g/n, (g+1)/n) shifted by u: they never repeat, and their mean has far lower
-    variance than i.i.d. times.
+    Sequence j of this call is sequence g = (accum_index · world_size + rank) · batch_size + j of
+    the global batch and gets eps + (1 - eps) · ((u + g/n) mod 1), n the global batch size.
 
     The offset u must be the same in every call that builds one global batch (all ranks, all
     accumulation steps): pass ``u`` (e.g. drawn once per optimiser step and broadcast), or pass a
     ``generator`` seeded identically on every rank *and* reset to the same state for every
-    accumulation step (e.g. ``torch.Generator().manual_seed(seed + optimiser_step)``). A
-    generator that advances between accumulation steps gives different u's, breaking the strata.
-    With neither, u is drawn from torch's global generator (fine for a single process, step).
+    accumulation step. ``AntitheticTimes`` does this for you. A generator that advances between
+    accumulation steps gives different u's, breaking the strata. With neither, u is drawn from
+    torch's global generator (fine for a single process and step).
 
     Returns:
         (batch_size,) times in [eps, 1].
@@ -46,16 +57,9 @@ def antithetic_times(
     batch_size = check_count(batch_size, "batch_size")
     world_size = check_count(world_size, "world_size")
     accum_steps = check_count(accum_steps, "accum_steps")
-    rank = check_count(rank, "rank", minimum=0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
-    accum_index = check_count(accum_index, "accum_index", minimum=0)
-    if accum_index >= accum_steps:
-        raise ValueError(
-            f"accum_index must be an integer in [0, accum_steps={accum_steps}), got {accum_index!r}"
-        )
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must lie in [0, 1), got {eps}")
+    rank = _check_index(rank, "rank", world_size, "world_size")
+    accum_index = _check_index(accum_index, "accum_index", accum_steps, "accum_steps")
+    _check_eps(eps)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     n = batch_size * world_size * accum_steps
@@ -71,3 +75,74 @@ def antithetic_times(
     g = torch.arange(start, start + batch_size, dtype=torch.float64, device=u_t.device)
     t = torch.remainder(u_t + g / n, 1.0)
     return (eps + (1 - eps) * t).to(device=device or u_t.device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class AntitheticTimes:
+    """Stratified times over the global batch, with u derived from (seed, step).
+
+    Every rank and accumulation step of optimiser step ``step`` derives the same u from a
+    generator seeded by (``seed``, ``step``), so the global batch is stratified without any
+    communication. World size and rank come from ``torch.distributed`` when it is initialised
+    (1 and 0 otherwise), unless given.
+
+        times = AntitheticTimes(eps=1e-3, seed=0)
+        for index in range(accum_steps):
+            t = times(micro_batch, step=step, accum_index=index, accum_steps=accum_steps)
+
+    Args:
+        eps: smallest time, in [0, 1).
+        seed: an integer >= 0; the same on every rank.
+    """
+
+    eps: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+        check_count(self.seed, "seed", minimum=0)
+
+    def generator(self, step: int) -> torch.Generator:
+        """The CPU generator of optimiser step ``step``: its first float64 draw is u."""
+        step = check_count(step, "step", minimum=0)
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step * 7919 + 17) % 2**63)
+
+    def offset(self, step: int) -> float:
+        """u in [0, 1) of optimiser step ``step``."""
+        return float(torch.rand((), generator=self.generator(step), dtype=torch.float64))
+
+    def __call__(
+        self,
+        batch_size: int,
+        *,
+        step: int,
+        accum_index: int = 0,
+        accum_steps: int = 1,
+        world_size: int | None = None,
+        rank: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Float[Tensor, " b"]:
+        """(batch_size,) times in [eps, 1] for this rank's accumulation step ``accum_index``."""
+        distributed = dist.is_available() and dist.is_initialized()
+        if world_size is None:
+            world_size = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        return antithetic_times(
+            batch_size, eps=self.eps, world_size=world_size, rank=rank, accum_steps=accum_steps,
+            accum_index=accum_index, u=self.offset(step), device=device, dtype=dtype,
+        )  # fmt: skip
+
+
+def _check_index(value: int, name: str, count: int, count_name: str) -> int:
+    value = check_count(value, name, minimum=0)
+    if value >= count:
+        raise ValueError(f"{name} must be an integer in [0, {count_name}={count}), got {value!r}")
+    return value
+
+
+def _check_eps(eps: float) -> None:
+    value = as_float(eps, "eps")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"eps must lie in [0, 1), got {eps}")

@@ -1,6 +1,6 @@
-"""Laws of the losses (SPEC §3): the uniform NELBO against the formula written straight down,
-its gradient, its continuous-time limit and the full bound on an exactly solvable case; the
-masked NELBO, AR loss, bound terms, antithetic times and the argument checks."""
+"""Laws of the losses (SPEC §3): the uniform NELBO against the reference formula (the SPEC written
+straight down), its gradient, its continuous-time limit and the full bound on an exactly solvable
+case; the masked NELBO against its reference, AR loss, bound terms and the argument checks."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.bench_losses import naive_uniform_nelbo
 from discdiff.losses import (
-    antithetic_times,
     ar_loss,
     masked_nelbo,
     masked_prior_kl,
@@ -24,6 +22,7 @@ from discdiff.losses import (
     uniform_prior_kl,
     uniform_reconstruction,
 )
+from discdiff.losses.reference import masked_nelbo_reference, uniform_nelbo_reference
 from discdiff.schedules import LogLinearSchedule
 from discdiff.typing import unchecked
 
@@ -81,12 +80,12 @@ cases = st.tuples(
 
 
 @given(case=cases, alpha=st.floats(0.01, 0.999), scale=st.floats(0.1, 3.0), per_token=st.booleans())
-def test_uniform_nelbo_equals_the_naive_formula_in_float64(case, alpha, scale, per_token):
+def test_uniform_nelbo_equals_the_reference_in_float64(case, alpha, scale, per_token):
     logits, x_0, z_t, a, da = make_case(*case, alpha, scale, per_token_alpha=per_token)
-    ref = naive_uniform_nelbo(logits, x_0, z_t, a, da)
+    ref = uniform_nelbo_reference(logits, x_0, z_t, a, da)
     out = uniform_nelbo(logits, x_0, z_t, a, da)
     assert out.dtype == F64 and out.shape == x_0.shape
-    # The naive formula itself loses digits when the loss is tiny (x̂ near one-hot): atol covers it.
+    # The reference itself loses digits when the loss is tiny (x̂ near one-hot): atol covers it.
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()) + 1e-14)
 
 
@@ -183,7 +182,7 @@ def test_chunking_layout_and_dtypes_do_not_change_the_result():
     torch.testing.assert_close(uniform_nelbo(t, x_0, z_t, a, da, chunk_rows=2), ref)
     row = logits[:1, :1].expand(3, 5, 7)
     torch.testing.assert_close(
-        uniform_nelbo(row, x_0, z_t, a, da), naive_uniform_nelbo(row, x_0, z_t, a, da)
+        uniform_nelbo(row, x_0, z_t, a, da), uniform_nelbo_reference(row, x_0, z_t, a, da)
     )
     half = uniform_nelbo(logits.bfloat16(), x_0, z_t, a.float(), da.float())
     assert half.dtype == torch.float32
@@ -222,12 +221,12 @@ def test_gradcheck_float64(alpha, k):
 
 @given(case=cases, alpha=st.floats(1e-4, 0.9999), scale=st.floats(0.1, 4.0))
 @settings(max_examples=20)
-def test_gradient_equals_autograd_of_the_naive_formula(case, alpha, scale):
+def test_gradient_equals_autograd_of_the_reference(case, alpha, scale):
     logits, x_0, z_t, a, da = make_case(*case, alpha, scale)
     w = torch.randn(x_0.shape, dtype=F64, generator=torch.Generator().manual_seed(case[0]))
     leaf = logits.requires_grad_()
     (g_lean,) = torch.autograd.grad((uniform_nelbo(leaf, x_0, z_t, a, da) * w).sum(), leaf)
-    (g_ref,) = torch.autograd.grad((naive_uniform_nelbo(leaf, x_0, z_t, a, da) * w).sum(), leaf)
+    (g_ref,) = torch.autograd.grad((uniform_nelbo_reference(leaf, x_0, z_t, a, da) * w).sum(), leaf)
     torch.testing.assert_close(g_lean, g_ref, rtol=1e-8, atol=1e-11 * float(g_ref.abs().max()))
     leaf32 = logits.detach().float().requires_grad_()
     out32 = uniform_nelbo(leaf32, x_0, z_t, a.float(), da.float())
@@ -423,14 +422,28 @@ def test_masked_nelbo_is_subs_cross_entropy_on_masked_tokens_only(case, alpha, m
     out = masked_nelbo(leaf, x_0, z_t, a, da, mask_id)
     assert torch.equal(leaf.detach(), before)
     assert (out >= 0).all() and (out[~masked] == 0).all()
-    ref_logits = before.clone()
-    ref_logits[..., mask_id] = -math.inf
-    log_p = ref_logits.log_softmax(-1).gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
-    ref = torch.where(masked, da / (1 - a) * log_p, 0.0)
-    torch.testing.assert_close(out, ref)
+    ref = masked_nelbo_reference(before, x_0, z_t, a, da, mask_id)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-14)
     out.sum().backward()
     assert (leaf.grad[..., mask_id] == 0).all()
     assert (leaf.grad[~masked] == 0).all()
+
+
+@given(case=cases, alpha=st.floats(1e-4, 0.999), scale=st.floats(0.1, 4.0))
+@settings(max_examples=20)
+def test_masked_gradient_equals_autograd_of_the_reference(case, alpha, scale):
+    seed, b, length, k = case
+    k = max(k, 3)
+    logits, _, _, a, da = make_case(seed, b, length, k, alpha, scale)
+    g = torch.Generator().manual_seed(seed)
+    x_0 = torch.randint(0, k - 1, (b, length), generator=g)  # the mask is token k - 1
+    z_t = torch.where(torch.rand(b, length, generator=g) < 0.5, k - 1, x_0)
+    w = torch.randn(x_0.shape, dtype=F64, generator=g)
+    leaf = logits.requires_grad_()
+    (g_fast,) = torch.autograd.grad((masked_nelbo(leaf, x_0, z_t, a, da, k - 1) * w).sum(), leaf)
+    ref = masked_nelbo_reference(leaf, x_0, z_t, a, da, k - 1)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), leaf)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-14)
 
 
 def test_ar_loss_and_reconstruction_terms():
@@ -476,78 +489,6 @@ def test_prior_terms(alpha, k):
     assert (kl >= 0).all()
     mk = masked_prior_kl(x_0, alpha, k)
     assert float(mk[1, 2]) == pytest.approx(alpha * math.log(k - 1), rel=1e-6, abs=1e-12)
-
-
-# --- antithetic times ------------------------------------------------------------------------
-
-
-@given(
-    batch=st.integers(1, 8),
-    world=st.integers(1, 4),
-    accum=st.integers(1, 3),
-    u=st.floats(0.0, 1.0, exclude_max=True),
-    eps=st.sampled_from([0.0, 1e-3, 0.1]),
-)
-def test_antithetic_strata_cover_the_global_batch_once(batch, world, accum, u, eps):
-    n = batch * world * accum
-    parts = [
-        antithetic_times(
-            batch,
-            eps=eps,
-            world_size=world,
-            rank=r,
-            accum_steps=accum,
-            accum_index=s,
-            u=u,
-            dtype=F64,
-        )
-        for r in range(world)
-        for s in range(accum)
-    ]
-    t = torch.cat(parts)
-    assert t.shape == (n,) and (t >= eps).all() and (t <= 1).all()
-    raw = torch.sort((t - eps) / (1 - eps)).values
-    expected = torch.sort(torch.remainder(u + torch.arange(n, dtype=F64) / n, 1.0)).values
-    torch.testing.assert_close(raw, expected, rtol=0, atol=1e-12)
-    # One point per stratum [j/n, (j+1)/n) of the shifted grid: no repeats across ranks/steps.
-    strata = torch.floor(torch.remainder(raw - u, 1.0) * n + 0.5).long() % n
-    assert sorted(strata.tolist()) == list(range(n))
-
-
-def test_antithetic_times_with_identically_seeded_generators():
-    ranks = [
-        antithetic_times(4, world_size=2, rank=r, generator=torch.Generator().manual_seed(3))
-        for r in range(2)
-    ]
-    t = torch.sort(torch.cat(ranks)).values
-    gaps = torch.diff(t)
-    torch.testing.assert_close(gaps, torch.full_like(gaps, (1 - 1e-3) / 8), rtol=1e-5, atol=1e-6)
-    a = antithetic_times(16, generator=torch.Generator().manual_seed(1))
-    b = antithetic_times(16, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and a.dtype == torch.float32
-    # The batch mean spreads n times less than with i.i.d. times: sd 1/(n √12) instead of
-    # 1/√(12 n) (0.036 vs 0.102 at n = 8).
-    means = torch.stack(
-        [antithetic_times(8, generator=torch.Generator().manual_seed(s)).mean() for s in range(400)]
-    )
-    assert float(means.std()) == pytest.approx((1 - 1e-3) / (8 * math.sqrt(12)), rel=0.15)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": 4, "world_size": 2, "rank": 2}, "rank"),
-        ({"batch_size": 4, "accum_steps": 2, "accum_index": 2}, "accum_index"),
-        ({"batch_size": 4, "eps": 1.0}, "eps"),
-        ({"batch_size": 4, "u": 1.0}, "u must"),
-        ({"batch_size": 4, "world_size": 0}, "world_size"),
-    ],
-)
-def test_antithetic_times_rejects_bad_arguments(kwargs, match):
-    batch = kwargs.pop("batch_size")
-    with pytest.raises(ValueError, match=match):
-        antithetic_times(batch, **kwargs)
 
 
 # --- argument checks -------------------------------------------------------------------------

@@ -7,7 +7,9 @@ unreduced, shape (B, L); the caller masks padding and reduces. ``alpha_t`` and `
 python floats, 0-d tensors, or tensors that broadcast as (B, 1) or (B, L).
 
 Modules: ``uniform`` (the memory-lean uniform-state NELBO), ``masked`` (the masked NELBO),
-``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss).
+``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss),
+``reference`` (both NELBOs exactly as SPEC §3 writes them, the readable formulas that the tests
+and benchmarks hold the fast paths to).
 """
 
 from discdiff.losses.bounds import (
@@ -18,6 +20,7 @@ from discdiff.losses.bounds import (
     uniform_reconstruction,
 )
 from discdiff.losses.masked import masked_nelbo
+from discdiff.losses.reference import masked_nelbo_reference, uniform_nelbo_reference
 from discdiff.losses.uniform import uniform_nelbo
 from discdiff.timesteps import antithetic_times  # TODO: remove once callers import timesteps
 
@@ -25,9 +28,11 @@ __all__ = [
     "antithetic_times",
     "ar_loss",
     "masked_nelbo",
+    "masked_nelbo_reference",
     "masked_prior_kl",
     "masked_reconstruction",
     "uniform_nelbo",
+    "uniform_nelbo_reference",
     "uniform_prior_kl",
     "uniform_reconstruction",
 ]
