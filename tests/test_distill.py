@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,10 +23,6 @@ import discdiff.distill as distill_module
 from discdiff.distill import DCDistiller, argmax_pair, token_kl
 from discdiff.duality import GaussianArgmaxTransform
 from discdiff.processes import gaussian_latent
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ holds the toy law shared with the benchmark
-    sys.path.insert(0, str(ROOT))
 
 
 def assert_binomial(hits: int, n: int, p: float, sigmas: float = 5.0) -> None:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 from examples.demo import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_examples_train import make_corpus  # noqa: E402
+from tests.helpers import make_corpus
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,7 @@ import torch
 from examples.evaluate import HFEvaluator, load_evaluator, sample_entropy
 from examples.evaluate import main as evaluate_main
 from examples.train import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_examples_train import make_corpus, tiny_config  # noqa: E402
+from tests.helpers import make_corpus, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from examples.replicate import main, sample_both_tails, steps_to_reach
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_examples_train import make_corpus  # noqa: E402
+from tests.helpers import make_corpus
 
 
 @pytest.fixture(scope="module")
