@@ -12,12 +12,13 @@ NLL of the samples under the chain (nats per sequence; exact samples score H), t
 variation of their unigram and bigram frequencies from the chain's, and the fraction of
 distinct sequences among the samples (a diversity check: exact samples give the "data" row).
 
-Sampling grids: "dual" is ``distiller.schedule`` (the time axis the student was distilled on,
-alpha = T(alpha_tilde(gamma(t)))); "loglin" is the teacher's training schedule
-alpha = 1 - (1 - 1e-3) t. Tails (``benchmarks.toy.evaluate``): "greedy" is the library's
-greedy tail (the last step returns argmax x_hat), "ancestral" samples every step, "posterior"
-ends with argmax q(z_0 | z_t, x_hat) instead (keeps each token's own evidence; a reference,
-not a library sampler). The ``exact`` rows use the chain's own NELBO-optimal denoiser
+Sampling grids: "loglin" is alpha = 1 - (1 - 1e-3) t, the teacher's training schedule and the
+one ``DCDistiller.sample`` uses (alpha_1 ~ 0 matches the uniform prior); "dual" is
+``distiller.schedule``, the distillation window (alpha_1 far from 0 at this K: a wrong prior,
+kept as the ablation). Tails are the library's (``sample_uniform(tail=...)``): "greedy" (N
+steps, then argmax x_hat of one more call: N + 1 network calls), "map" (the same call, the mode
+of q(z_0 | z_t, x_hat), which keeps each token's own evidence) and "none" (N ancestral steps
+down to t = 0). The ``exact`` rows use the chain's own NELBO-optimal denoiser
 (forward-backward): their few-step error is the error of few-step factorised sampling itself.
 """
 
@@ -38,7 +39,8 @@ from benchmarks.toy import (
     train_duo,
 )
 from discdiff.distill import DCDistiller
-from discdiff.schedules import LogLinearSchedule
+from discdiff.samplers import nfe
+from discdiff.schedules import GammaSchedule, LogLinearSchedule
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def run(cfg: Config) -> list[tuple[str, str, int, str, dict[str, float]]]:
 
     def distiller(teacher, divergence: str) -> DCDistiller:
         return DCDistiller(
-            teacher, k, gamma_min=cfg.gamma_min, gamma_max=cfg.gamma_max,
+            teacher, k, window=GammaSchedule(cfg.gamma_min, cfg.gamma_max),
             initial_steps=cfg.initial_steps, steps_per_round=cfg.steps_per_round,
             n_rounds=cfg.n_rounds, divergence=divergence,  # type: ignore[arg-type]
         )
@@ -89,18 +91,18 @@ def run(cfg: Config) -> list[tuple[str, str, int, str, dict[str, float]]]:
         rows.append((name, grid, steps, tail, m))
 
     def few_steps(name: str, model) -> None:
-        for tail in ("greedy", "posterior"):
+        for tail in ("greedy", "map"):
             for steps in (2, 4, 8):
-                add(name, model, steps, "dual", tail)
+                add(name, model, steps, "loglin", tail)
         for steps in (2, 4):
-            add(name, model, steps, "loglin", "greedy")
+            add(name, model, steps, "dual", "greedy")
 
     rows.append(("data", "-", 0, "-", sample_metrics(law.sample(cfg.n_samples, length, g), law)))
     exact = ExactDenoiser(law)
-    add("exact", exact, 128, "dual", "ancestral")
-    for tail in ("greedy", "posterior"):
+    add("exact", exact, 128, "loglin", "none")
+    for tail in ("greedy", "map"):
         for steps in (2, 4):
-            add("exact", exact, steps, "dual", tail)
+            add("exact", exact, steps, "loglin", tail)
 
     start = time.perf_counter()
     teacher = train_duo(
@@ -109,10 +111,10 @@ def run(cfg: Config) -> list[tuple[str, str, int, str, dict[str, float]]]:
         hidden=cfg.hidden, depth=cfg.depth, generator=g,
     )
     print(f"teacher trained in {time.perf_counter() - start:.0f} s", flush=True)
-    add("teacher", teacher, 128, "dual", "ancestral")
-    add("teacher", teacher, 128, "dual", "greedy")
+    add("teacher", teacher, 128, "loglin", "none")
+    add("teacher", teacher, 128, "loglin", "greedy")
     for steps in (2, 4):
-        add("teacher", teacher, steps, "dual", "ancestral")
+        add("teacher", teacher, steps, "loglin", "none")
     few_steps("teacher", teacher)
     for divergence, label in (("kl_student_teacher", "DCD KL(s||t)"),
                               ("kl_teacher_student", "DCD KL(t||s)")):
@@ -135,14 +137,15 @@ def print_table(rows, cfg: Config, entropy: float) -> None:
         "refreshed from the student."
     )
     header = (
-        f"{'model':13s} {'grid':6s} {'steps':>5s} {'tail':9s} {'NLL':>7s} {'|NLL-H|':>7s} "
+        f"{'model':13s} {'grid':6s} {'steps':>5s} {'NFE':>4s} {'tail':9s} {'NLL':>7s} "
+        f"{'|NLL-H|':>7s} "
         f"{'TV uni':>6s} {'TV bi':>6s} {'distinct':>8s}"
     )
     print(header)
     print("-" * len(header))
     for name, grid, steps, tail, m in rows:
         print(
-            f"{name:13s} {grid:6s} {steps:5d} {tail:9s} {m['nll']:7.3f} "
+            f"{name:13s} {grid:6s} {steps:5d} {nfe(steps, tail):4d} {tail:9s} {m['nll']:7.3f} "
             f"{abs(m['nll'] - entropy):7.3f} {m['tv_unigram']:6.3f} {m['tv_bigram']:6.3f} "
             f"{m['distinct']:8.3f}"
         )

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from discdiff.diffusion import GaussianCurriculum, UniformDiffusion
 from discdiff.distill import DCDistiller
 from discdiff.samplers import sample_uniform
-from discdiff.schedules import Schedule
+from discdiff.schedules import GammaSchedule, Schedule
 from discdiff.typing import Bag
 
 
@@ -180,7 +180,9 @@ def train_duo(
     ``curriculum_steps`` steps, then the discrete process (log-linear schedule)."""
     k = law.vocab_size
     model = ToyDenoiser(k, length, hidden, depth)
-    curriculum = GaussianCurriculum(gamma_min, gamma_max, end_step=curriculum_steps)
+    curriculum = GaussianCurriculum(
+        window=GammaSchedule(gamma_min, gamma_max), end_step=curriculum_steps
+    )
     diffusion = UniformDiffusion(k, curriculum=curriculum)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = _cosine(opt, steps)
@@ -233,36 +235,17 @@ def evaluate(
     tail: str = "greedy",
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """``sample_metrics`` of n samples drawn in ``steps`` steps (uniform time grid).
+    """``sample_metrics`` of n samples drawn in ``steps`` steps by ``sample_uniform``.
 
-    ``tail``: "greedy" is ``sample_uniform`` with its greedy tail (the last step returns
-    argmax x_hat); "ancestral" is ``sample_uniform`` without it (the last step samples
-    q(z_0 | z_t, x_hat)); "posterior" runs ``sample_uniform`` for the first steps - 1 steps and
-    ends with argmax q(z_0 | z_t, x_hat) = argmax x_hat * (K alpha_t [k = z_t] + 1 - alpha_t),
-    the greedy step that keeps each token's own evidence (a reference, not a library sampler).
+    ``tail`` is the library's: "greedy" (N steps to t_min, then argmax x_hat of one more call),
+    "map" (the same call, the mode of q(z_0 | z_t, x_hat): keeps each token's own evidence) or
+    "none" (N ancestral steps down to t = 0, the exact ancestral law).
     """
-    k = law.vocab_size
-    if tail in ("greedy", "ancestral"):
-        x = sample_uniform(
-            model, n, length, steps, schedule=schedule, vocab_size=k,
-            greedy_tail=tail == "greedy", generator=generator,
-        )
-        return sample_metrics(x, law)
-    if tail != "posterior":
-        raise ValueError(f"tail must be 'greedy', 'ancestral' or 'posterior', got {tail!r}")
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    if steps > 1:
-        z = sample_uniform(
-            model, n, length, steps - 1, schedule=schedule, vocab_size=k, greedy_tail=False,
-            time_grid=grid[:-1], generator=generator,
-        )
-    else:
-        z = torch.randint(0, k, (n, length), generator=generator)
-    alpha = float(schedule.alpha(grid[-2:-1]))
-    with torch.no_grad():
-        probs = model(z, torch.full((n,), -math.log(alpha))).softmax(-1)
-    evidence = k * alpha * F.one_hot(z, k) + 1 - alpha
-    return sample_metrics((probs * evidence).argmax(-1), law)
+    x = sample_uniform(
+        model, n, length, steps, schedule=schedule, vocab_size=law.vocab_size, tail=tail,
+        generator=generator,
+    )  # fmt: skip
+    return sample_metrics(x, law)
 
 
 class ExactDenoiser(nn.Module):

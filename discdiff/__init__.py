@@ -4,9 +4,10 @@ The public surface is re-exported here; submodules hold the rest (``discdiff.los
 ``discdiff.samplers``, ``discdiff.processes``, ``discdiff.models``).
 """
 
-from discdiff.diffusion import NELBO, GaussianCurriculum, MaskedDiffusion, UniformDiffusion
+from discdiff.curriculum import GaussianCurriculum
+from discdiff.diffusion import NELBO, MaskedDiffusion, UniformDiffusion
 from discdiff.distill import DCDistiller
-from discdiff.duality import DualSchedule, GaussianArgmaxTransform
+from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import (
     CosineSchedule,
     GammaSchedule,
@@ -15,11 +16,15 @@ from discdiff.schedules import (
     LogLinearSchedule,
     Schedule,
 )
-from discdiff.typing import Denoiser
+from discdiff.timesteps import AntitheticTimes
+from discdiff.typing import Bag, Denoiser
 
 __version__ = "0.1.0"
 __all__ = [
     "NELBO",
+    "AlphaWindow",
+    "AntitheticTimes",
+    "Bag",
     "CosineSchedule",
     "DCDistiller",
     "Denoiser",

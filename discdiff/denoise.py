@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discdiff.typing import Denoiser, DenoiserInput, check_finite
+from discdiff.typing import Denoiser, DenoiserInput, output_checks_enabled, reject_if
 
 __all__ = ["denoise", "noise_level"]
 
@@ -61,5 +61,7 @@ def denoise(
                          + hint)
     if not logits.dtype.is_floating_point:
         raise ValueError(f"{role} returned {logits.dtype} logits; expected a float dtype")
-    check_finite(logits, f"{role} logits")
+    if output_checks_enabled() and logits.numel() > 0:
+        top = logits.detach().amax()  # max propagates NaN: one reduction, no (B, L, K) mask
+        reject_if(torch.isnan(top) | torch.isposinf(top), f"{role} returned NaN or +inf logits")
     return logits

@@ -11,7 +11,7 @@ denoiser, shape (B,). Losses are per token, (B, L): callers mask padding and red
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,52 +19,22 @@ import torch
 from torch import Tensor
 
 from discdiff import losses, processes, samplers
+from discdiff.curriculum import GaussianCurriculum
 from discdiff.denoise import denoise, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
-from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
-from discdiff.typing import Bag, Denoiser, check_tokens, check_vocab_size
+from discdiff.schedules import LogLinearSchedule, Schedule
+from discdiff.timesteps import antithetic_times
+from discdiff.typing import (
+    Bag,
+    Denoiser,
+    as_float,
+    check_count,
+    check_tokens,
+    check_vocab_size,
+    trusted,
+)
 
 __all__ = ["NELBO", "GaussianCurriculum", "MaskedDiffusion", "UniformDiffusion"]
-
-
-@dataclass(frozen=True)
-class GaussianCurriculum:
-    """Duo's first training phase: feed the denoiser relaxed Gaussian latents.
-
-    While ``step < end_step`` the noise level is drawn on the Gaussian window
-    gamma in [gamma_min, gamma_max], the latent w_t = alpha_tilde x + sigma_tilde eps is built, the
-    denoiser sees softmax(w_t / tau) (or, with ``top_k``, only the top-k entries as an
-    (ids, weights) bag), and the loss is the uniform NELBO at z_t = argmax w_t with
-    alpha_t = T(alpha_tilde_t) and its exact derivative.
-
-    ``tau`` is the temperature at step 0; with ``tau_end`` set, log10(tau) is annealed linearly to
-    log10(tau_end) at ``end_step`` (the released runs keep tau = 1e-3 constant).
-    """
-
-    gamma_min: float = -3.55
-    gamma_max: float = -1.85
-    tau: float = 1e-3
-    end_step: int = 500_000
-    top_k: int | None = None
-    tau_end: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.tau > 0 or (self.tau_end is not None and not self.tau_end > 0):
-            raise ValueError(f"tau must be > 0, got tau={self.tau}, tau_end={self.tau_end}")
-        if self.end_step < 0:
-            raise ValueError(f"end_step must be >= 0, got {self.end_step}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        GammaSchedule(self.gamma_min, self.gamma_max)  # validates the window
-
-    def active(self, step: int) -> bool:
-        return step < self.end_step
-
-    def tau_at(self, step: int) -> float:
-        if self.tau_end is None or self.end_step == 0:
-            return self.tau
-        frac = min(max(step / self.end_step, 0.0), 1.0)
-        return 10 ** ((1 - frac) * math.log10(self.tau) + frac * math.log10(self.tau_end))
 
 
 @dataclass(frozen=True)
@@ -93,16 +63,38 @@ def _column(x: Tensor) -> Tensor:
     return x.unsqueeze(-1)  # (B,) -> (B, 1): broadcasts over the sequence
 
 
+def _check_x0(x_0: Any, vocab_size: int) -> None:
+    """The one check of the clean tokens on a public call; the layers below trust them."""
+    if not isinstance(x_0, Tensor) or x_0.ndim != 2:
+        got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
+        raise ValueError(f"x_0 must be a (B, L) tensor of token ids, got {got}")
+    check_tokens(x_0, vocab_size, "x_0")
+
+
 def _draw_times(
     x_0: Tensor, eps: float, t: Tensor | None, generator: torch.Generator | None
 ) -> Tensor:
     if t is None:
-        return losses.antithetic_times(
-            x_0.shape[0], eps=eps, generator=generator, device=x_0.device
-        )
-    if t.shape != (x_0.shape[0],):
-        raise ValueError(f"t must have shape (B,) = ({x_0.shape[0]},), got {tuple(t.shape)}")
+        # Antithetic over this batch; for data-parallel training pass t from
+        # discdiff.timesteps.AntitheticTimes (stratified over the global batch).
+        return antithetic_times(x_0.shape[0], eps=eps, generator=generator, device=x_0.device)
+    if not isinstance(t, Tensor) or t.shape != (x_0.shape[0],):
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"t must have shape (B,) = ({x_0.shape[0]},), got {got}")
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"t must hold float times in [0, 1], got dtype {t.dtype}")
     return t.to(x_0.device)
+
+
+def _check_step(step: Any) -> int:
+    return check_count(step, "step", minimum=0)
+
+
+def _check_eps(eps: Any) -> float:
+    eps = as_float(eps, "eps")
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must lie in (0, 1), got {eps}")
+    return eps
 
 
 class UniformDiffusion:
@@ -123,19 +115,29 @@ class UniformDiffusion:
         eps: float = 1e-3,
     ) -> None:
         check_vocab_size(vocab_size)
+        if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
+            kind = type(curriculum).__name__
+            raise TypeError(f"curriculum must be a GaussianCurriculum or None, got {kind}")
         self.vocab_size = vocab_size
+        self.eps = _check_eps(eps)
         self.schedule: Schedule = schedule if schedule is not None else LogLinearSchedule(eps)
         self.curriculum = curriculum
-        self.eps = eps
         self.curriculum_schedule: DualSchedule | None = None
         if curriculum is not None:
             self.curriculum_schedule = DualSchedule(
-                GammaSchedule(curriculum.gamma_min, curriculum.gamma_max),
-                GaussianArgmaxTransform(vocab_size),
+                curriculum.gamma_window(vocab_size), GaussianArgmaxTransform(vocab_size)
             )
 
-    def _denoise(self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, x_0: Tensor, **cond: Any):
-        sigma = noise_level(alpha_t, x_0.shape[0], x_0.device)
+    def __repr__(self) -> str:
+        return (
+            f"UniformDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
+            f"curriculum={self.curriculum!r}, eps={self.eps!r})"
+        )
+
+    def _denoise(
+        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
+    ) -> Tensor:
+        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
         return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def loss(
@@ -146,18 +148,22 @@ class UniformDiffusion:
         step: int = 0,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """The training loss per token (B, L) at training step ``step``.
 
         Uses the curriculum while it is active, the discrete process otherwise. ``t`` (B,) fixes
-        the times; by default they are antithetic over the batch.
+        the times; by default they are antithetic over the batch (``AntitheticTimes`` makes
+        them antithetic over a data-parallel global batch). ``cond`` is the denoiser's keyword
+        conditioning.
         """
-        check_tokens(x_0, self.vocab_size, "x_0")
+        _check_x0(x_0, self.vocab_size)
+        step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
-        if self.curriculum is not None and self.curriculum.active(step):
-            return self._curriculum_loss(denoiser, x_0, t, step, generator, **cond)
-        return self.discrete_loss(denoiser, x_0, t, generator=generator, **cond)
+        with trusted():  # checked at the door: the layers below trust their inputs
+            if self.curriculum is not None and self.curriculum.active(step):
+                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond)
+            return self._discrete_loss(denoiser, x_0, t, generator, cond)
 
     def discrete_loss(
         self,
@@ -166,14 +172,27 @@ class UniformDiffusion:
         t: Tensor,
         *,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L)."""
+        _check_x0(x_0, self.vocab_size)
+        t = _draw_times(x_0, self.eps, t, generator)
+        with trusted():
+            return self._discrete_loss(denoiser, x_0, t, generator, cond)
+
+    def _discrete_loss(
+        self,
+        denoiser: Denoiser,
+        x_0: Tensor,
+        t: Tensor,
+        generator: torch.Generator | None,
+        cond: Mapping[str, Any] | None,
+    ) -> Tensor:
         t = t.to(torch.promote_types(t.dtype, torch.float32))
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.uniform_corrupt(x_0, alpha_t, self.vocab_size, generator=generator)
-        logits = self._denoise(denoiser, z_t, alpha_t, x_0, **cond)
+        logits = self._denoise(denoiser, z_t, alpha_t, cond)
         return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
 
     def _curriculum_loss(
@@ -183,7 +202,7 @@ class UniformDiffusion:
         t: Tensor,
         step: int,
         generator: torch.Generator | None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None,
     ) -> Tensor:
         assert self.curriculum is not None and self.curriculum_schedule is not None
         schedule, tau = self.curriculum_schedule, self.curriculum.tau_at(step)
@@ -202,7 +221,7 @@ class UniformDiffusion:
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
             relaxed, z_t = Bag(bag.ids, bag.weights), bag.z_t
-        logits = self._denoise(denoiser, relaxed, alpha_t, x_0, **cond)
+        logits = self._denoise(denoiser, relaxed, alpha_t, cond)
         return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
 
     @torch.no_grad()
@@ -213,25 +232,25 @@ class UniformDiffusion:
         *,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> NELBO:
         """A validation bound on -log p(x_0) per token, always on the discrete process.
 
         One Monte Carlo sample of t per sequence (antithetic over the batch); average over a
-        validation set for the bound ``exp(sum(total) / n_tokens)`` on perplexity.
+        validation set for the bound ``exp(sum(total) / n_tokens)`` on perplexity
+        (``discdiff.metrics`` reduces it across ranks).
         """
-        check_tokens(x_0, self.vocab_size, "x_0")
+        _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
-        # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
-        diffusion = (1 - self.eps) * self.discrete_loss(
-            denoiser, x_0, t, generator=generator, **cond
-        )
-        one = torch.ones(x_0.shape[0], 1, device=x_0.device)
-        prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
-        alpha_eps = self.schedule.alpha(one * self.eps)
-        z_eps = processes.uniform_corrupt(x_0, alpha_eps, self.vocab_size, generator=generator)
-        logits = self._denoise(denoiser, z_eps, alpha_eps, x_0, **cond)
-        reconstruction = losses.uniform_reconstruction(logits, x_0, z_eps, alpha_eps)
+        with trusted():
+            # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
+            diffusion = (1 - self.eps) * self._discrete_loss(denoiser, x_0, t, generator, cond)
+            one = torch.ones(x_0.shape[0], 1, device=x_0.device)
+            prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
+            alpha_eps = self.schedule.alpha(one * self.eps)
+            z_eps = processes.uniform_corrupt(x_0, alpha_eps, self.vocab_size, generator=generator)
+            logits = self._denoise(denoiser, z_eps, alpha_eps, cond)
+            reconstruction = losses.uniform_reconstruction(logits, x_0, z_eps, alpha_eps)
         return NELBO(diffusion.float(), prior.float(), reconstruction.float())
 
     def sample(
@@ -240,19 +259,15 @@ class UniformDiffusion:
         batch_size: int,
         length: int,
         steps: int,
-        **kwargs: Any,
+        **options: Any,
     ) -> Tensor:
-        """Ancestral sampling in ``steps`` steps (see ``discdiff.samplers.sample_uniform`` for the
-        options: greedy_tail, top_p, top_k, kappa, time_grid, callback, progress, generator)."""
+        """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
+        sample_uniform``'s options (tail, kappa, top_k, top_p, time_grid, prompt, prompt_mask,
+        cond, callback, progress, generator, device); an unknown option is a TypeError."""
         return samplers.sample_uniform(
-            denoiser,
-            batch_size,
-            length,
-            steps,
-            schedule=self.schedule,
-            vocab_size=self.vocab_size,
-            **kwargs,
-        )
+            denoiser, batch_size, length, steps, schedule=self.schedule,
+            vocab_size=self.vocab_size, **options,
+        )  # fmt: skip
 
 
 class MaskedDiffusion:
@@ -275,14 +290,22 @@ class MaskedDiffusion:
         time_conditioned: bool = False,
     ):
         check_vocab_size(vocab_size)
-        self.time_conditioned = time_conditioned
+        self.time_conditioned = bool(time_conditioned)
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
         self.model_vocab_size = vocab_size + 1
+        self.eps = _check_eps(eps)
         self.schedule: Schedule = schedule if schedule is not None else LogLinearSchedule(eps)
-        self.eps = eps
 
-    def _denoise(self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, **cond: Any) -> Tensor:
+    def __repr__(self) -> str:
+        return (
+            f"MaskedDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
+            f"eps={self.eps!r}, time_conditioned={self.time_conditioned})"
+        )
+
+    def _denoise(
+        self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, cond: Mapping[str, Any] | None
+    ) -> Tensor:
         sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
         return denoise(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
 
@@ -294,16 +317,28 @@ class MaskedDiffusion:
         step: int = 0,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> Tensor:
-        """The continuous-time masked NELBO integrand per token (B, L); ``step`` is ignored."""
-        del step
-        check_tokens(x_0, self.vocab_size, "x_0")
+        """The continuous-time masked NELBO integrand per token (B, L); ``step`` (>= 0) does
+        not change it (the signature matches ``UniformDiffusion.loss``)."""
+        _check_x0(x_0, self.vocab_size)
+        _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
+        with trusted():
+            return self._loss(denoiser, x_0, t, generator, cond)
+
+    def _loss(
+        self,
+        denoiser: Denoiser,
+        x_0: Tensor,
+        t: Tensor,
+        generator: torch.Generator | None,
+        cond: Mapping[str, Any] | None,
+    ) -> Tensor:
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.masked_corrupt(x_0, alpha_t, self.mask_id, generator=generator)
-        logits = self._denoise(denoiser, z_t, alpha_t, **cond)
+        logits = self._denoise(denoiser, z_t, alpha_t, cond)
         return losses.masked_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id)
 
     @torch.no_grad()
@@ -314,18 +349,19 @@ class MaskedDiffusion:
         *,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> NELBO:
         """A validation bound on -log p(x_0) per token (see ``NELBO``)."""
-        check_tokens(x_0, self.vocab_size, "x_0")
+        _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
-        diffusion = (1 - self.eps) * self.loss(denoiser, x_0, t=t, generator=generator, **cond)
-        one = torch.ones(x_0.shape[0], 1, device=x_0.device)
-        prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
-        alpha_eps = self.schedule.alpha(one * self.eps)
-        z_eps = processes.masked_corrupt(x_0, alpha_eps, self.mask_id, generator=generator)
-        logits = self._denoise(denoiser, z_eps, alpha_eps, **cond)
-        reconstruction = losses.masked_reconstruction(logits, x_0, z_eps, self.mask_id)
+        with trusted():
+            diffusion = (1 - self.eps) * self._loss(denoiser, x_0, t, generator, cond)
+            one = torch.ones(x_0.shape[0], 1, device=x_0.device)
+            prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
+            alpha_eps = self.schedule.alpha(one * self.eps)
+            z_eps = processes.masked_corrupt(x_0, alpha_eps, self.mask_id, generator=generator)
+            logits = self._denoise(denoiser, z_eps, alpha_eps, cond)
+            reconstruction = losses.masked_reconstruction(logits, x_0, z_eps, self.mask_id)
         return NELBO(diffusion.float(), prior.float(), reconstruction.float())
 
     def sample(
@@ -334,17 +370,14 @@ class MaskedDiffusion:
         batch_size: int,
         length: int,
         steps: int,
-        **kwargs: Any,
+        **options: Any,
     ) -> Tensor:
-        """Ancestral sampling (see ``discdiff.samplers.sample_masked`` for the options)."""
+        """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
+        sample_masked``'s options (tail, cache, remask, top_k, top_p, time_grid, prompt,
+        prompt_mask, cond, callback, progress, generator, device); an unknown option is a
+        TypeError."""
         return samplers.sample_masked(
-            denoiser,
-            batch_size,
-            length,
-            steps,
-            schedule=self.schedule,
-            vocab_size=self.model_vocab_size,
-            mask_id=self.mask_id,
-            time_conditioned=self.time_conditioned,
-            **kwargs,
-        )
+            denoiser, batch_size, length, steps, schedule=self.schedule,
+            vocab_size=self.model_vocab_size, mask_id=self.mask_id,
+            time_conditioned=self.time_conditioned, **options,
+        )  # fmt: skip

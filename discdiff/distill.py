@@ -14,8 +14,9 @@ per-token KL(p_student || p_teacher) (or the reverse). Only the two argmaxes mat
 is drawn exactly from three scalars per token (``argmax_pair``): no (B, L, K) noise is drawn.
 Training runs in rounds: round n uses dt = 2^n / T; at the end of each round the teacher is
 overwritten by the student (or its EMA).
-The distilled student samples with the ordinary ancestral sampler in few steps, on
-``DCDistiller.schedule`` (the time axis it was trained on).
+The distilled student samples with the ordinary sampler in few steps (``DCDistiller.sample``),
+on a schedule whose alpha_1 matches the uniform prior (log-linear by default, as the reference
+samples it): the distillation window's alpha_1 can be far from 0 at a small K.
 """
 
 from __future__ import annotations
@@ -23,42 +24,42 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from discdiff import losses
+from discdiff import samplers
+from discdiff._chunks import chunk_rows
 from discdiff.denoise import denoise, noise_level
-from discdiff.duality import DualSchedule, GaussianArgmaxTransform
-from discdiff.schedules import GammaSchedule
+from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
+from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
+from discdiff.timesteps import antithetic_times
 from discdiff.typing import (
     Denoiser,
+    as_float,
+    check_count,
     check_range,
     check_tokens,
     check_vocab_size,
+    trusted,
     typechecked,
 )
 
-__all__ = ["DCDistiller", "argmax_pair", "token_kl"]
+__all__ = ["PAPER_DCD_WINDOW", "DCDistiller", "argmax_pair", "token_kl"]
 
 Divergence = Literal["kl_student_teacher", "kl_teacher_student"]
 
-# Rows of (B*L, K) logits per chunk of the KL: small on CPU (cache), large on accelerators.
-_CPU_CHUNK_ELEMENTS = 1 << 19
-_DEVICE_CHUNK_ELEMENTS = 1 << 26
+PAPER_DCD_WINDOW = AlphaWindow(0.9986941399953239, 0.006186308465627621)
+"""The released run's gamma in [-4, -1] at K = 50257: alpha from 0.9987 to 0.0062
+(``AlphaWindow.from_gamma(-4, -1, 50257)``, which the tests check)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # The shared-noise argmax pair, without the (B, L, K) noise
 # ----------------------------------------------------------------------------------------------
-
-
-def _signal_to_noise(alpha_tilde: Tensor) -> Tensor:
-    """nu = alpha_tilde / sigma_tilde in float64 (inf at alpha_tilde = 1)."""
-    a = alpha_tilde.to(torch.float64)
-    return a / ((1 - a) * (1 + a)).clamp_min(0).sqrt()
 
 
 @typechecked
@@ -98,8 +99,8 @@ def argmax_pair(
     # m = Phi^-1(u^(1/(K-1))) through the upper tail: 1 - u^(1/(K-1)) keeps its precision.
     m = -torch.special.ndtri(-torch.expm1(torch.log(u) / (vocab_size - 1)))
     margin = eps_x - m
-    z_t = torch.where(_signal_to_noise(alpha_tilde_t) + margin > 0, x_0.long(), rival)
-    z_s = torch.where(_signal_to_noise(alpha_tilde_s) + margin > 0, x_0.long(), rival)
+    z_t = torch.where(signal_to_noise(alpha_tilde_t) + margin > 0, x_0.long(), rival)
+    z_s = torch.where(signal_to_noise(alpha_tilde_s) + margin > 0, x_0.long(), rival)
     return z_t, z_s
 
 
@@ -109,8 +110,7 @@ def argmax_pair(
 
 
 def _chunk_rows(k: int, device: torch.device) -> int:
-    budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
-    return max(1, budget // k)
+    return chunk_rows(k, device, cpu_elements=1 << 19, device_elements=1 << 26)
 
 
 def _log_ratio(p_logits: Tensor, q_logits: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -213,11 +213,6 @@ def _frozen_copy(module: Any) -> Any:
     return module
 
 
-def _check_count(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class DCDistiller:
     """Discrete Consistency Distillation of a Duo teacher into a few-step student (SPEC §6).
 
@@ -229,10 +224,12 @@ class DCDistiller:
             unwrapped before copying. A teacher that is not an ``nn.Module`` is used as is
             (nothing to copy) and replaced by a frozen copy of the student at the first refresh.
         vocab_size: K; teacher and student must return K logits.
-        gamma_min, gamma_max: the Gaussian window: t in [0, 1] maps to gamma linear between
-            them, alpha_tilde^2 = sigmoid(-gamma), alpha = T(alpha_tilde). The paper's
-            [-4, -1] spans alpha from ~1 to ~0 at K = 50k; small vocabularies need a wider
-            window (at K = 8, gamma_max = 5 gives alpha_1 = 0.017).
+        window: the distillation window: an ``AlphaWindow`` (default: the paper's alpha range,
+            mapped to this vocabulary through T) or a ``GammaSchedule`` taken as is. t in
+            [0, 1] maps to gamma linear across the window, alpha_tilde^2 = sigmoid(-gamma),
+            alpha = T(alpha_tilde). (The paper's gamma in [-4, -1] spans alpha from ~1 to
+            0.006 at K = 50257 but only to 0.22 at K = 85: a window in alpha means the same
+            for any K.)
         initial_steps: T, the number of steps of the first round's discretisation (paper: 512).
         steps_per_round: optimiser steps per round (paper: 10k).
         n_rounds: rounds; round n uses dt = 2^n / T (paper: 5).
@@ -253,7 +250,7 @@ class DCDistiller:
 
     Checkpoint ``distiller.state_dict()`` with the student; ``load_state_dict`` on resume
     restores the round and the teacher's weights, so the run continues the same round.
-    Sample with ``sample_uniform(student, ..., schedule=distiller.schedule, vocab_size=K)``.
+    Sample the student with ``distiller.sample(student, batch_size, length, steps)``.
     """
 
     def __init__(
@@ -261,8 +258,7 @@ class DCDistiller:
         teacher: Denoiser,
         vocab_size: int,
         *,
-        gamma_min: float = -4.0,
-        gamma_max: float = -1.0,
+        window: AlphaWindow | GammaSchedule = PAPER_DCD_WINDOW,
         initial_steps: int = 512,
         steps_per_round: int = 10_000,
         n_rounds: int = 5,
@@ -276,9 +272,12 @@ class DCDistiller:
             raise TypeError(
                 f"teacher must be a denoiser (a callable), got {type(teacher).__name__}"
             )
-        _check_count(initial_steps, "initial_steps")
-        _check_count(steps_per_round, "steps_per_round")
-        _check_count(n_rounds, "n_rounds")
+        initial_steps = check_count(initial_steps, "initial_steps")
+        steps_per_round = check_count(steps_per_round, "steps_per_round")
+        n_rounds = check_count(n_rounds, "n_rounds")
+        if not isinstance(window, (AlphaWindow, GammaSchedule)):
+            kind = type(window).__name__
+            raise TypeError(f"window must be an AlphaWindow or a GammaSchedule, got {kind}")
         if divergence not in ("kl_student_teacher", "kl_teacher_student"):
             raise ValueError(
                 "divergence must be 'kl_student_teacher' (KL(p_student || p_teacher), the "
@@ -288,6 +287,7 @@ class DCDistiller:
             raise ValueError(f"refresh_from must be 'ema' or 'student', got {refresh_from!r}")
         if kl_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"kl_dtype must be torch.float32 or torch.float64, got {kl_dtype}")
+        eps = as_float(eps, "eps")
         if not 0.0 <= eps < 1.0:
             raise ValueError(f"eps must lie in [0, 1), got {eps}")
         last_dt = 2 ** (n_rounds - 1) / initial_steps
@@ -298,9 +298,10 @@ class DCDistiller:
                 "dt must stay below 1 - eps; raise initial_steps or lower n_rounds"
             )
         self.vocab_size = vocab_size
-        self.schedule = DualSchedule(
-            GammaSchedule(gamma_min, gamma_max), GaussianArgmaxTransform(vocab_size)
-        )
+        self.window = window
+        gamma = window if isinstance(window, GammaSchedule) else window.for_vocab(vocab_size)
+        self.schedule = DualSchedule(gamma, GaussianArgmaxTransform(vocab_size))
+        """The training time axis: the gamma-window through T (not for sampling: ``sample``)."""
         self.initial_steps = initial_steps
         self.steps_per_round = steps_per_round
         self.n_rounds = n_rounds
@@ -339,7 +340,9 @@ class DCDistiller:
         # -log(alpha) in float64, handed over as float32 (as the samplers do).
         return noise_level(self.schedule.alpha(t.to(torch.float64)), t.shape[0], t.device)
 
-    def _call(self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: dict) -> Tensor:
+    def _call(
+        self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None
+    ) -> Tensor:
         name = f"{role} ({type(_unwrap(denoiser)).__name__})"
         return denoise(denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond, role=name)
 
@@ -350,17 +353,19 @@ class DCDistiller:
         step: int,
         *,
         generator: torch.Generator | None = None,
-        **cond: Any,
+        cond: Mapping[str, Any] | None = None,
     ) -> Float[Tensor, "b l"]:
         """The distillation loss per token (B, L) at distillation step ``step``.
 
         t (B,) is antithetic over the batch on [dt + eps, 1], s = t - dt with dt of the step's
         round; (z_t, z_s) is the shared-noise argmax pair (``argmax_pair``); the student sees
         (z_t, sigma_t), the teacher (z_s, sigma_s) without gradients, sigma = -log T(alpha_tilde).
-        Returns the KL of ``divergence`` per token in ``kl_dtype``; ``cond`` goes to both.
+        Returns the KL of ``divergence`` per token in ``kl_dtype``; ``cond`` (the denoisers'
+        keyword conditioning) goes to both.
         """
-        if x_0.ndim != 2:
-            raise ValueError(f"x_0 must be (B, L) token ids, got shape {tuple(x_0.shape)}")
+        if not isinstance(x_0, Tensor) or x_0.ndim != 2:
+            got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
+            raise ValueError(f"x_0 must be (B, L) token ids, got {got}")
         check_tokens(x_0, self.vocab_size, "x_0")
         round = self.round_at(step)
         if round != self.round:
@@ -370,28 +375,55 @@ class DCDistiller:
                 "load_state_dict(...) from the checkpoint when resuming"
             )
         dt = self.dt(round)
-        t = losses.antithetic_times(
+        t = antithetic_times(
             x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
             dtype=torch.float64,
         )
         s = (t - dt).clamp_min(0.0)
         gamma = self.schedule.gamma
-        z_t, z_s = argmax_pair(
-            x_0,
-            gamma.alpha_tilde(t).unsqueeze(-1),
-            gamma.alpha_tilde(s).unsqueeze(-1),
-            self.vocab_size,
-            generator=generator,
-        )
-        # Teacher first: its activations are freed before the student's are built.
-        with torch.no_grad():
-            if isinstance(self.teacher, nn.Module):
-                self.teacher.eval()
-            teacher_logits = self._call("teacher", self.teacher, z_s, self._sigma(s), cond)
-        student_logits = self._call("student", student, z_t, self._sigma(t), cond)
+        with trusted():  # x_0 was checked above; the denoisers' outputs are checked by denoise
+            z_t, z_s = argmax_pair(
+                x_0,
+                gamma.alpha_tilde(t).unsqueeze(-1),
+                gamma.alpha_tilde(s).unsqueeze(-1),
+                self.vocab_size,
+                generator=generator,
+            )
+            # Teacher first: its activations are freed before the student's are built.
+            with torch.no_grad():
+                if isinstance(self.teacher, nn.Module):
+                    self.teacher.eval()
+                teacher_logits = self._call("teacher", self.teacher, z_s, self._sigma(s), cond)
+            student_logits = self._call("student", student, z_t, self._sigma(t), cond)
         if self.divergence == "kl_student_teacher":
             return token_kl(student_logits, teacher_logits, dtype=self.kl_dtype)
         return token_kl(teacher_logits, student_logits, dtype=self.kl_dtype)
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def sample(
+        self,
+        student: Denoiser,
+        batch_size: int,
+        length: int,
+        steps: int,
+        *,
+        schedule: Schedule | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """Sample the distilled ``student`` in ``steps`` steps, (batch_size, length) int64 ids.
+
+        On ``schedule`` (default: log-linear, as the reference samples its students), whose
+        alpha at t = 1 is ~0 so that z_1 ~ Uniform is the right prior; the distillation window
+        (``self.schedule``) is a training axis whose alpha_1 can be far from 0 at a small K.
+        ``options`` are ``discdiff.samplers.sample_uniform``'s (tail, kappa, top_k, top_p,
+        time_grid, prompt, prompt_mask, cond, callback, progress, generator, device).
+        """
+        return samplers.sample_uniform(
+            student, batch_size, length, steps,
+            schedule=schedule if schedule is not None else LogLinearSchedule(),
+            vocab_size=self.vocab_size, **options,
+        )  # fmt: skip
 
     # -- teacher refresh ------------------------------------------------------------------
 
@@ -444,6 +476,7 @@ class DCDistiller:
         gamma = self.schedule.gamma
         return {
             "vocab_size": self.vocab_size,
+            "window": {"kind": type(self.window).__name__, **asdict(self.window)},
             "gamma_min": gamma.gamma_min,
             "gamma_max": gamma.gamma_max,
             "initial_steps": self.initial_steps,

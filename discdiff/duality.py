@@ -46,7 +46,7 @@ from torch.autograd.function import once_differentiable
 from discdiff.schedules import GammaSchedule
 from discdiff.typing import check_range, check_vocab_size, typechecked
 
-__all__ = ["DualSchedule", "GaussianArgmaxTransform"]
+__all__ = ["AlphaWindow", "DualSchedule", "GaussianArgmaxTransform", "signal_to_noise"]
 
 _NU_MAX = 16.0  # T = 1 beyond: 1 - T(16) <= K Phi(-16 / sqrt 2) ~ 6e-30 K
 _CELLS_PER_UNIT = 16  # nu grid step 1/16: a power of two, so nu * 16 is exact
@@ -234,9 +234,7 @@ class GaussianArgmaxTransform:
     def _locate(self, alpha_tilde: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(alpha_tilde, nu, cell index, s) in float64; nu is clamped to the table's end."""
         a = alpha_tilde.to(torch.float64).clamp(0.0, 1.0)
-        # 1 - a*a (not (1-a)(1+a)): every step is a monotone, correctly rounded operation, so
-        # nu and hence T are non-decreasing in alpha_tilde even at the rounding level.
-        nu = (a / torch.sqrt(1.0 - a * a)).clamp(max=_NU_MAX)  # a = 1 gives inf -> 16
+        nu = signal_to_noise(a).clamp(max=_NU_MAX)  # a = 1 gives inf -> 16
         x = nu * _CELLS_PER_UNIT
         i = x.floor().clamp(max=_N_CELLS - 1)
         return a, nu, i.long(), x - i
@@ -289,3 +287,51 @@ class DualSchedule:
 
     def dalpha_tilde_dt(self, t: Tensor) -> Tensor:
         return self.gamma.dalpha_tilde_dt(t)
+
+
+def signal_to_noise(alpha_tilde: Tensor) -> Tensor:
+    """nu = alpha_tilde / sqrt(1 - alpha_tilde^2) in float64 (+inf at alpha_tilde = 1).
+
+    1 - a*a (not (1 - a)(1 + a)): every operation is monotone and correctly rounded, so nu, and
+    T through it, never decrease in alpha_tilde, even at the rounding level.
+    """
+    a = alpha_tilde.to(torch.float64).clamp(0.0, 1.0)
+    return a / torch.sqrt(1.0 - a * a)
+
+
+@dataclass(frozen=True)
+class AlphaWindow:
+    """A window of discrete signal levels, alpha_start at t = 0 down to alpha_end at t = 1,
+    turned into the Gaussian gamma-window that gives it for a vocabulary (``for_vocab``).
+
+    The gamma-windows of the paper are tuned for K = 50257; the same gamma covers very different
+    alpha at small K (gamma in [-3.55, -1.85] spans alpha in [0.049, 0.945] at K = 50257 but
+    only [0.53, 1.0] at K = 85). A window in alpha means the same thing for any K.
+    ``AlphaWindow.from_gamma(g_min, g_max, vocab_size)`` is the alpha range a gamma-window
+    covers at ``vocab_size``: at that K, ``for_vocab`` gives the gamma-window back.
+    """
+
+    alpha_start: float
+    alpha_end: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha_end < self.alpha_start < 1.0:
+            raise ValueError(
+                "need 0 < alpha_end < alpha_start < 1 (signal decreases from t = 0 to t = 1), "
+                f"got alpha_start={self.alpha_start}, alpha_end={self.alpha_end}"
+            )
+
+    @staticmethod
+    def from_gamma(gamma_min: float, gamma_max: float, vocab_size: int) -> AlphaWindow:
+        """The alpha range that gamma in [gamma_min, gamma_max] covers at ``vocab_size``."""
+        t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        alpha_tilde = GammaSchedule(gamma_min, gamma_max).alpha_tilde(t)
+        alpha = GaussianArgmaxTransform(vocab_size)(alpha_tilde)
+        return AlphaWindow(float(alpha[0]), float(alpha[1]))
+
+    def for_vocab(self, vocab_size: int) -> GammaSchedule:
+        """The gamma-window with T(alpha_tilde(0)) = alpha_start, T(alpha_tilde(1)) = alpha_end."""
+        alpha = torch.tensor([self.alpha_start, self.alpha_end], dtype=torch.float64)
+        a2 = GaussianArgmaxTransform(vocab_size).inverse(alpha).square()
+        gamma = torch.log1p(-a2) - torch.log(a2)  # alpha_tilde^2 = sigmoid(-gamma)
+        return GammaSchedule(float(gamma[0]), float(gamma[1]))

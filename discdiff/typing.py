@@ -82,8 +82,31 @@ def unchecked() -> Iterator[None]:
         _checks_enabled = previous
 
 
+_trusted = False
+
+
+@contextlib.contextmanager
+def trusted() -> Iterator[None]:
+    """Inside the library, below a public call that checked its inputs: the layers there skip
+    re-checking them (each check is a device sync on a GPU). A denoiser's output is still
+    checked (see ``output_checks_enabled``)."""
+    global _trusted
+    previous, _trusted = _trusted, True
+    try:
+        yield
+    finally:
+        _trusted = previous
+
+
 def checks_enabled() -> bool:
-    # Value checks synchronise with the device and confuse graph capture: skip them when compiling.
+    """Whether input value checks run: not under ``unchecked()`` or ``trusted()``, nor while
+    ``torch.compile`` traces (value checks synchronise and confuse graph capture)."""
+    return _checks_enabled and not _trusted and not torch.compiler.is_compiling()
+
+
+def output_checks_enabled() -> bool:
+    """Whether a denoiser's output is checked: everywhere but under ``unchecked()`` and
+    ``torch.compile``."""
     return _checks_enabled and not torch.compiler.is_compiling()
 
 
@@ -237,6 +260,8 @@ __all__ = [
     "check_tokens",
     "check_vocab_size",
     "checks_enabled",
+    "output_checks_enabled",
+    "trusted",
     "typechecked",
     "unchecked",
 ]

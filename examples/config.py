@@ -148,7 +148,7 @@ class SampleConfig:
     steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
     num_samples: int = 64
     batch_size: int = 32
-    greedy_tail: bool = True
+    tail: str = "greedy"  # greedy (the paper's: N + 1 calls) | map | none (N calls)
     top_p: float | None = None
     seed: int = 0
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from discdiff.samplers import nfe
 from examples.data import pack_documents, prepare_data, read_documents
 from examples.train import TrainedRun, evaluate_bound, load_trained
 
@@ -205,7 +206,7 @@ def load_evaluator(spec: str, device: str = "cpu") -> Evaluator:
 
 def generate(
     run: TrainedRun, steps: int, num_samples: int, *, batch_size: int = 32, seed: int = 0,
-    greedy_tail: bool = True, top_p: float | None = None, device: torch.device | str = "cpu",
+    tail: str = "greedy", top_p: float | None = None, device: torch.device | str = "cpu",
 ) -> tuple[Tensor, float]:  # fmt: skip
     """``num_samples`` samples of the run's sequence length in ``steps`` steps, and the wall
     time (s) it took. Seeded: the same call gives the same samples."""
@@ -218,7 +219,7 @@ def generate(
     with torch.no_grad():
         for lo in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - lo)
-            kwargs: dict[str, Any] = {"generator": gen, "greedy_tail": greedy_tail}
+            kwargs: dict[str, Any] = {"generator": gen, "tail": tail}
             if top_p is not None:
                 kwargs["top_p"] = top_p
             out.append(run.objective.sample(model, n, length, steps, **kwargs).cpu())
@@ -240,21 +241,22 @@ def generative_perplexity(
 
 def evaluate_generation(
     run: TrainedRun, evaluator: Evaluator, steps_list: Sequence[int], *, num_samples: int,
-    batch_size: int = 32, seed: int = 0, greedy_tail: bool = True, top_p: float | None = None,
+    batch_size: int = 32, seed: int = 0, tail: str = "greedy", top_p: float | None = None,
     device: torch.device | str = "cpu", label: str | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     rows = []
     for steps in steps_list:
         samples, wall = generate(run, steps, num_samples, batch_size=batch_size, seed=seed,
-                                 greedy_tail=greedy_tail, top_p=top_p, device=device)  # fmt: skip
+                                 tail=tail, top_p=top_p, device=device)  # fmt: skip
         res = generative_perplexity(samples, run.tokenizer, evaluator)
         res.update({
             "method": label or run.config.train.objective,
             "steps": steps if run.objective.name != "ar" else run.config.data.seq_len - 1,
+            "nfe": nfe(steps, tail) if run.objective.name != "ar" else run.config.data.seq_len - 1,
             "wall_s": wall,
             "precision": f"model {_precision(torch.device(device), 'auto')}; categorical "
                          "draws exact (float64 law)",
-            "greedy_tail": greedy_tail if run.objective.name != "ar" else None,
+            "tail": tail if run.objective.name != "ar" else None,
             "top_p": top_p,
             "samples": [run.tokenizer.decode(r.tolist()) for r in samples[:4]],
         })  # fmt: skip
@@ -284,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_parse_steps, default=None, help="e.g. 64,16,8,4")
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--no-greedy-tail", action="store_true")
+    p.add_argument("--tail", choices=("greedy", "map", "none"), default=None,
+                   help="how a sample ends (default: the run's sample.tail, 'greedy')")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -310,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["generation"] = evaluate_generation(
             run, evaluator, args.steps or run.config.sample.steps,
             num_samples=args.num_samples or run.config.sample.num_samples,
-            batch_size=args.batch_size, seed=args.seed, greedy_tail=not args.no_greedy_tail,
+            batch_size=args.batch_size, seed=args.seed, tail=args.tail or run.config.sample.tail,
             top_p=args.top_p, device=args.device,
         )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"

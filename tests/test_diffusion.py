@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discdiff import GaussianCurriculum, MaskedDiffusion, UniformDiffusion
-from discdiff.schedules import LogLinearSchedule
+from discdiff.schedules import GammaSchedule, LogLinearSchedule
 from discdiff.typing import Bag
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -87,7 +87,8 @@ def test_curriculum_top_k_feeds_a_bag():
 
 def test_curriculum_noise_levels_follow_the_transform():
     g = torch.Generator().manual_seed(0)
-    diffusion = UniformDiffusion(1000, curriculum=GaussianCurriculum(-3.55, -1.85, end_step=1))
+    curriculum = GaussianCurriculum(window=GammaSchedule(-3.55, -1.85), end_step=1)
+    diffusion = UniformDiffusion(1000, curriculum=curriculum)
     model = Recorder(1000)
     t = torch.tensor([1e-3, 0.5, 1.0])
     diffusion.loss(model, torch.zeros(3, 2, dtype=torch.long), t=t, generator=g)

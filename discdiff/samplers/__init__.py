@@ -1,0 +1,56 @@
+"""Samplers for uniform-state (Duo) and masked (MDLM) diffusion, in four layers:
+
+- ``categorical``: exact categorical draws over large vocabularies (float64 law, no (B, L, K)
+  float64 tensor), with top-k / nucleus filtering;
+- ``posterior``: the reverse-process laws as the paper writes them (explicit, the reference);
+- ``steps``: one reverse step of each process (the uniform one a three-part mixture, with the
+  Ψ corrector) and the tails that end a sample (greedy, MAP);
+- ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
+- ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``.
+"""
+
+from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
+from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
+from discdiff.samplers.loops import (
+    T_MIN,
+    StepRecord,
+    Tail,
+    TimeGrid,
+    masked_loop,
+    nfe,
+    sample_masked,
+    sample_uniform,
+    uniform_loop,
+)
+from discdiff.samplers.posterior import denoising_posterior, psi_posterior, uniform_posterior
+from discdiff.samplers.steps import (
+    greedy_tail,
+    map_tail,
+    masked_ancestral_step,
+    uniform_ancestral_step,
+)
+
+__all__ = [
+    "T_MIN",
+    "CappedKappa",
+    "CappedRemask",
+    "ConstantKappa",
+    "RescaledRemask",
+    "StepRecord",
+    "Tail",
+    "TimeGrid",
+    "denoising_posterior",
+    "greedy_tail",
+    "map_tail",
+    "masked_ancestral_step",
+    "masked_loop",
+    "nfe",
+    "psi_posterior",
+    "sample_categorical",
+    "sample_categorical_logits",
+    "sample_masked",
+    "sample_uniform",
+    "uniform_ancestral_step",
+    "uniform_loop",
+    "uniform_posterior",
+]

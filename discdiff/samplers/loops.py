@@ -1,0 +1,448 @@
+"""Sampling loops: a denoiser, an initial state and a time grid in; tokens out.
+
+``uniform_loop`` and ``masked_loop`` run the reverse process from a given z_1 along a given
+``TimeGrid`` (k-diffusion style: the caller builds both); ``sample_uniform`` and
+``sample_masked`` build them from a schedule and call the loops.
+
+The tail (SPEC §5), how a few-step sample ends:
+
+- ``"greedy"`` (the paper's protocol, the default): N ancestral steps on linspace(1, t_min,
+  N + 1), then one more denoiser call at t_min whose argmax x_hat is the output: N + 1 calls.
+- ``"map"``: the same extra call, but the output is the mode of the denoising posterior
+  q(z_0 | z_{t_min}, x_hat), which keeps each token's own evidence (for the masked process the
+  two coincide: a masked token's posterior is x_hat).
+- ``"none"``: N ancestral steps down to t = 0: N calls, the exact ancestral law.
+
+A prompt (``prompt`` ids and ``prompt_mask``, both (B, L)) holds its tokens in z_1, after every
+step and in the output; the denoiser sees them as clean context. ``callback`` receives a
+``StepRecord`` after every denoiser call, with the logits, so analysis needs no wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from discdiff.denoise import denoise, noise_level
+from discdiff.samplers.categorical import check_filters
+from discdiff.samplers.correctors import alpha_at
+from discdiff.samplers.steps import _masked_step, _uniform_step, greedy_tail, map_tail
+from discdiff.schedules import Schedule
+from discdiff.typing import Denoiser, as_float, check_count, check_tokens, check_vocab_size
+
+__all__ = [
+    "T_MIN",
+    "StepRecord",
+    "Tail",
+    "TimeGrid",
+    "masked_loop",
+    "nfe",
+    "sample_masked",
+    "sample_uniform",
+    "uniform_loop",
+]
+
+Tail = Literal["greedy", "map", "none"]
+TAILS = ("greedy", "map", "none")
+T_MIN = 1e-5
+"""The last time of a grid that ends with a tail call (the reference code's t_min)."""
+
+
+def nfe(steps: int, tail: Tail) -> int:
+    """Network calls of a ``steps``-step uniform sample: steps + 1 with a tail call, else steps.
+
+    (The masked sampler's cache can save calls; its ``StepRecord.nfe`` counts the real ones.)
+    """
+    return steps + (tail != "none")
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """The N + 1 decreasing times t_0 = 1 > ... > t_N of a sampling run and their alpha_t.
+
+    Build one with ``TimeGrid.build``; ``alpha`` at t = 0 is exactly 1 (clean).
+    """
+
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    @staticmethod
+    def build(
+        schedule: Schedule,
+        steps: int,
+        *,
+        tail: Tail = "greedy",
+        times: Sequence[float] | Tensor | None = None,
+        t_min: float = T_MIN,
+    ) -> TimeGrid:
+        """A grid of ``steps`` steps: ``times`` if given (steps + 1 strictly decreasing times in
+        [0, 1], any sequence or tensor), else linspace(1, t_end, steps + 1) with t_end = 0 for
+        ``tail="none"`` and ``t_min`` for a tail that makes one more call there."""
+        steps = check_count(steps, "steps")
+        _check_tail(tail)
+        if times is None:
+            t_min = as_float(t_min, "t_min")
+            if not 0.0 < t_min < 1.0:
+                raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+            end = 0.0 if tail == "none" else t_min
+            grid = torch.linspace(1.0, end, steps + 1, dtype=torch.float64)
+        else:
+            grid = _as_times(times)
+            if grid.numel() != steps + 1:
+                raise ValueError(
+                    f"time_grid has {grid.numel()} points; steps={steps} needs steps + 1 = "
+                    f"{steps + 1}"
+                )
+        values = grid.tolist()
+        return TimeGrid(tuple(values), tuple(alpha_at(schedule, t) for t in values))
+
+
+def _as_times(times: Any) -> Tensor:
+    try:
+        grid = torch.as_tensor(
+            times.detach().cpu() if isinstance(times, Tensor) else list(times),
+            dtype=torch.float64,
+        ).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"time_grid must be a sequence or tensor of times, got {type(times).__name__}"
+        ) from None
+    if not bool(torch.isfinite(grid).all()) or bool((grid < 0).any() | (grid > 1).any()):
+        raise ValueError("time_grid must hold finite times in [0, 1]")
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError("time_grid must be strictly decreasing (from noise at t=1 to data at t=0)")
+    return grid
+
+
+def _check_tail(tail: Any) -> None:
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What a ``callback`` sees after each denoiser call of a sampling run.
+
+    ``step`` counts reverse steps from 0 (the tail call has step = N); the call was at time
+    ``t`` and the tokens are now at time ``s`` (``z_s``, (B, L)); ``logits`` (B, L, K) is what
+    the denoiser returned (the cached prediction when the masked sampler reused it); ``nfe`` the
+    denoiser calls so far.
+    """
+
+    step: int
+    t: float
+    s: float
+    z_s: Tensor
+    logits: Tensor
+    nfe: int
+
+
+Callback = Callable[[StepRecord], None]
+
+
+def _progress(total: int, enabled: bool) -> Iterator[int]:
+    if not enabled:
+        return iter(range(total))
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(range(total), desc="sampling", unit="step"))
+
+
+class _Prompt:
+    """Clamps the prompt's positions (``mask`` True) to its tokens."""
+
+    def __init__(self, prompt: Tensor | None, mask: Tensor | None) -> None:
+        self.prompt, self.mask = prompt, mask
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return z if self.mask is None else torch.where(self.mask, self.prompt, z)
+
+
+@torch.no_grad()
+def uniform_loop(
+    denoiser: Denoiser,
+    z: Int[Tensor, "b l"],
+    grid: TimeGrid,
+    *,
+    vocab_size: int,
+    tail: Tail = "greedy",
+    kappa: float | Callable[[float, float], float] | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    prompt: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    cond: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "b l"]:
+    """Run the uniform-state reverse process from ``z`` (B, L) along ``grid``, then the tail.
+
+    Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt.
+    """
+    clamp = _Prompt(prompt, prompt_mask)
+    b = z.shape[0]
+    calls = 0
+    logits: Tensor | None = None
+    for i in _progress(grid.steps, progress):
+        t, s = grid.t[i], grid.t[i + 1]
+        a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
+        logits = denoise(denoiser, z, noise_level(a_t, b, z.device), vocab_size=vocab_size,
+                         cond=cond)
+        calls += 1
+        kap = None if kappa is None else _kappa_at(kappa, t, s)
+        z = clamp(_uniform_step(logits, z, a_s, a_t, kap, top_k, top_p, generator))
+        if callback is not None:
+            callback(StepRecord(i, t, s, z, logits, calls))
+    if tail == "none":
+        return z
+    t_end, a_end = grid.t[-1], grid.alpha[-1]
+    logits = denoise(denoiser, z, noise_level(a_end, b, z.device), vocab_size=vocab_size,
+                     cond=cond)
+    calls += 1
+    z = clamp(greedy_tail(logits) if tail == "greedy" else map_tail(logits, z, a_end))
+    if callback is not None:
+        callback(StepRecord(grid.steps, t_end, 0.0, z, logits, calls))
+    return z
+
+
+def _kappa_at(kappa: float | Callable[[float, float], float], t: float, s: float) -> float:
+    value = as_float(kappa(t, s), "kappa(t, s)") if callable(kappa) else kappa
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"kappa(t={t:.6g}, s={s:.6g}) = {value} is outside [0, 1]")
+    return value
+
+
+@torch.no_grad()
+def masked_loop(
+    denoiser: Denoiser,
+    z: Int[Tensor, "b l"],
+    grid: TimeGrid,
+    *,
+    vocab_size: int,
+    mask_id: int,
+    tail: Tail = "greedy",
+    time_conditioned: bool = False,
+    cache: bool = True,
+    remask: Callable[[float, float], float] | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    prompt: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    cond: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "b l"]:
+    """Run the masked reverse process from ``z`` (B, L) along ``grid``, then the tail.
+
+    With ``cache`` (valid only without time conditioning) the prediction is reused while no
+    token changed: the same samples with fewer calls. Trusts its inputs.
+    """
+    clamp = _Prompt(prompt, prompt_mask)
+    b = z.shape[0]
+    calls = 0
+    logits: Tensor | None = None
+
+    def predict(a_t: float) -> Tensor:
+        nonlocal calls
+        calls += 1
+        sigma = noise_level(a_t if time_conditioned else 1.0, b, z.device)
+        return denoise(denoiser, z, sigma, vocab_size=vocab_size, cond=cond)
+
+    for i in _progress(grid.steps, progress):
+        t, s = grid.t[i], grid.t[i + 1]
+        a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
+        if logits is None:
+            logits = predict(a_t)
+        sigma = None if remask is None else as_float(remask(t, s), "remask(t, s)")
+        z_new = clamp(_masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator))
+        if callback is not None:
+            callback(StepRecord(i, t, s, z_new, logits, calls))
+        if not cache or not torch.equal(z_new, z):
+            logits = None
+        z = z_new
+    if tail == "none":
+        return z
+    if logits is None:
+        logits = predict(grid.alpha[-1])
+    z = torch.where(z == mask_id, greedy_tail(logits, exclude=mask_id), z)
+    if callback is not None:
+        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, logits, calls))
+    return z
+
+
+def _check_prompt(
+    prompt: Tensor | None, prompt_mask: Tensor | None, shape: tuple[int, int], vocab_size: int
+) -> tuple[Tensor | None, Tensor | None]:
+    if prompt is None and prompt_mask is None:
+        return None, None
+    if prompt is None:
+        raise ValueError("prompt_mask needs prompt: the (B, L) token ids it marks")
+    if prompt.shape != shape:
+        raise ValueError(f"prompt must be (B, L) = {shape} token ids, got {tuple(prompt.shape)}")
+    check_tokens(prompt, vocab_size, "prompt")
+    if prompt_mask is None:
+        prompt_mask = torch.ones(shape, dtype=torch.bool, device=prompt.device)
+    if prompt_mask.dtype != torch.bool or prompt_mask.shape != shape:
+        raise ValueError(
+            f"prompt_mask must be a (B, L) = {shape} bool tensor, got {prompt_mask.dtype} "
+            f"{tuple(prompt_mask.shape)}"
+        )
+    return prompt.long(), prompt_mask
+
+
+def _setup(
+    batch_size: int,
+    length: int,
+    vocab_size: int,
+    top_k: int | None,
+    top_p: float | None,
+    prompt: Tensor | None,
+    prompt_mask: Tensor | None,
+    device: Any,
+    generator: torch.Generator | None,
+) -> tuple[torch.device, Tensor | None, Tensor | None]:
+    check_vocab_size(vocab_size)
+    check_count(batch_size, "batch_size")
+    check_count(length, "length")
+    check_filters(top_k, None if top_p is None else as_float(top_p, "top_p"))
+    prompt, prompt_mask = _check_prompt(prompt, prompt_mask, (batch_size, length), vocab_size)
+    if device is not None:
+        dev = torch.device(device)
+    elif prompt is not None:
+        dev = prompt.device
+    else:
+        dev = generator.device if generator is not None else torch.device("cpu")
+    if prompt is not None:
+        prompt, prompt_mask = prompt.to(dev), prompt_mask.to(dev)
+    return dev, prompt, prompt_mask
+
+
+def sample_uniform(
+    denoiser: Denoiser,
+    batch_size: int,
+    length: int,
+    steps: int,
+    *,
+    schedule: Schedule,
+    vocab_size: int,
+    tail: Tail = "greedy",
+    kappa: float | Callable[[float, float], float] | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    time_grid: Sequence[float] | Tensor | None = None,
+    prompt: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    cond: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Int[Tensor, "b l"]:
+    """Sample (batch_size, length) tokens from a uniform-state diffusion model (Duo / UDLM).
+
+    z_1 ~ Uniform(K) (prompt positions hold the prompt); ``steps`` reverse steps along
+    ``time_grid`` (default: ``TimeGrid.build``'s linspace for the ``tail``), each calling
+    ``denoiser(z_t, sigma, **cond)`` once with sigma = -log(alpha_t) (B,) float32 and taking an
+    ancestral step, or a Ψ step when ``kappa`` is given (a number in [0, 1] or a callable
+    kappa(t, s) such as ``ConstantKappa`` / ``CappedKappa``; kappa = 1 is ancestral). Then the
+    ``tail`` (module docstring): NFE = steps + 1 for "greedy" and "map", steps for "none".
+    ``top_k`` / ``top_p`` filter x_hat before the posterior.
+
+    ``cond`` is a mapping of keyword arguments for the denoiser (class labels, masks), kept
+    apart from the sampler's options. ``callback(StepRecord)`` after each call; ``progress``
+    shows a tqdm bar; randomness only from ``generator``; tokens on ``device`` (default: the
+    prompt's, else the generator's). Runs under ``torch.no_grad()``. Returns int64 ids (B, L).
+    """
+    dev, prompt, prompt_mask = _setup(
+        batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
+    )
+    if kappa is not None and not callable(kappa):
+        kappa = as_float(kappa, "kappa")
+        if not 0.0 <= kappa <= 1.0:
+            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+    grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
+    z = torch.randint(0, vocab_size, (batch_size, length), generator=generator, device=dev)
+    z = _Prompt(prompt, prompt_mask)(z)
+    return uniform_loop(
+        denoiser, z, grid, vocab_size=vocab_size, tail=tail, kappa=kappa, top_k=top_k,
+        top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
+        cond=cond, callback=callback, progress=progress, generator=generator,
+    )  # fmt: skip
+
+
+def sample_masked(
+    denoiser: Denoiser,
+    batch_size: int,
+    length: int,
+    steps: int,
+    *,
+    schedule: Schedule,
+    vocab_size: int,
+    mask_id: int,
+    tail: Tail = "greedy",
+    cache: bool | None = None,
+    time_conditioned: bool = False,
+    remask: Callable[[float, float], float] | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    time_grid: Sequence[float] | Tensor | None = None,
+    prompt: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    cond: Mapping[str, Any] | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Int[Tensor, "b l"]:
+    """Sample (batch_size, length) tokens from a masked diffusion model (MDLM, SUBS).
+
+    z_1 = all ``mask_id`` (prompt positions hold the prompt); then ``steps`` reverse steps
+    (``masked_ancestral_step``) along ``time_grid`` (as in ``sample_uniform``) and the ``tail``:
+    "greedy" / "map" fill what is still masked with argmax x_hat after one more call at t_min
+    (mask class excluded); "none" steps down to t = 0, where every mask is drawn. ``remask``: a
+    ReMDM schedule sigma(t, s) (``CappedRemask``, ``RescaledRemask`` or a callable returning
+    sigma in [0, min(1, (1 - alpha_s) / alpha_t)]); None is plain MDLM. ``vocab_size`` counts
+    the mask token (the denoiser's K).
+
+    ``time_conditioned=False`` (MDLM's default) passes sigma = 0 to the denoiser, which then sees
+    only z_t; ``cache`` (default: on exactly when not time-conditioned) then reuses x_hat while
+    no token changed: the same samples with fewer calls (``StepRecord.nfe`` counts them).
+    ``cache=True`` with ``time_conditioned=True`` is an error. Other arguments as in
+    ``sample_uniform``. Returns int64 ids (B, L).
+    """
+    dev, prompt, prompt_mask = _setup(
+        batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
+    )
+    check_count(mask_id, "mask_id", minimum=0)
+    if mask_id >= vocab_size:
+        raise ValueError(f"mask_id={mask_id!r} is outside [0, vocab_size={vocab_size})")
+    if prompt is not None and bool((prompt_mask & (prompt == mask_id)).any()):
+        raise ValueError(f"prompt holds the mask token {mask_id} at a prompt position")
+    if cache is None:
+        cache = not time_conditioned
+    elif cache and time_conditioned:
+        raise ValueError(
+            "cache=True reuses predictions across noise levels, which is only valid when the "
+            "denoiser is not time-conditioned; pass cache=False (or time_conditioned=False)"
+        )
+    grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
+    z = _Prompt(prompt, prompt_mask)(
+        torch.full((batch_size, length), mask_id, dtype=torch.long, device=dev)
+    )
+    return masked_loop(
+        denoiser, z, grid, vocab_size=vocab_size, mask_id=mask_id, tail=tail,
+        time_conditioned=time_conditioned, cache=cache, remask=remask, top_k=top_k,
+        top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
+        cond=cond, callback=callback, progress=progress, generator=generator,
+    )  # fmt: skip

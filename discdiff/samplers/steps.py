@@ -1,0 +1,322 @@
+"""One reverse step of each process, and the tails that end a few-step sample.
+
+Notation (SPEC §5): K vocabulary size; a step goes from time t to s < t with signal levels
+alpha_t <= alpha_s; alpha_ts = alpha_t / alpha_s; x_hat = softmax(logits) after top-k / nucleus
+filtering, renormalised; i = z_t the current token.
+
+The uniform step never builds the (B, L, K) posterior: it is a three-part mixture (stay at z_t,
+draw from x_hat, draw uniformly), so it costs one pass over the logits (softmax, block masses,
+the weight of z_t) plus O(sqrt(K)) work per token that draws from x_hat. The public functions
+check their arguments; the sampling loops call the unchecked kernels (``_uniform_step``,
+``_masked_step``) with levels they built themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from discdiff.samplers import levels as lv
+from discdiff.samplers.categorical import (
+    ChunkLaw,
+    block_size,
+    check_filters,
+    row_chunks,
+    softmax_weights,
+    uniforms,
+)
+from discdiff.typing import check_count, check_tokens, checks_enabled, reject_if, typechecked
+
+__all__ = [
+    "greedy_tail",
+    "map_tail",
+    "masked_ancestral_step",
+    "uniform_ancestral_step",
+    "uniform_mixture",
+]
+
+Alpha = lv.Alpha
+
+
+def uniform_mixture(
+    x_zt: Tensor,
+    alpha_s: float | Tensor,
+    alpha_t: float | Tensor,
+    kappa: float | Tensor | None,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """(p_stay, p_xhat) of one uniform step, per row; the rest of the mass draws uniformly.
+
+    ``x_zt`` is x_hat[z_t] (float64, per row). The ancestral posterior q(z_s | z_t, x_hat) is,
+    with alpha_ts alpha_s = alpha_t and D = K alpha_t x_hat[i] + 1 - alpha_t (K q(z_t | x_hat)),
+
+        D q(z_s = j) = (K alpha_t x_hat_i + alpha_ts - alpha_t) [j = i]     stay at z_t
+                       + (alpha_s - alpha_t) x_hat_j                        draw from x_hat
+                       + (1 - alpha_ts)(1 - alpha_s) / K                    draw uniformly,
+
+    all three >= 0 for alpha_s >= alpha_t. The Ψ step mixes it, with weight 1 - kappa, with the
+    denoising posterior re-noised to level s, alpha_s q0 + (1 - alpha_s) / K, where
+    D q0(j) = K alpha_t x_hat_i [j = i] + (1 - alpha_t) x_hat_j: the same three draws, so
+
+        p_stay = kappa w_stay / D + (1 - kappa) alpha_s K alpha_t x_hat_i / D
+        p_xhat = kappa w_xhat / D + (1 - kappa) alpha_s (1 - alpha_t) / D.
+
+    A z_t of probability zero (D = 0, only at alpha_t = 1) stays put.
+    """
+    a_ts = lv.ratio(alpha_t, alpha_s)
+    stay_post = k * alpha_t * x_zt + a_ts - alpha_t
+    total = k * alpha_t * x_zt + 1 - alpha_t
+    possible = total > 0
+    d = torch.where(possible, total, 1.0)
+    p_stay = torch.where(possible, stay_post / d, 1.0)
+    p_xhat = torch.where(possible, (alpha_s - alpha_t) / d, 0.0)
+    if kappa is not None:
+        q0_stay = torch.where(possible, k * alpha_t * x_zt / d, 1.0)
+        q0_xhat = torch.where(possible, (1 - alpha_t) / d, 0.0)
+        p_stay = kappa * p_stay + (1 - kappa) * alpha_s * q0_stay
+        p_xhat = kappa * p_xhat + (1 - kappa) * alpha_s * q0_xhat
+    return p_stay, p_xhat
+
+
+def _draw_where(
+    law: ChunkLaw, chosen: Tensor, out: Tensor, u_block: Tensor, u_within: Tensor
+) -> Tensor:
+    """``out`` with the ``chosen`` rows replaced by draws from ``law``.
+
+    On a CPU only the chosen rows are drawn; on an accelerator every row is (O(sqrt K) each),
+    which avoids the host sync of a data-dependent ``nonzero``.
+    """
+    if out.device.type == "cpu":
+        picked = chosen.nonzero().squeeze(-1)
+        out[picked] = law.draw(picked, u_block[picked], u_within[picked])
+        return out
+    every = torch.arange(out.numel(), device=out.device)
+    return torch.where(chosen, law.draw(every, u_block, u_within), out)
+
+
+def _uniform_step(
+    logits: Tensor,
+    z_t: Tensor,
+    alpha_s: float | Tensor,
+    alpha_t: float | Tensor,
+    kappa: float | Tensor | None,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,)."""
+    b, ln, k = logits.shape
+    device = logits.device
+    n = b * ln
+    flat = logits.reshape(n, k)
+    z_flat = z_t.reshape(n)
+    u_mix = uniforms(n, generator, device)
+    noise = torch.randint(0, k, (n,), generator=generator, device=device)
+    u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
+    z_s = torch.empty_like(z_flat)
+    block = block_size(k)
+    for sl in row_chunks(n, k, device):
+        w = softmax_weights(flat[sl], exclude=None, top_k=top_k, top_p=top_p)
+        law = ChunkLaw.of(w, block, "logits")
+        z = z_flat[sl]
+        x_zt = w.gather(1, z.unsqueeze(-1)).squeeze(-1).to(torch.float64) / law.total
+        kap = None if kappa is None else lv.rows(kappa, sl)
+        p_stay, p_xhat = uniform_mixture(x_zt, lv.rows(alpha_s, sl), lv.rows(alpha_t, sl), kap, k)
+        u = u_mix[sl]
+        stay = u < p_stay
+        from_xhat = ~stay & (u < p_stay + p_xhat)
+        out = torch.where(stay, z, noise[sl])
+        z_s[sl] = _draw_where(law, from_xhat, out, u_block[sl], u_within[sl])
+    return z_s.reshape(b, ln)
+
+
+@typechecked
+def uniform_ancestral_step(
+    logits: Float[Tensor, "b l k"],
+    z_t: Int[Tensor, "b l"],
+    alpha_s: Alpha,
+    alpha_t: Alpha,
+    *,
+    kappa: Alpha | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "b l"]:
+    """One reverse step t -> s of the uniform-state process: z_s ~ q(z_s | z_t, x_hat), or the
+    Ψ step kappa q(z_s | z_t, x_hat) + (1 - kappa) (alpha_s q0 + (1 - alpha_s) / K) with q0 the
+    denoising posterior q(z_0 | z_t, x_hat) (SPEC §5; ``uniform_mixture`` derives both).
+
+    ``logits`` (B, L, K) from the denoiser; x_hat = softmax(logits) after top-k / nucleus
+    filtering, renormalised. ``alpha_s >= alpha_t`` and ``kappa`` in [0, 1] are numbers or
+    tensors (B, 1) / (B, L); kappa None or 1 is the ancestral step (bit-identical samples for
+    the same generator state). Exact: the law of each token is the explicit
+    ``discdiff.samplers.psi_posterior`` (checked by chi-square in the tests).
+
+    Randomness, in order: a float64 uniform per token (component), a uniform token per token,
+    two float64 uniforms per token (the x_hat draw), whatever the component chosen.
+    """
+    check_filters(top_k, top_p)
+    b, ln, k = logits.shape
+    check_tokens(z_t, k, "z_t")
+    a_s = lv.level(alpha_s, b, ln, "alpha_s", logits)
+    a_t = lv.level(alpha_t, b, ln, "alpha_t", logits)
+    lv.check_ordered(a_s, a_t)
+    kap = None if kappa is None else lv.flat(lv.level(kappa, b, ln, "kappa", logits))
+    z = z_t.to(logits.device)
+    return _uniform_step(logits, z, lv.flat(a_s), lv.flat(a_t), kap, top_k, top_p, generator)
+
+
+def _unmask_probability(
+    a_s: float | Tensor, a_t: float | Tensor, sigma: float | Tensor, device: torch.device
+) -> Tensor:
+    a_s = torch.as_tensor(a_s, dtype=torch.float64, device=device)
+    a_t = torch.as_tensor(a_t, dtype=torch.float64, device=device)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=device)
+    one_minus = 1 - a_t
+    return torch.where(
+        one_minus > 0, (a_s - (1 - sigma) * a_t) / torch.where(one_minus > 0, one_minus, 1.0), 1.0
+    ).clamp(0.0, 1.0)
+
+
+def _masked_step(
+    logits: Tensor,
+    z_t: Tensor,
+    alpha_s: float | Tensor,
+    alpha_t: float | Tensor,
+    mask_id: int,
+    sigma: float | Tensor | None,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The masked step on trusted inputs; levels are floats or flattened float64 (B*L,)."""
+    b, ln, k = logits.shape
+    device = logits.device
+    n = b * ln
+    flat = logits.reshape(n, k)
+    z_flat = z_t.reshape(n)
+    u = uniforms(n, generator, device)
+    u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
+    p_unmask = _unmask_probability(alpha_s, alpha_t, 0.0 if sigma is None else sigma, device)
+    masked = z_flat == mask_id
+    z_s = z_flat.clone()
+    if sigma is not None:
+        z_s = torch.where(~masked & (u < sigma), mask_id, z_s)
+    unmask = masked & (u < p_unmask)
+    block = block_size(k)
+    if device.type == "cpu":  # only the unmasking rows touch the logits
+        picked = unmask.nonzero().squeeze(-1)
+        for sl in row_chunks(picked.numel(), k, device):
+            idx = picked[sl]
+            w = softmax_weights(flat[idx], exclude=mask_id, top_k=top_k, top_p=top_p)
+            law = ChunkLaw.of(w, block, "logits")
+            local = torch.arange(idx.numel(), device=device)
+            z_s[idx] = law.draw(local, u_block[idx], u_within[idx])
+        return z_s.reshape(b, ln)
+    for sl in row_chunks(n, k, device):  # no data-dependent shapes: no host sync
+        w = softmax_weights(flat[sl], exclude=mask_id, top_k=top_k, top_p=top_p)
+        law = ChunkLaw.of(w, block, "logits")
+        z_s[sl] = _draw_where(law, unmask[sl], z_s[sl], u_block[sl], u_within[sl])
+    return z_s.reshape(b, ln)
+
+
+@typechecked
+def masked_ancestral_step(
+    logits: Float[Tensor, "b l k"],
+    z_t: Int[Tensor, "b l"],
+    alpha_s: Alpha,
+    alpha_t: Alpha,
+    *,
+    mask_id: int,
+    remask: Alpha | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Int[Tensor, "b l"]:
+    """One reverse step t -> s of the masked (absorbing) process with SUBS and optional ReMDM
+    remasking.
+
+    x_hat = softmax(logits) with the mask class removed (SUBS: its logit is -inf), filtered by
+    top-k / nucleus and renormalised. Unmasked tokens stay (SUBS carry-over), except that with
+    ``remask`` = sigma in [0, sigma_max], sigma_max = min(1, (1 - alpha_s) / alpha_t), each is
+    remasked with probability sigma. A masked token unmasks, drawing from x_hat, with probability
+
+        p_unmask = (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t),
+
+    which keeps the marginal: P(unmasked at s) = alpha_t (1 - sigma) + (1 - alpha_t) p_unmask
+    = alpha_s. sigma = 0 is MDLM's (alpha_s - alpha_t) / (1 - alpha_t). ReMDM is the Ψ-sampler
+    of the masked process: the posterior mixed (weight kappa) with the forward
+    alpha_s x_hat + (1 - alpha_s) m gives these probabilities with
+    sigma = (1 - kappa)(1 - alpha_s).
+
+    Randomness, in order: three float64 uniforms per token (decision, then the two-stage x_hat
+    draw), whatever the decision.
+    """
+    check_filters(top_k, top_p)
+    b, ln, k = logits.shape
+    check_tokens(z_t, k, "z_t")
+    check_count(mask_id, "mask_id", minimum=0)
+    if mask_id >= k:
+        raise ValueError(f"mask_id={mask_id} is outside [0, {k}) (K from logits)")
+    a_s = lv.level(alpha_s, b, ln, "alpha_s", logits)
+    a_t = lv.level(alpha_t, b, ln, "alpha_t", logits)
+    lv.check_ordered(a_s, a_t)
+    a_s, a_t = lv.flat(a_s), lv.flat(a_t)
+    sigma = None if remask is None else lv.flat(lv.level(remask, b, ln, "remask", logits))
+    if sigma is not None and checks_enabled():
+        a_t_ = torch.as_tensor(a_t, dtype=torch.float64)
+        a_s_ = torch.as_tensor(a_s, dtype=torch.float64)
+        sigma_max = torch.where(
+            a_t_ > 0, ((1 - a_s_) / torch.where(a_t_ > 0, a_t_, 1.0)).clamp(max=1.0), 1.0
+        )
+        reject_if(
+            torch.as_tensor(sigma, dtype=torch.float64) > sigma_max + 1e-12,
+            "remask probability sigma exceeds sigma_max = min(1, (1 - alpha_s) / alpha_t): "
+            "the unmasking probability would exceed 1",
+        )
+    z = z_t.to(logits.device)
+    return _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
+
+
+def greedy_tail(logits: Tensor, exclude: int | None = None) -> Tensor:
+    """argmax x_hat per token (B, L), class ``exclude`` (the mask) left out: the paper's tail.
+
+    It ignores each token's own evidence (x_hat is the leave-one-out law): see ``map_tail``.
+    """
+    b, ln, k = logits.shape
+    flat = logits.reshape(-1, k)
+    if exclude is None:
+        values, best = flat.max(-1)
+    else:
+        best = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        values = torch.empty(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        for sl in row_chunks(flat.shape[0], k, flat.device):
+            part = flat[sl].clone()  # a copy: editing it leaves the model's logits alone
+            part[:, exclude] = -torch.inf
+            values[sl], best[sl] = part.max(-1)
+    if checks_enabled():
+        reject_if(
+            ~torch.isfinite(values),
+            "logits have a row with NaN or +inf values, or with no finite class",
+        )
+    return best.reshape(b, ln)
+
+
+def map_tail(logits: Tensor, z_t: Tensor, alpha_t: float) -> Tensor:
+    """The mode of the denoising posterior q(z_0 | z_t, x_hat) per token (B, L).
+
+    q(z_0 = j) ∝ c_j x_hat_j with c_i = alpha_t + (1 - alpha_t) / K at j = i = z_t and
+    c_j = (1 - alpha_t) / K elsewhere, so the mode is z_t or the best other class j*: z_t wins
+    when log x_hat_i - log x_hat_j* >= -log1p(beta), beta = K alpha_t / (1 - alpha_t) (ties go
+    to z_t). Unlike ``greedy_tail`` it keeps each token's own evidence.
+    """
+    b, ln, k = logits.shape
+    best = greedy_tail(logits)
+    at_zt = logits.gather(-1, z_t.unsqueeze(-1)).squeeze(-1)
+    at_best = logits.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+    beta = math.inf if alpha_t >= 1 else k * alpha_t / (1 - alpha_t)
+    keep = (at_zt - at_best).to(torch.float64) >= -math.log1p(beta)
+    return torch.where(keep & torch.isfinite(at_zt), z_t, best)
