@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from discdiff.models import DiT
-from discdiff.models.dit import flash_attn_available
+from discdiff.models.attention import flash_attn_available
 
 # Peak dense (no sparsity) bf16 tensor-core FLOP/s by device name, from the vendors' data sheets.
 PEAK_BF16 = {

@@ -125,12 +125,12 @@ class DuoObjective(_DiffusionObjective):
         curriculum_end: int, top_k: int | None = None, tau_end: float | None = None,
         eps: float = 1e-3,
     ) -> None:  # fmt: skip
-        from discdiff.diffusion import GaussianCurriculum, UniformDiffusion
+        from discdiff import GammaSchedule, GaussianCurriculum, UniformDiffusion
 
         curriculum = None
         if curriculum_end > 0:
             curriculum = GaussianCurriculum(
-                gamma_min=gamma_min, gamma_max=gamma_max, tau=tau, end_step=curriculum_end,
+                window=GammaSchedule(gamma_min, gamma_max), tau=tau, end_step=curriculum_end,
                 top_k=top_k, tau_end=tau_end,
             )  # fmt: skip
         self.diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
@@ -190,30 +190,19 @@ class ARObjective(_Stateless):
         return "ar"
 
 
-@torch.no_grad()
 def sample_autoregressive(
     model: nn.Module, batch_size: int, length: int, *, bos_id: int,
     generator: torch.Generator | None = None, top_p: float | None = None,
 ) -> Tensor:  # fmt: skip
-    """Ancestral decoding with a KV cache: BOS, then ``length - 1`` sampled tokens, (B, length).
+    """BOS, then ``length - 1`` tokens decoded with the KV cache (``generate_ar``): (B, length).
 
-    Draws are made in float64 from the model's probabilities (exact for small vocabularies).
+    Every token is drawn exactly from the model's (nucleus-filtered) next-token law.
     """
+    from discdiff.models import generate_ar
+
     device = next(model.parameters()).device
-    out = torch.full((batch_size, length), bos_id, dtype=torch.long, device=device)
-    cache = model.new_kv_cache(length) if hasattr(model, "new_kv_cache") else None
-    for i in range(1, length):
-        if cache is not None:
-            logits = model(out[:, i - 1 : i], kv_cache=cache)[:, -1]
-        else:
-            logits = model(out[:, :i])[:, -1]
-        probs = torch.softmax(logits.double(), dim=-1)
-        if top_p is not None and top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < top_p
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-        out[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return out
+    bos = torch.full((batch_size, 1), bos_id, dtype=torch.long, device=device)
+    return generate_ar(model, bos, length - 1, top_p=top_p, generator=generator)
 
 
 class DCDObjective:
@@ -237,7 +226,6 @@ class DCDObjective:
         eps: float = 1e-3,
     ) -> None:  # fmt: skip
         from discdiff.diffusion import UniformDiffusion
-        from discdiff.duality import DualSchedule, GaussianArgmaxTransform
         from discdiff.schedules import GammaSchedule
 
         self.vocab_size = self.model_vocab_size = vocab_size
@@ -248,13 +236,12 @@ class DCDObjective:
             from discdiff.distill import DCDistiller
 
             self.distiller = DCDistiller(
-                teacher, vocab_size, gamma_min=gamma_min, gamma_max=gamma_max,
+                teacher, vocab_size, window=GammaSchedule(gamma_min, gamma_max),
                 initial_steps=T, steps_per_round=steps_per_round, n_rounds=rounds,
                 divergence=divergence, refresh_from=refresh_from, eps=eps,
             )  # fmt: skip
-        self.sampling_schedule = DualSchedule(
-            GammaSchedule(gamma_min, gamma_max), GaussianArgmaxTransform(vocab_size)
-        )
+        # Students sample on the log-linear schedule (alpha_1 ~ 0 matches the uniform prior),
+        # as the reference samples them: the distillation window is a training axis only.
         self.diffusion = UniformDiffusion(vocab_size, eps=eps)
 
     def _require_distiller(self) -> Any:
@@ -270,10 +257,7 @@ class DCDObjective:
         return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
 
     def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        from discdiff.samplers import sample_uniform
-
-        return sample_uniform(model, batch_size, length, steps, schedule=self.sampling_schedule,
-                              vocab_size=self.vocab_size, **kwargs)  # fmt: skip
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
 
     def phase(self, step: int) -> str:
         return f"round{min(step // self.steps_per_round, self.rounds - 1)}"

@@ -1,11 +1,13 @@
-"""Tests for discdiff.models.dit: the reference DiT and its causal twin."""
+"""Tests for discdiff.models: the reference DiT, its causal twin and the modules beside it."""
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from discdiff.models import DiT, DiTConfig, KVCache, ParamCount
-from discdiff.models.dit import PRESETS, attention, flash_attn_available, vocab_projection
+from discdiff.models import attention as attention_module
+from discdiff.models.attention import attention, flash_attn_available
+from discdiff.models.dit import PRESETS
+from discdiff.models.projection import vocab_projection
 from discdiff.typing import Bag
 
 K = 61  # a vocabulary size no dimension shares, so mixed-up axes fail loudly
@@ -165,7 +170,61 @@ def test_sdpa_dispatch_matches_explicit_attention():
         # Lq < Lk: the queries are the last positions (decoding with a cache).
         got = attention(q, kk, vv, causal=causal)
         torch.testing.assert_close(got, reference(q, kk, vv, causal))
-    assert isinstance(flash_attn_available(), bool)
+
+
+class _BrokenFlashAttn(importlib.abc.MetaPathFinder):
+    """Makes ``import flash_attn`` fail the way a wheel built for another CUDA does."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "flash_attn":
+            raise OSError("libcudart.so: cannot open shared object file")
+        return None
+
+
+@pytest.mark.parametrize("how", ["missing", "broken"])
+def test_without_flash_attn_dispatch_falls_back_to_sdpa(monkeypatch, how):
+    monkeypatch.setattr(attention_module, "_flash_attn", None)  # not looked up yet
+    if how == "missing":
+        monkeypatch.setitem(sys.modules, "flash_attn", None)  # import raises ImportError
+    else:
+        monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+        monkeypatch.setattr(sys, "meta_path", [_BrokenFlashAttn(), *sys.meta_path])
+    assert flash_attn_available() is False
+    assert attention_module._flash_attn is False  # the failed lookup is cached
+    model = make()
+    x = ids()
+    auto = model(x, sigmas())
+    assert torch.equal(auto, model.set_attention_backend("sdpa")(x, sigmas()))
+    with pytest.raises(RuntimeError, match="flash"):
+        model.set_attention_backend("flash")(x, sigmas())
+
+
+def test_an_importable_flash_attn_is_found_and_cpu_tensors_still_use_sdpa(monkeypatch):
+    calls = []
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_func = lambda *args, **kwargs: calls.append(args)
+    monkeypatch.setattr(attention_module, "_flash_attn", None)
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    assert flash_attn_available() is True
+    assert attention_module._flash_attn is fake
+    model = make()
+    expected = model.set_attention_backend("sdpa")(ids(), sigmas())
+    assert torch.equal(model.set_attention_backend("auto")(ids(), sigmas()), expected)
+    assert calls == []  # flash-attn only takes fp16 / bf16 CUDA tensors
+
+
+def test_importing_and_running_the_model_leaves_flash_attn_unimported():
+    code = (
+        "import sys, torch, discdiff, discdiff.models.attention\n"
+        "from discdiff.models import DiT, DiTConfig, generate_ar\n"
+        "m = DiT(DiTConfig(vocab_size=7, hidden_size=8, n_blocks=1, n_heads=2, causal=True))\n"
+        "generate_ar(m, torch.zeros(1, 1, dtype=torch.long), 2)\n"
+        "print('flash_attn' in sys.modules)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_blockwise_vocab_projection_equals_linear():

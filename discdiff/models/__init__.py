@@ -1,8 +1,14 @@
-"""Reference backbones: the DiT of MDLM / Duo and its causal autoregressive twin."""
+"""Reference backbones: the DiT of MDLM / Duo and its causal autoregressive twin.
 
+``dit`` the model, ``config`` its hyper-parameters, ``attention`` (flash-attn / SDPA, rotary),
+``kv_cache``, ``projection`` (output layer), ``accounting`` (sizes, FLOPs), ``persistence``
+(save / load) and ``decode`` (autoregressive generation with the KV cache).
+"""
+
+from discdiff.models.accounting import ParamCount as ParamCount
+from discdiff.models.config import DiTConfig as DiTConfig
+from discdiff.models.decode import generate_ar as generate_ar
 from discdiff.models.dit import DiT as DiT
-from discdiff.models.dit import DiTConfig as DiTConfig
-from discdiff.models.dit import KVCache as KVCache
-from discdiff.models.dit import ParamCount as ParamCount
+from discdiff.models.kv_cache import KVCache as KVCache
 
-__all__ = ["DiT", "DiTConfig", "KVCache", "ParamCount"]
+__all__ = ["DiT", "DiTConfig", "KVCache", "ParamCount", "generate_ar"]

@@ -1,0 +1,97 @@
+"""Multi-head attention dispatch (flash-attn or SDPA) and rotary position embeddings.
+
+Shapes: q (B, Lq, H, D), k and v (B, Lk, H, D); H heads of size D.
+
+Attention runs on flash-attn when it is installed, the tensors live on CUDA and are fp16/bf16,
+otherwise on ``torch.nn.functional.scaled_dot_product_attention``. flash-attn is imported lazily
+by ``flash_attn_available()`` (the DiT calls it on its first eager forward on CUDA), never at
+module import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "apply_rotary",
+    "attention",
+    "flash_attn_available",
+    "rotary_tables",
+]
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
+
+# flash-attn: None = not looked up yet, False = unavailable, else the module.
+_flash_attn: Any = None
+
+
+def flash_attn_available() -> bool:
+    """Import flash-attn on first use (cached); True when it is importable."""
+    global _flash_attn
+    if _flash_attn is None:
+        try:
+            import flash_attn  # lazy on purpose: optional, CUDA only, slow to import
+
+            _flash_attn = flash_attn
+        except Exception:  # ImportError, or a build that fails to load its CUDA library
+            _flash_attn = False
+    return _flash_attn is not False
+
+
+def _use_flash(q: Tensor, backend: str) -> bool:
+    if backend == "sdpa" or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        if backend == "flash":
+            raise RuntimeError("attention backend 'flash' needs fp16/bf16 CUDA tensors")
+        return False
+    # Inside torch.compile the lookup is not traced: the state of the last eager call is used.
+    available = _flash_attn not in (None, False)
+    if backend == "flash" and not available:
+        raise RuntimeError("attention backend 'flash' requested but flash-attn is not importable")
+    return available and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, backend: str = "auto") -> Tensor:
+    """Multi-head attention, q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
+
+    In causal mode with Lq < Lk the queries are the last Lq positions (decoding with a cache):
+    query i attends to keys j <= Lk - Lq + i.
+    """
+    if _use_flash(q, backend):
+        # flash-attn >= 2.1 aligns the causal mask bottom-right, as required for Lq < Lk.
+        return _flash_attn.flash_attn_func(q, k, v, causal=causal)
+    n_q, n_k = q.shape[1], k.shape[1]
+    mask = None
+    is_causal = causal and n_q == n_k
+    if causal and 1 < n_q < n_k:
+        rows = torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q)
+        mask = torch.arange(n_k, device=q.device)[None, :] <= rows  # (Lq, Lk)
+    out = F.scaled_dot_product_attention(  # SDPA wants heads first: (B, H, L, D)
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=is_causal
+    )
+    return out.transpose(1, 2)
+
+
+def rotary_tables(
+    length: int, offset: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles of positions offset..offset+length-1, (L, D/2) each."""
+    positions = torch.arange(offset, offset + length, device=device, dtype=dtype)
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
+    angles = positions[:, None] * inv_freq[None, :]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the halves of the last axis (GPT-NeoX layout); x (B, L, ..., D), cos/sin (L, D/2).
+
+    Computed in the tables' precision (at least float32) and returned in x's dtype.
+    """
+    shape = (cos.shape[0],) + (1,) * (x.ndim - 3) + (cos.shape[1],)
+    cos, sin = cos.view(shape), sin.view(shape)
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
