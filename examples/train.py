@@ -94,19 +94,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    """Identical on every rank: the shared offset u of the step's antithetic times."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63))
+    """Identical on every rank: the generator whose first draw is the step's offset u."""
+    from discdiff.timesteps import AntitheticTimes
+
+    return AntitheticTimes(seed=seed).generator(step)
 
 
 def _times(objective: Objective, micro: int, info: D.DistInfo, accum: int, index: int, seed: int,
            step: int, eps: float) -> Tensor | None:  # fmt: skip
     if not objective.uses_times:
         return None
-    from discdiff.losses import antithetic_times
+    from discdiff.timesteps import AntitheticTimes
 
-    return antithetic_times(
-        micro, eps=eps, world_size=info.world_size, rank=info.rank, accum_steps=accum,
-        accum_index=index, generator=_step_generator(seed, step), device=info.device,
+    return AntitheticTimes(eps=eps, seed=seed)(
+        micro, step=step, accum_index=index, accum_steps=accum, world_size=info.world_size,
+        rank=info.rank, device=info.device,
     )  # fmt: skip
 
 
@@ -128,12 +130,14 @@ def evaluate_bound(
     """Validation bound over the first ``max_sequences`` rows: per-token NELBO (the AR objective:
     exact NLL), its perplexity and the mean of each term. The noise is seeded, so repeated
     evaluations of the same model agree."""
+    from discdiff.metrics import BoundMeter
+
     info = info or D.DistInfo(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    sums: dict[str, Tensor] = {}
-    description = ""
+    meter = BoundMeter()
+    description, batches = "", 0
     try:
         for x_0 in validation_batches(
             rows, batch_size, max_sequences, rank=info.rank, world_size=info.world_size
@@ -142,31 +146,15 @@ def evaluate_bound(
             with autocast(device, precision):
                 bound = objective.bound(model, x_0, generator=gen)
             description = bound.description
-            parts = {"total": bound.total, **bound.terms}
-            for k, v in parts.items():
-                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=device)) + (
-                    v.double().sum()
-                )
-            n = torch.tensor(float(bound.total.numel()), dtype=torch.float64, device=device)
-            sums["tokens"] = sums.get("tokens", torch.zeros_like(n)) + n
+            meter.update(bound.terms)
+            batches += 1
     finally:
         model.train(was_training)
-    keys = sorted(sums)
-    if info.enabled:
-        stacked = D.all_reduce_sum(torch.stack([sums[k] for k in keys]))
-        sums = dict(zip(keys, stacked, strict=True))
-    tokens = float(sums.pop("tokens"))
-    if tokens == 0:
+    if batches == 0:  # on every rank alike: the shards have equal numbers of batches
         raise ValueError("the validation split is empty")
-    means = {k: float(v) / tokens for k, v in sums.items()}
-    nelbo = means.pop("total")
-    return {
-        "nelbo": nelbo,
-        "ppl": math.exp(min(nelbo, 700.0)),
-        "tokens": int(tokens),
-        "terms": means,
-        "bound": description,
-    }
+    res = meter.compute()
+    nelbo, tokens, ppl = res.pop("nll_per_token"), res.pop("tokens"), res.pop("ppl")
+    return {"nelbo": nelbo, "ppl": ppl, "tokens": tokens, "terms": res, "bound": description}
 
 
 # --- state dicts under DDP / FSDP ---------------------------------------------------------------
