@@ -4,7 +4,8 @@ Every call of a denoiser in discdiff goes through ``denoise``: it turns the sign
 into the noise level sigma = -log(alpha_t) that the denoiser sees (``noise_level``, the only
 place that formula lives), calls ``denoiser(z_t, sigma, **cond)`` with the caller's
 conditioning mapping, and checks the output once: a float (B, L, K) tensor without NaN.
-Samplers, losses and distillers trust the logits they get from here.
+Samplers, losses and distillers trust the logits they get from here: the check is one
+reduction, and on an accelerator an asynchronous assertion (no host sync).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def denoise(
     if not logits.dtype.is_floating_point:
         raise ValueError(f"{role} returned {logits.dtype} logits; expected a float dtype")
     if output_checks_enabled() and logits.numel() > 0:
-        top = logits.detach().amax()  # max propagates NaN: one reduction, no (B, L, K) mask
-        reject_if(torch.isnan(top) | torch.isposinf(top), f"{role} returned NaN or +inf logits")
+        # One pass, no (B, L, K) mask: a row maximum is NaN if the row holds a NaN (max
+        # propagates it), +inf for +inf, and -inf when no class is possible.
+        top = logits.detach().amax(-1)
+        reject_if(
+            ~torch.isfinite(top),
+            f"{role} returned logits with NaN or +inf values, or a row with no finite class",
+        )
     return logits

@@ -210,7 +210,7 @@ def test_uniform_sampling_reproduces_a_single_token_law():
     p_data = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     denoiser = _exact_uniform_denoiser(p_data)
-    samples = UniformDiffusion(3).sample(denoiser, 20000, 1, 8, greedy_tail=False, generator=g)
+    samples = UniformDiffusion(3).sample(denoiser, 20000, 1, 8, tail="none", generator=g)
     freq = torch.bincount(samples.flatten(), minlength=3).double() / samples.numel()
     # 5 standard errors of a multinomial frequency at n = 20000
     assert (freq - p_data).abs().max() < 5 * math.sqrt(0.25 / 20000)

@@ -20,9 +20,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import discdiff.distill as distill_module
-from discdiff.distill import DCDistiller, argmax_pair, token_kl
-from discdiff.duality import GaussianArgmaxTransform
+from discdiff.distill import PAPER_DCD_WINDOW, DCDistiller, argmax_pair, token_kl
+from discdiff.duality import AlphaWindow, GaussianArgmaxTransform
 from discdiff.processes import gaussian_latent
+from discdiff.schedules import GammaSchedule, LogLinearSchedule
 
 
 def assert_binomial(hits: int, n: int, p: float, sigmas: float = 5.0) -> None:
@@ -50,8 +51,8 @@ class Recorder(nn.Module):
 
 
 def make(teacher, vocab_size=6, **kw) -> DCDistiller:
-    settings = {"initial_steps": 8, "steps_per_round": 3, "n_rounds": 3, "gamma_max": 3.0,
-                "refresh_from": "student"}
+    settings = {"initial_steps": 8, "steps_per_round": 3, "n_rounds": 3,
+                "window": GammaSchedule(-4.0, 3.0), "refresh_from": "student"}
     settings.update(kw)
     return DCDistiller(teacher, vocab_size, **settings)
 
@@ -167,7 +168,7 @@ def test_token_kl_gradients_are_exact():
 
 
 def test_token_kl_chunks_and_masked_classes(monkeypatch):
-    monkeypatch.setattr(distill_module, "_CPU_CHUNK_ELEMENTS", 16)  # many chunks of 2 rows
+    monkeypatch.setattr(distill_module, "_chunk_rows", lambda k, device: 2)  # many chunks
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 7, 8, generator=g)
     b = torch.randn(3, 7, 8, generator=g)
@@ -245,8 +246,10 @@ def test_loss_is_reproducible_and_passes_conditioning():
     student = Recorder(k, seed=1)
     x_0 = torch.randint(0, k, (8, 4), generator=torch.Generator().manual_seed(3))
     shift = torch.ones(8, 1, 8)
-    one = distiller.loss(student, x_0, 1, generator=torch.Generator().manual_seed(5), shift=shift)
-    two = distiller.loss(student, x_0, 1, generator=torch.Generator().manual_seed(5), shift=shift)
+    one = distiller.loss(student, x_0, 1, generator=torch.Generator().manual_seed(5),
+                         cond={"shift": shift})
+    two = distiller.loss(student, x_0, 1, generator=torch.Generator().manual_seed(5),
+                         cond={"shift": shift})
     torch.testing.assert_close(one, two)
     assert student.calls[-1][2]["shift"] is shift
     assert distiller.teacher.calls[-1][2]["shift"] is shift
@@ -284,8 +287,11 @@ def test_defaults_follow_the_paper():
     d = DCDistiller(Recorder(6), 6)
     assert (d.initial_steps, d.steps_per_round, d.n_rounds) == (512, 10_000, 5)
     assert d.divergence == "kl_student_teacher" and d.refresh_from == "student"
-    gamma = d.schedule.gamma
-    assert (gamma.gamma_min, gamma.gamma_max) == (-4.0, -1.0)
+    assert d.window == PAPER_DCD_WINDOW
+    paper = DCDistiller(Recorder(6), 50257).schedule.gamma  # the paper's window at its K
+    assert paper.gamma_min == pytest.approx(-4.0, abs=1e-9)
+    assert paper.gamma_max == pytest.approx(-1.0, abs=1e-9)
+    assert AlphaWindow.from_gamma(-4.0, -1.0, 50257) == pytest.approx(PAPER_DCD_WINDOW)
     assert d.schedule.transform.vocab_size == 6 and d.round == 0
     assert "round=0" in repr(d)
 
@@ -424,12 +430,29 @@ def test_a_round_schedule_past_t_equals_one_is_refused():
         ({"initial_steps": 0}, "initial_steps"),
         ({"steps_per_round": 1.5}, "steps_per_round"),
         ({"n_rounds": 0}, "n_rounds"),
-        ({"gamma_min": 1.0, "gamma_max": -1.0}, "gamma_min"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DCDistiller(Recorder(6), 6, **kwargs)
+
+
+def test_bad_windows_are_refused():
+    with pytest.raises(TypeError, match="window"):
+        DCDistiller(Recorder(6), 6, window=(-4.0, -1.0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alpha_end"):
+        AlphaWindow(0.2, 0.9)
+
+
+@pytest.mark.parametrize("k", [30, 85, 300, 50257])
+def test_alpha_windows_mean_the_same_for_any_vocabulary(k):
+    """The default window covers the paper's alpha range at every K (gamma alone does not:
+    at K = 85 the paper's gamma-window leaves alpha_1 = 0.22)."""
+    d = DCDistiller(Recorder(k), k)
+    ends = d.schedule.alpha(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        ends, torch.tensor([PAPER_DCD_WINDOW.alpha_start, PAPER_DCD_WINDOW.alpha_end],
+                           dtype=torch.float64), atol=1e-9, rtol=0)  # fmt: skip
 
 
 def test_bad_tokens_are_refused():
@@ -451,7 +474,8 @@ def test_bad_tokens_are_refused():
 def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
     """Duo teacher (curriculum, then discrete) on a peaked Markov chain (K = 8, L = 6), distilled
     for 4 rounds (dt = 1/16 .. 1/2) with the paper's KL(student || teacher); everything sampled
-    by ``sample_uniform`` with the greedy tail on ``distiller.schedule``.
+    by ``sample_uniform`` with the greedy tail (N steps + one call at t_min) on the log-linear
+    schedule, as ``DCDistiller.sample`` samples the student.
 
     The teacher at 128 ancestral steps is close to the chain; at 2 and 4 steps its samples are
     incoherent (mean exact NLL ~6 nats above the entropy H). The student's few-step samples
@@ -472,17 +496,17 @@ def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
         batch_size=128, hidden=128, depth=2, generator=g,
     )
     distiller = DCDistiller(
-        teacher, k, gamma_min=gamma[0], gamma_max=gamma[1], initial_steps=16,
+        teacher, k, window=GammaSchedule(*gamma), initial_steps=16,
         steps_per_round=250, n_rounds=4,
     )
     student = distill(teacher, law, length, distiller, batch_size=128, generator=g)
 
     def gap(model, steps, tail="greedy"):
-        m = evaluate(model, law, length, steps, schedule=distiller.schedule, n=4096, tail=tail,
+        m = evaluate(model, law, length, steps, schedule=LogLinearSchedule(), n=4096, tail=tail,
                      generator=g)
         return abs(m["nll"] - entropy), m
 
-    many, m = gap(teacher, 128, tail="ancestral")
+    many, m = gap(teacher, 128, tail="none")
     assert many < 1.5 and m["tv_unigram"] < 0.05 and m["tv_bigram"] < 0.1, m
     for steps in (2, 4):
         few_teacher, mt = gap(teacher, steps)

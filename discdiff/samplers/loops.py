@@ -33,7 +33,14 @@ from discdiff.samplers.categorical import check_filters
 from discdiff.samplers.correctors import alpha_at
 from discdiff.samplers.steps import _masked_step, _uniform_step, greedy_tail, map_tail
 from discdiff.schedules import Schedule
-from discdiff.typing import Denoiser, as_float, check_count, check_tokens, check_vocab_size
+from discdiff.typing import (
+    Denoiser,
+    as_float,
+    check_count,
+    check_tokens,
+    check_vocab_size,
+    trusted,
+)
 
 __all__ = [
     "T_MIN",
@@ -187,12 +194,31 @@ def uniform_loop(
 ) -> Int[Tensor, "b l"]:
     """Run the uniform-state reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
-    Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt.
+    Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt. The
+    only value check per step is ``denoise``'s on the logits.
     """
-    clamp = _Prompt(prompt, prompt_mask)
+    with trusted():
+        return _uniform_loop(denoiser, z, grid, vocab_size, tail, kappa, top_k, top_p,
+                             _Prompt(prompt, prompt_mask), cond, callback, progress, generator)
+
+
+def _uniform_loop(
+    denoiser: Denoiser,
+    z: Tensor,
+    grid: TimeGrid,
+    vocab_size: int,
+    tail: Tail,
+    kappa: float | Callable[[float, float], float] | None,
+    top_k: int | None,
+    top_p: float | None,
+    clamp: _Prompt,
+    cond: Mapping[str, Any] | None,
+    callback: Callback | None,
+    progress: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
     b = z.shape[0]
     calls = 0
-    logits: Tensor | None = None
     for i in _progress(grid.steps, progress):
         t, s = grid.t[i], grid.t[i + 1]
         a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
@@ -246,9 +272,33 @@ def masked_loop(
     """Run the masked reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
     With ``cache`` (valid only without time conditioning) the prediction is reused while no
-    token changed: the same samples with fewer calls. Trusts its inputs.
+    token changed: the same samples with fewer calls (deciding that is one host sync per step).
+    Trusts its inputs; the only value check per call is ``denoise``'s on the logits.
     """
-    clamp = _Prompt(prompt, prompt_mask)
+    with trusted():
+        return _masked_loop(denoiser, z, grid, vocab_size, mask_id, tail, time_conditioned,
+                            cache, remask, top_k, top_p, _Prompt(prompt, prompt_mask), cond,
+                            callback, progress, generator)
+
+
+def _masked_loop(
+    denoiser: Denoiser,
+    z: Tensor,
+    grid: TimeGrid,
+    vocab_size: int,
+    mask_id: int,
+    tail: Tail,
+    time_conditioned: bool,
+    cache: bool,
+    remask: Callable[[float, float], float] | None,
+    top_k: int | None,
+    top_p: float | None,
+    clamp: _Prompt,
+    cond: Mapping[str, Any] | None,
+    callback: Callback | None,
+    progress: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
     b = z.shape[0]
     calls = 0
     logits: Tensor | None = None
