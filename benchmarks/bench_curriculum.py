@@ -21,6 +21,7 @@ from discdiff import losses, processes
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.models import DiT
 from discdiff.schedules import GammaSchedule
+from discdiff.timesteps import antithetic_times
 
 
 def make_model(vocab_size: int, seed: int = 0, logit_scale: float = 1.0) -> DiT:
@@ -92,7 +93,7 @@ def main() -> None:
     schedule = DualSchedule(GammaSchedule(-3.55, -1.85), GaussianArgmaxTransform(args.vocab_size))
     generator = torch.Generator().manual_seed(0)
     x_0 = torch.randint(0, args.vocab_size, (args.batch_size, args.length), generator=generator)
-    t = losses.antithetic_times(args.batch_size, u=0.5)
+    t = antithetic_times(args.batch_size, u=0.5)
     model = make_model(args.vocab_size)
     print(
         f"gradient variance at K={args.vocab_size}, B={args.batch_size}, L={args.length}, "

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from benchmarks.bench_curriculum import make_model
 from discdiff.distill import DCDistiller, token_kl
-from discdiff.losses import antithetic_times
+from discdiff.schedules import GammaSchedule
+from discdiff.timesteps import antithetic_times
 
 K_GPT2 = 50257
 TARGET = 0.5  # ours / baseline, minimal denoiser
@@ -64,7 +65,7 @@ def small_dit(vocab_size: int, seed: int = 0) -> nn.Module:
 
 def make_distiller(student: nn.Module, vocab_size: int = K_GPT2) -> DCDistiller:
     """The paper's settings: gamma in [-4, -1], T = 512 (round 0: dt = 1/512)."""
-    return DCDistiller(student, vocab_size, gamma_min=-4.0, gamma_max=-1.0, initial_steps=512,
+    return DCDistiller(student, vocab_size, window=GammaSchedule(-4.0, -1.0), initial_steps=512,
                        steps_per_round=10_000, n_rounds=5)  # fmt: skip
 
 

@@ -3,15 +3,15 @@
 import torch
 
 from benchmarks.bench_curriculum import gradient_variances, make_model
-from discdiff import losses
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import GammaSchedule
+from discdiff.timesteps import antithetic_times
 
 
 def _setup(vocab_size: int = 32):
     schedule = DualSchedule(GammaSchedule(-3.55, -1.85), GaussianArgmaxTransform(vocab_size))
     x_0 = torch.randint(0, vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
-    return make_model(vocab_size), x_0, losses.antithetic_times(4, u=0.5), schedule
+    return make_model(vocab_size), x_0, antithetic_times(4, u=0.5), schedule
 
 
 def test_relaxation_at_vanishing_temperature_matches_the_discrete_gradient_variance():

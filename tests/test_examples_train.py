@@ -194,7 +194,7 @@ def test_ddp_and_fsdp_on_two_cpu_processes(corpus_dir, tmp_path):
 
 
 def test_antithetic_strata_span_ranks_and_accumulation_steps():
-    from discdiff.losses import antithetic_times
+    from discdiff.timesteps import antithetic_times
     from examples.distributed import DistInfo
     from examples.objectives import DuoObjective
     from examples.train import _step_generator, _times

@@ -22,10 +22,8 @@ from discdiff.losses.bounds import (
 from discdiff.losses.masked import masked_nelbo
 from discdiff.losses.reference import masked_nelbo_reference, uniform_nelbo_reference
 from discdiff.losses.uniform import uniform_nelbo
-from discdiff.timesteps import antithetic_times  # TODO: remove once callers import timesteps
 
 __all__ = [
-    "antithetic_times",
     "ar_loss",
     "masked_nelbo",
     "masked_nelbo_reference",
