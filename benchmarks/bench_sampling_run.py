@@ -6,8 +6,9 @@
 
 Both samplers start from the same uniform z_1, call the same denoiser (a small DiT: hidden 64,
 2 blocks, every zero-initialised weight randomised so that its logits are peaked like a trained
-model's) once per step on the same uniform time grid of the log-linear schedule, and end with
-the greedy tail (argmax x_hat at the last step). Between the calls:
+model's) once per step on the same grid of the log-linear schedule, linspace(1, t_min, N + 1),
+and end with the paper's greedy tail: one more call at t_min whose argmax x_hat is the output
+(NFE = N + 1). Between the calls:
 
 - ours: ``discdiff.samplers.sample_uniform`` (the step as a three-part mixture, exact two-stage
   categorical draws, no (B, L, K) posterior);
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.bench_curriculum import make_model
-from discdiff.samplers import sample_uniform
+from discdiff.samplers import T_MIN, sample_uniform
 from discdiff.schedules import LogLinearSchedule, Schedule
 
 K_GPT2 = 50257
@@ -72,16 +73,14 @@ def baseline_sample(
 ) -> Tensor:  # fmt: skip
     """The straightforward sampler: same grid, denoiser calls and greedy tail as ours."""
     z = torch.randint(0, vocab_size, (batch, length), generator=generator)
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    grid = torch.linspace(1.0, T_MIN, steps + 1, dtype=torch.float64).tolist()
     for i in range(steps):
         alpha_t, alpha_s = _alpha(schedule, grid[i]), _alpha(schedule, grid[i + 1])
         sigma = torch.full((batch,), -math.log(alpha_t), dtype=torch.float32)
         logits = model(z, sigma)
-        if i == steps - 1:
-            z = logits.argmax(-1)
-        else:
-            z = baseline_posterior_gumbel(logits, z, alpha_s, alpha_t, generator)
-    return z
+        z = baseline_posterior_gumbel(logits, z, alpha_s, alpha_t, generator)
+    sigma = torch.full((batch,), -math.log(_alpha(schedule, grid[-1])), dtype=torch.float32)
+    return model(z, sigma).argmax(-1)
 
 
 def run_once(which: str, model: nn.Module, batch: int, length: int, steps: int,

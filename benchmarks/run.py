@@ -194,16 +194,17 @@ def parse_curriculum(out: str) -> list[Row]:
 
 def parse_distill(out: str) -> list[Row]:
     table: dict[tuple[str, str, int, str], float] = {}
-    pattern = rf"^(.{{13}}) (\S+)\s+(\d+) (\S+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s*$"
+    pattern = (rf"^(.{{13}}) (\S+)\s+(\d+)\s+\d+ (\S+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}"
+               rf"\s+{_NUM}\s*$")
     for name, grid, steps, tail, _, gap, _, _, _ in re.findall(pattern, out, re.M):
         table[(name.strip(), grid, int(steps), tail)] = float(gap)
     rows = []
     for steps in (2, 4, 8):
-        key = ("dual", steps, "greedy")
+        key = ("loglin", steps, "greedy")
         student, teacher = table.get(("DCD KL(s||t)", *key)), table.get(("teacher", *key))
         if student is None or teacher is None:
             continue
-        rows.append(Row("distill", f"|NLL - H| of {steps}-step samples, greedy tail: DCD student "
+        rows.append(Row("distill", f"|NLL - H| at {steps} steps (NFE {steps + 1}), greedy tail: DCD student "
                         "vs its teacher (Markov chain)", "nats", student, teacher,
                         target="< 1 (student closer)", met=student < teacher))  # fmt: skip
     return rows or _missing("distill", "no table in the output")

@@ -39,9 +39,9 @@ CURRICULUM = """     tau |  var relaxed | var discrete | discrete/relaxed
    1e+00 |   8.0000e-06 |   9.5844e-06 |            1.198   (0.4 s)
 """
 
-DISTILL = """model         grid   steps tail          NLL |NLL-H| TV uni  TV bi distinct
-teacher       dual       4 greedy      9.000   1.500  0.050  0.100    0.900
-DCD KL(s||t)  dual       4 greedy      8.000   0.500  0.040  0.080    0.800
+DISTILL = """model         grid   steps  NFE tail          NLL |NLL-H| TV uni  TV bi distinct
+teacher       loglin     4    5 greedy      9.000   1.500  0.050  0.100    0.900
+DCD KL(s||t)  loglin     4    5 greedy      8.000   0.500  0.040  0.080    0.800
 """
 
 

@@ -478,9 +478,10 @@ def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
     schedule, as ``DCDistiller.sample`` samples the student.
 
     The teacher at 128 ancestral steps is close to the chain; at 2 and 4 steps its samples are
-    incoherent (mean exact NLL ~6 nats above the entropy H). The student's few-step samples
-    have a mean NLL close to H. Observed |NLL - H| over seeds 0-4 (this configuration): teacher
-    5.7-6.3 nats at 2 and 4 steps; student 0.5-1.6 at 2 steps, 0.04-0.43 at 4 steps. Unigram /
+    incoherent (mean exact NLL well above the entropy H). The student's few-step samples have a
+    mean NLL close to H. Observed |NLL - H| over seeds 0-1 (this configuration, greedy tail,
+    log-linear grid): teacher 4.8-5.2 nats at 2 steps and 2.3-2.6 at 4; student 0.29-0.43 at 2
+    steps and 0.39-0.49 at 4; the teacher at 128 steps without a tail 0.79-0.89. Unigram /
     bigram total variation do not improve reliably at this scale (see the table of
     benchmarks/bench_distill.py): the mode-seeking student trades diversity for coherence.
     """
@@ -511,5 +512,5 @@ def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
     for steps in (2, 4):
         few_teacher, mt = gap(teacher, steps)
         few_student, ms = gap(student, steps)
-        assert few_teacher > 4.0, mt  # few-step sampling is visibly hard here
-        assert few_student < 2.5 and few_student < few_teacher - 3.0, (steps, mt, ms)
+        assert few_teacher > (3.5 if steps == 2 else 1.5), mt  # few steps are visibly hard
+        assert few_student < 1.2 and few_student < few_teacher - 1.0, (steps, mt, ms)
