@@ -210,10 +210,10 @@ class DCDObjective:
 
     Rounds of ``steps_per_round`` steps; dt = 2^round / T; at every round boundary the teacher
     is refreshed from the student's EMA (or the student). The distiller's state (round, teacher
-    weights) is checkpointed. The student samples on the distiller's time axis (the Gaussian
-    window's t, mapped through T), the one it was distilled on; its validation bound uses the
-    log-linear schedule like every other uniform-state model here. ``teacher=None`` builds the
-    objective for evaluation and sampling only.
+    weights) is checkpointed. The student samples on the log-linear schedule, as
+    ``DCDistiller.sample`` does (its alpha_1 ~ 0 matches the uniform prior; the distillation
+    window is a training axis), and its validation bound uses it like every other uniform-state
+    model here. ``teacher=None`` builds the objective for evaluation and sampling only.
     """
 
     name = "dcd"
