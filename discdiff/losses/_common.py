@@ -7,6 +7,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from discdiff.typing import (
+    check_count,
     check_finite,
     check_range,
     check_tokens,
@@ -82,7 +83,7 @@ def check_common(
 
 
 def check_mask_id(mask_id: int, k: int, x_0: Tensor) -> None:
-    if isinstance(mask_id, bool) or not 0 <= mask_id < k:
+    if check_count(mask_id, "mask_id", minimum=0) >= k:
         raise ValueError(f"mask_id must be a token id in [0, {k}) (K from logits), got {mask_id}")
     if checks_enabled() and bool((x_0 == mask_id).any()):
         raise ValueError(f"x_0 contains the mask token mask_id={mask_id}; clean data never does")
