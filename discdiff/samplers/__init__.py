@@ -6,11 +6,13 @@
 - ``steps``: one reverse step of each process (the uniform one a three-part mixture, with the
   Ψ corrector) and the tails that end a sample (greedy, MAP);
 - ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
+- ``guidance``: classifier-free guidance, the per-token geometric mixture of two transitions;
 - ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``.
 """
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
 from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
+from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.loops import (
     T_MIN,
     StepRecord,
@@ -41,6 +43,9 @@ __all__ = [
     "TimeGrid",
     "denoising_posterior",
     "greedy_tail",
+    "guided_logits",
+    "guided_masked_step",
+    "guided_uniform_step",
     "map_tail",
     "masked_ancestral_step",
     "masked_loop",

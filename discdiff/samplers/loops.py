@@ -31,6 +31,7 @@ from torch import Tensor
 from discdiff.denoise import denoise, noise_level
 from discdiff.samplers.categorical import check_filters
 from discdiff.samplers.correctors import alpha_at
+from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.steps import _masked_step, _uniform_step, greedy_tail, map_tail
 from discdiff.schedules import Schedule
 from discdiff.typing import (
@@ -188,6 +189,8 @@ def uniform_loop(
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
     cond: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
@@ -197,47 +200,76 @@ def uniform_loop(
     Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt. The
     only value check per step is ``denoise``'s on the logits.
     """
+    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond)
     with trusted():
-        return _uniform_loop(denoiser, z, grid, vocab_size, tail, kappa, top_k, top_p,
-                             _Prompt(prompt, prompt_mask), cond, callback, progress, generator)
+        return _uniform_loop(predict, z, grid, tail, kappa, top_k, top_p,
+                             _Prompt(prompt, prompt_mask), callback, progress, generator)
+
+
+class _Predictor:
+    """The denoiser calls of a loop: one per step, or two under guidance (conditional with
+    ``cond``, unconditional with ``uncond``); counts them (the NFE)."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        vocab_size: int,
+        cond: Mapping[str, Any] | None,
+        guidance_scale: float | None,
+        uncond: Mapping[str, Any] | None,
+    ) -> None:
+        self.denoiser, self.vocab_size = denoiser, vocab_size
+        self.cond, self.gamma, self.uncond = cond, guidance_scale, uncond
+        self.calls = 0
+
+    def __call__(self, z: Tensor, alpha_t: float) -> tuple[Tensor, Tensor | None]:
+        sigma = noise_level(alpha_t, z.shape[0], z.device)
+        self.calls += 1
+        logits = denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=self.cond)
+        if self.gamma is None:
+            return logits, None
+        self.calls += 1
+        uncond = denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=self.uncond)
+        return logits, uncond
+
+    def shown(self, logits: Tensor, uncond: Tensor | None) -> Tensor:
+        """What the tail and the callback see: the logits, or the guided log-probabilities."""
+        return logits if uncond is None else guided_logits(logits, uncond, self.gamma)
 
 
 def _uniform_loop(
-    denoiser: Denoiser,
+    predict: _Predictor,
     z: Tensor,
     grid: TimeGrid,
-    vocab_size: int,
     tail: Tail,
     kappa: float | Callable[[float, float], float] | None,
     top_k: int | None,
     top_p: float | None,
     clamp: _Prompt,
-    cond: Mapping[str, Any] | None,
     callback: Callback | None,
     progress: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    b = z.shape[0]
-    calls = 0
     for i in _progress(grid.steps, progress):
         t, s = grid.t[i], grid.t[i + 1]
         a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
-        logits = denoise(denoiser, z, noise_level(a_t, b, z.device), vocab_size=vocab_size,
-                         cond=cond)
-        calls += 1
+        logits, uncond = predict(z, a_t)
         kap = None if kappa is None else _kappa_at(kappa, t, s)
-        z = clamp(_uniform_step(logits, z, a_s, a_t, kap, top_k, top_p, generator))
+        if uncond is None:
+            z = _uniform_step(logits, z, a_s, a_t, kap, top_k, top_p, generator)
+        else:
+            z = guided_uniform_step(logits, uncond, z, a_s, a_t, predict.gamma, kappa=kap,
+                                    top_k=top_k, top_p=top_p, generator=generator)
+        z = clamp(z)
         if callback is not None:
-            callback(StepRecord(i, t, s, z, logits, calls))
+            callback(StepRecord(i, t, s, z, predict.shown(logits, uncond), predict.calls))
     if tail == "none":
         return z
     t_end, a_end = grid.t[-1], grid.alpha[-1]
-    logits = denoise(denoiser, z, noise_level(a_end, b, z.device), vocab_size=vocab_size,
-                     cond=cond)
-    calls += 1
+    logits = predict.shown(*predict(z, a_end))
     z = clamp(greedy_tail(logits) if tail == "greedy" else map_tail(logits, z, a_end))
     if callback is not None:
-        callback(StepRecord(grid.steps, t_end, 0.0, z, logits, calls))
+        callback(StepRecord(grid.steps, t_end, 0.0, z, logits, predict.calls))
     return z
 
 
@@ -265,6 +297,8 @@ def masked_loop(
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
     cond: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
@@ -275,17 +309,17 @@ def masked_loop(
     token changed: the same samples with fewer calls (deciding that is one host sync per step).
     Trusts its inputs; the only value check per call is ``denoise``'s on the logits.
     """
+    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond)
     with trusted():
-        return _masked_loop(denoiser, z, grid, vocab_size, mask_id, tail, time_conditioned,
-                            cache, remask, top_k, top_p, _Prompt(prompt, prompt_mask), cond,
-                            callback, progress, generator)
+        return _masked_loop(predict, z, grid, mask_id, tail, time_conditioned, cache, remask,
+                            top_k, top_p, _Prompt(prompt, prompt_mask), callback, progress,
+                            generator)
 
 
 def _masked_loop(
-    denoiser: Denoiser,
+    predict: _Predictor,
     z: Tensor,
     grid: TimeGrid,
-    vocab_size: int,
     mask_id: int,
     tail: Tail,
     time_conditioned: bool,
@@ -294,41 +328,53 @@ def _masked_loop(
     top_k: int | None,
     top_p: float | None,
     clamp: _Prompt,
-    cond: Mapping[str, Any] | None,
     callback: Callback | None,
     progress: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    b = z.shape[0]
-    calls = 0
-    logits: Tensor | None = None
-
-    def predict(a_t: float) -> Tensor:
-        nonlocal calls
-        calls += 1
-        sigma = noise_level(a_t if time_conditioned else 1.0, b, z.device)
-        return denoise(denoiser, z, sigma, vocab_size=vocab_size, cond=cond)
-
+    pred: tuple[Tensor, Tensor | None] | None = None
     for i in _progress(grid.steps, progress):
         t, s = grid.t[i], grid.t[i + 1]
         a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
-        if logits is None:
-            logits = predict(a_t)
-        sigma = None if remask is None else as_float(remask(t, s), "remask(t, s)")
-        z_new = clamp(_masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator))
+        if pred is None:
+            pred = predict(z, a_t if time_conditioned else 1.0)
+        logits, uncond = pred
+        sigma = None if remask is None else _remask_at(remask, t, s, a_t, a_s)
+        if uncond is None:
+            z_new = _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
+        else:
+            z_new = guided_masked_step(logits, uncond, z, a_s, a_t, predict.gamma,
+                                       mask_id=mask_id, sigma=sigma, top_k=top_k, top_p=top_p,
+                                       generator=generator)
+        z_new = clamp(z_new)
         if callback is not None:
-            callback(StepRecord(i, t, s, z_new, logits, calls))
+            callback(StepRecord(i, t, s, z_new, predict.shown(logits, uncond), predict.calls))
         if not cache or not torch.equal(z_new, z):
-            logits = None
+            pred = None
         z = z_new
     if tail == "none":
         return z
-    if logits is None:
-        logits = predict(grid.alpha[-1])
+    if pred is None:
+        pred = predict(z, grid.alpha[-1] if time_conditioned else 1.0)
+    logits = predict.shown(*pred)
     z = torch.where(z == mask_id, greedy_tail(logits, exclude=mask_id), z)
     if callback is not None:
-        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, logits, calls))
+        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, logits, predict.calls))
     return z
+
+
+def _remask_at(
+    remask: Callable[[float, float], float], t: float, s: float, a_t: float, a_s: float
+) -> float:
+    value = as_float(remask(t, s), "remask(t, s)")
+    sigma_max = 1.0 if a_t <= 0 else min(1.0, (1.0 - a_s) / a_t)
+    if not 0.0 <= value <= sigma_max + 1e-12:
+        raise ValueError(
+            f"remask(t={t:.6g}, s={s:.6g}) = {value} is outside [0, sigma_max] with sigma_max = "
+            f"min(1, (1 - alpha_s) / alpha_t) = {sigma_max:.6g}: the unmasking probability "
+            "would leave [0, 1]"
+        )
+    return value
 
 
 def _check_prompt(
@@ -349,6 +395,22 @@ def _check_prompt(
             f"{tuple(prompt_mask.shape)}"
         )
     return prompt.long(), prompt_mask
+
+
+def _check_guidance(guidance_scale: Any, uncond: Any) -> float | None:
+    if guidance_scale is None:
+        if uncond is not None:
+            raise ValueError("uncond is only used with guidance_scale: pass both, or neither")
+        return None
+    gamma = as_float(guidance_scale, "guidance_scale")
+    if not (gamma >= 0 and gamma < float("inf")):
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    if not isinstance(uncond, Mapping):
+        raise ValueError(
+            "guidance_scale needs uncond: the denoiser's conditioning for the unconditional "
+            "prediction, e.g. uncond={'label': null_label} ({} calls it without conditioning)"
+        )
+    return gamma
 
 
 def _setup(
@@ -394,6 +456,8 @@ def sample_uniform(
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
     cond: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
@@ -410,13 +474,19 @@ def sample_uniform(
     ``top_k`` / ``top_p`` filter x_hat before the posterior.
 
     ``cond`` is a mapping of keyword arguments for the denoiser (class labels, masks), kept
-    apart from the sampler's options. ``callback(StepRecord)`` after each call; ``progress``
+    apart from the sampler's options. ``guidance_scale`` gamma turns on classifier-free
+    guidance: every step also calls the denoiser with ``uncond`` (the conditioning of the
+    unconditional prediction, e.g. the null label) and draws from the per-token renormalised
+    q(z_s | z_t, y)^gamma q(z_s | z_t)^(1 - gamma) (``discdiff.samplers.guidance``): 2 calls per
+    step; gamma = 1 is the conditional sampler, 0 the unconditional one.
+    ``callback(StepRecord)`` after each step; ``progress``
     shows a tqdm bar; randomness only from ``generator``; tokens on ``device`` (default: the
     prompt's, else the generator's). Runs under ``torch.no_grad()``. Returns int64 ids (B, L).
     """
     dev, prompt, prompt_mask = _setup(
         batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
     )
+    guidance_scale = _check_guidance(guidance_scale, uncond)
     if kappa is not None and not callable(kappa):
         kappa = as_float(kappa, "kappa")
         if not 0.0 <= kappa <= 1.0:
@@ -427,7 +497,8 @@ def sample_uniform(
     return uniform_loop(
         denoiser, z, grid, vocab_size=vocab_size, tail=tail, kappa=kappa, top_k=top_k,
         top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
-        cond=cond, callback=callback, progress=progress, generator=generator,
+        cond=cond, guidance_scale=guidance_scale, uncond=uncond, callback=callback,
+        progress=progress, generator=generator,
     )  # fmt: skip
 
 
@@ -450,6 +521,8 @@ def sample_masked(
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
     cond: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
@@ -468,12 +541,14 @@ def sample_masked(
     ``time_conditioned=False`` (MDLM's default) passes sigma = 0 to the denoiser, which then sees
     only z_t; ``cache`` (default: on exactly when not time-conditioned) then reuses x_hat while
     no token changed: the same samples with fewer calls (``StepRecord.nfe`` counts them).
-    ``cache=True`` with ``time_conditioned=True`` is an error. Other arguments as in
-    ``sample_uniform``. Returns int64 ids (B, L).
+    ``cache=True`` with ``time_conditioned=True`` is an error. Other arguments (``cond``,
+    ``guidance_scale`` and ``uncond`` among them) as in ``sample_uniform``. Returns int64 ids
+    (B, L).
     """
     dev, prompt, prompt_mask = _setup(
         batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
     )
+    guidance_scale = _check_guidance(guidance_scale, uncond)
     check_count(mask_id, "mask_id", minimum=0)
     if mask_id >= vocab_size:
         raise ValueError(f"mask_id={mask_id!r} is outside [0, vocab_size={vocab_size})")
@@ -494,5 +569,6 @@ def sample_masked(
         denoiser, z, grid, vocab_size=vocab_size, mask_id=mask_id, tail=tail,
         time_conditioned=time_conditioned, cache=cache, remask=remask, top_k=top_k,
         top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
-        cond=cond, callback=callback, progress=progress, generator=generator,
+        cond=cond, guidance_scale=guidance_scale, uncond=uncond, callback=callback,
+        progress=progress, generator=generator,
     )  # fmt: skip

@@ -169,9 +169,11 @@ def uniform_ancestral_step(
     return _uniform_step(logits, z, lv.flat(a_s), lv.flat(a_t), kap, top_k, top_p, generator)
 
 
-def _unmask_probability(
+def unmask_probability(
     a_s: float | Tensor, a_t: float | Tensor, sigma: float | Tensor, device: torch.device
 ) -> Tensor:
+    """p_unmask = (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t) in [0, 1], float64 (1 at
+    alpha_t = 1)."""
     a_s = torch.as_tensor(a_s, dtype=torch.float64, device=device)
     a_t = torch.as_tensor(a_t, dtype=torch.float64, device=device)
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=device)
@@ -200,7 +202,7 @@ def _masked_step(
     z_flat = z_t.reshape(n)
     u = uniforms(n, generator, device)
     u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
-    p_unmask = _unmask_probability(alpha_s, alpha_t, 0.0 if sigma is None else sigma, device)
+    p_unmask = unmask_probability(alpha_s, alpha_t, 0.0 if sigma is None else sigma, device)
     masked = z_flat == mask_id
     z_s = z_flat.clone()
     if sigma is not None:
