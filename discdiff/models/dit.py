@@ -326,6 +326,14 @@ class DiT(nn.Module):
 
         return load_pretrained(directory, device=device, model_class=cls, **overrides)
 
+    @classmethod
+    def from_reference(cls, path: str | Path, weights: str = "ema", **overrides: Any) -> DiT:
+        """A released Duo / MDLM checkpoint (Lightning .ckpt, HubMixin or Hugging Face
+        directory) with its ``weights`` ("ema" or "raw"). See ``discdiff.models.reference``."""
+        from discdiff.models.reference import from_reference  # it imports this module
+
+        return from_reference(cls, path, weights, **overrides)
+
     def extra_repr(self) -> str:
         cfg = self.config
         kind = "causal" if cfg.causal else "diffusion"
