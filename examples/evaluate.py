@@ -4,6 +4,8 @@
     python -m examples.evaluate runs/demo/duo --zero-shot milton      # + another corpus
     python -m examples.evaluate runs/demo/duo --gen-ppl --evaluator runs/demo/ar --steps 64,8
     python -m examples.evaluate runs/demo/duo --gen-ppl --evaluator hf:/path/to/gpt2-large
+    python -m examples.evaluate models/duo --tokenizer-files vocab.json merges.txt  # converted
+    python -m examples.evaluate runs/demo/duo --no-val --lm-eval TASKS --lm-eval-include DIR
 
 Metrics (SPEC §7):
 - validation perplexity: exp(sum NELBO / tokens) over the held-out split, an upper bound for
@@ -16,7 +18,12 @@ Metrics (SPEC §7):
   one of our AR runs (same tokenizer: token ids are scored directly), or any local Hugging Face
   causal LM directory when ``transformers`` is installed (samples are decoded to text and
   re-tokenised). Always reported with the mean per-sample unigram entropy of the token ids (in
-  nats), the sample count, the step count, the precision and the evaluator.
+  nats), the sample count, the step count, the precision and the evaluator;
+- lm-evaluation-harness tasks (``--lm-eval``, the ``[eval]`` extra): accuracies from the
+  conditional NELBO of each continuation (``discdiff.harness``), exact for the AR model.
+
+RUN is a directory written by ``examples.train`` or a released checkpoint converted by
+``python -m discdiff.convert`` (``--tokenizer-files`` gives its tokenizer from local files).
 """
 
 from __future__ import annotations
@@ -43,7 +50,12 @@ __all__ = [
     "HFEvaluator",
     "generate",
     "generative_perplexity",
+    "is_converted_model",
+    "lm_eval_harness",
+    "lm_eval_lines",
+    "load_converted",
     "load_evaluator",
+    "load_run",
     "main",
     "sample_entropy",
     "validation_perplexity",
@@ -264,6 +276,144 @@ def evaluate_generation(
     return rows
 
 
+# --- converted reference models (discdiff.convert) -----------------------------------------------
+
+
+def is_converted_model(path: str | Path) -> bool:
+    """True for a model directory written by ``discdiff.convert`` / ``DiT.save_pretrained``."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    return json.loads(config.read_text()).get("model_type") == "discdiff.DiT"
+
+
+def load_converted(
+    directory: str | Path, *, tokenizer: str = "gpt2-bpe", tokenizer_files: Sequence[str] = (),
+    objective: str | None = None, seq_len: int | None = None, data: str | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainedRun:  # fmt: skip
+    """A converted reference model as a ``TrainedRun``, with a tokenizer from local files.
+
+    The objective (duo, mdlm or ar) comes from ``reference.json`` unless given. The model's
+    vocabulary may exceed the tokenizer's (the reference adds ids: Duo a [PAD] id, MDLM its mask
+    id, the AR model an unused mask logit): Duo keeps all K ids in its NELBO, MDLM takes the last
+    one as its mask, the AR model is scored over the tokenizer's ids only, as the reference does.
+    """
+    from discdiff.diffusion import MaskedDiffusion
+    from discdiff.harness import FirstLogits
+    from discdiff.models import DiT
+    from examples.config import apply_overrides, preset
+    from examples.objectives import build_objective
+    from examples.tokenizer import build_tokenizer
+
+    directory = Path(directory)
+    info_path = directory / "reference.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    model: torch.nn.Module = DiT.from_pretrained(directory, device=device).eval()
+    mc = model.config
+    kind = objective or info.get("objective") or ("ar" if mc.causal else None)
+    if kind not in ("duo", "mdlm", "ar"):
+        raise ValueError(f"{directory}: say which model it is with --objective duo|mdlm|ar "
+                         "(its reference.json does not)")  # fmt: skip
+    if (kind == "ar") != mc.causal:
+        raise ValueError(f"{directory} holds a {'causal' if mc.causal else 'diffusion'} model, "
+                         f"not one for objective {kind!r}")  # fmt: skip
+    if not tokenizer_files and tokenizer in ("gpt2-bpe", "bert-wordpiece", "json"):
+        raise ValueError(f"a converted model needs its tokenizer's files: --tokenizer "
+                         f"{tokenizer} --tokenizer-files ... (gpt2-bpe: vocab.json merges.txt)")
+    tok = build_tokenizer(tokenizer, files=list(tokenizer_files))
+    data_vocab = mc.vocab_size - 1 if kind == "mdlm" else mc.vocab_size
+    if tok.vocab_size > data_vocab:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} ids, the model's data vocabulary "
+                         f"{data_vocab}: not the tokenizer it was trained with")  # fmt: skip
+    cfg = apply_overrides(preset("owt"), {
+        "data.source": data or "hf:openwebtext", "data.zero_shot": "",
+        "data.tokenizer": tokenizer, "data.tokenizer_files": [str(f) for f in tokenizer_files],
+        "data.seq_len": int(seq_len or info.get("length") or 1024), "train.objective": kind,
+        "duo.curriculum_end": 0,
+    })  # fmt: skip
+    if kind == "ar":
+        obj = build_objective(cfg, tok.vocab_size, bos_id=tok.bos_id)
+        model = FirstLogits(model, tok.vocab_size).eval()
+    else:
+        obj = build_objective(cfg, data_vocab, bos_id=tok.bos_id)
+        if kind == "mdlm" and info.get("time_conditioning"):
+            obj.diffusion = MaskedDiffusion(data_vocab, eps=cfg.duo.eps, time_conditioned=True)
+    return TrainedRun(model, cfg, tok, obj, int(info.get("global_step") or 0), directory)
+
+
+def load_run(args: argparse.Namespace) -> TrainedRun:
+    """The run named on the command line: an examples.train run or a converted model."""
+    if is_converted_model(args.run):
+        return load_converted(
+            args.run, tokenizer=args.tokenizer, tokenizer_files=args.tokenizer_files or (),
+            objective=args.objective, seq_len=args.seq_len, data=args.data, device=args.device,
+        )  # fmt: skip
+    return load_trained(args.run, weights=args.weights, device=args.device)
+
+
+# --- lm-evaluation-harness -----------------------------------------------------------------------
+
+
+def lm_eval_harness(
+    run: TrainedRun, tasks: Sequence[str], *, include: Sequence[str] = (), num_samples: int = 64,
+    batch_size: int = 32, steps: int = 64, tail: str = "greedy", limit: float | None = None,
+    num_fewshot: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+) -> dict[str, Any]:  # fmt: skip
+    """Run lm-evaluation-harness tasks on the run (``lm_eval.simple_evaluate``).
+
+    Diffusion models score continuations by the conditional NELBO (``num_samples`` antithetic
+    times each; ``discdiff.harness``) and generate by prompt-conditioned sampling in ``steps``
+    steps; AR models are exact. ``include``: local task directories (lm_eval's include_path);
+    the built-in task index (slow to build) is only read when a task is not found there.
+    """
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise ImportError("--lm-eval needs lm-evaluation-harness: pip install "
+                          "'discdiff[eval]' (or pip install lm_eval)") from err  # fmt: skip
+    from discdiff.harness import AutoregressiveScorer, DiffusionScorer, DiscDiffLM
+
+    device = torch.device(device)
+    model = run.model.to(device).eval()
+    scorer: Any
+    if run.objective.name == "ar":
+        scorer = AutoregressiveScorer(model, run.objective.vocab_size, device=device)
+    else:
+        scorer = DiffusionScorer(
+            run.objective.diffusion, model, num_samples=num_samples, batch_size=batch_size,
+            seed=seed, steps=steps, sample_options={"tail": tail}, device=device,
+        )  # fmt: skip
+    lm = DiscDiffLM(scorer, run.tokenizer, max_length=run.config.data.seq_len)
+    manager = None
+    if include:
+        manager = TaskManager(include_path=list(include), include_defaults=False)
+        if not all(t in manager.all_tasks for t in tasks):
+            manager = TaskManager(include_path=list(include))
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+        bootstrap_iters=1000, log_samples=False, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed,
+    )  # fmt: skip
+
+
+def lm_eval_lines(results: dict[str, Any]) -> list[str]:
+    """One line per task: ``lm-eval TASK: METRIC VALUE ± STDERR, ...``."""
+    lines = []
+    for task, metrics in results.get("results", {}).items():
+        parts = []
+        for key, value in metrics.items():
+            name, comma, filt = key.partition(",")  # "metric,filter"; also alias, sample_len
+            if not comma or name.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            se = metrics.get(f"{name}_stderr,{filt}")
+            err = f" ± {se:.4f}" if isinstance(se, (int, float)) else ""
+            parts.append(f"{name} {value:.4f}{err}" + (f" [{filt}]" if filt != "none" else ""))
+        lines.append(f"lm-eval {task}: " + ", ".join(parts))
+    return lines
+
+
 # --- command line --------------------------------------------------------------------------------
 
 
@@ -274,8 +424,10 @@ def _parse_steps(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.evaluate", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    p.add_argument("run", help="a run directory written by examples.train")
-    p.add_argument("--weights", default="ema", choices=["ema", "raw"])
+    p.add_argument("run", help="a run directory written by examples.train, or a model "
+                   "directory written by discdiff.convert")
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"],
+                   help="a run's EMA or raw weights (a converted model holds one set)")
     p.add_argument("--no-val", action="store_true", help="skip the validation bound")
     p.add_argument("--zero-shot", default=None,
                    help="a corpus for zero-shot perplexity (default: the run's data.zero_shot)")
@@ -292,16 +444,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="JSON file (default: RUN/eval.json)")
+    c = p.add_argument_group("converted reference models (discdiff.convert)")
+    c.add_argument("--tokenizer", default="gpt2-bpe",
+                   help="its tokenizer (examples.tokenizer.build_tokenizer kinds)")
+    c.add_argument("--tokenizer-files", nargs="+", default=None,
+                   help="local tokenizer files, e.g. gpt2 vocab.json merges.txt")
+    c.add_argument("--objective", choices=("duo", "mdlm", "ar"), default=None,
+                   help="the model's kind (default: from its reference.json)")
+    c.add_argument("--seq-len", type=int, default=None, help="default: reference.json or 1024")
+    c.add_argument("--data", default=None,
+                   help="validation corpus (a file, directory or hf:<name>); none: no validation")
+    h = p.add_argument_group("lm-evaluation-harness")
+    h.add_argument("--lm-eval", default=None, help="comma-separated lm_eval task names")
+    h.add_argument("--lm-eval-include", action="append", default=[],
+                   help="a local task directory (repeatable)")
+    h.add_argument("--lm-eval-samples", type=int, default=64,
+                   help="Monte Carlo times per continuation (diffusion models)")
+    h.add_argument("--lm-eval-steps", type=int, default=64, help="sampling steps for generation")
+    h.add_argument("--lm-eval-limit", type=float, default=None, help="examples per task")
+    h.add_argument("--lm-eval-fewshot", type=int, default=None)
+    h.add_argument("--lm-eval-out", default=None, help="default: RUN/lm_eval.json")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    run = load_trained(args.run, weights=args.weights, device=args.device)
+    run = load_run(args)
     results: dict[str, Any] = {"run": str(args.run), "step": run.step, "weights": args.weights}
     kw = {"max_sequences": args.max_sequences, "batch_size": args.batch_size,
           "seed": args.seed, "device": args.device}  # fmt: skip
-    if not args.no_val:
+    converted = is_converted_model(args.run)
+    if not args.no_val and (args.data or not converted):
         results["validation"] = validation_perplexity(run, **kw)
     zero_shot = args.zero_shot if args.zero_shot is not None else run.config.data.zero_shot
     if zero_shot:
@@ -316,6 +489,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             batch_size=args.batch_size, seed=args.seed, tail=args.tail or run.config.sample.tail,
             top_p=args.top_p, device=args.device,
         )  # fmt: skip
+    harness: dict[str, Any] | None = None
+    if args.lm_eval:
+        from lm_eval.utils import handle_non_serializable
+
+        harness = lm_eval_harness(
+            run, [t for t in args.lm_eval.split(",") if t.strip()], include=args.lm_eval_include,
+            num_samples=args.lm_eval_samples, batch_size=args.batch_size,
+            steps=args.lm_eval_steps, tail=args.tail or run.config.sample.tail,
+            limit=args.lm_eval_limit, num_fewshot=args.lm_eval_fewshot, seed=args.seed,
+            device=args.device,
+        )  # fmt: skip
+        harness_out = Path(args.lm_eval_out or Path(args.run) / "lm_eval.json")
+        harness_out.write_text(json.dumps(harness, indent=2, default=handle_non_serializable))
+        results["lm_eval"] = {"results": harness["results"], "file": str(harness_out)}
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     for key in ("validation", "zero_shot"):
@@ -328,6 +515,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"generation {r['method']} steps={r['steps']}: gen PPL {r['gen_ppl']:.3f}, entropy "
               f"{r['entropy']:.3f} nats, {r['num_samples']} samples, {r['precision']}, "
               f"evaluator {r['evaluator']}")  # fmt: skip
+    for line in lm_eval_lines(harness or {}):
+        print(line)
+    if harness is not None:
+        print(f"lm-eval results written to {results['lm_eval']['file']}")
     print(f"results written to {out}")
     return results
 
