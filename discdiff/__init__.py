@@ -16,6 +16,7 @@ from discdiff.schedules import (
     LogLinearSchedule,
     Schedule,
 )
+from discdiff.sdtt import SDTTDistiller
 from discdiff.timesteps import AntitheticTimes
 from discdiff.typing import Bag, Denoiser
 
@@ -36,6 +37,7 @@ __all__ = [
     "LinearSchedule",
     "LogLinearSchedule",
     "MaskedDiffusion",
+    "SDTTDistiller",
     "Schedule",
     "UniformDiffusion",
 ]
