@@ -7,19 +7,17 @@
   Ψ corrector) and the tails that end a sample (greedy, MAP);
 - ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
 - ``guidance``: classifier-free guidance, the per-token geometric mixture of two transitions;
+- ``grid``: the time grid of a run and its tail (greedy, MAP, none), NFE;
 - ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``.
 """
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
 from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
+from discdiff.samplers.grid import T_MIN, Tail, TimeGrid, nfe
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.loops import (
-    T_MIN,
     StepRecord,
-    Tail,
-    TimeGrid,
     masked_loop,
-    nfe,
     sample_masked,
     sample_uniform,
     uniform_loop,

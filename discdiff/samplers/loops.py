@@ -4,14 +4,9 @@
 ``TimeGrid`` (k-diffusion style: the caller builds both); ``sample_uniform`` and
 ``sample_masked`` build them from a schedule and call the loops.
 
-The tail (SPEC §5), how a few-step sample ends:
-
-- ``"greedy"`` (the paper's protocol, the default): N ancestral steps on linspace(1, t_min,
-  N + 1), then one more denoiser call at t_min whose argmax x_hat is the output: N + 1 calls.
-- ``"map"``: the same extra call, but the output is the mode of the denoising posterior
-  q(z_0 | z_{t_min}, x_hat), which keeps each token's own evidence (for the masked process the
-  two coincide: a masked token's posterior is x_hat).
-- ``"none"``: N ancestral steps down to t = 0: N calls, the exact ancestral law.
+How a sample ends is its ``tail`` (``discdiff.samplers.grid``): "greedy" (the paper's) and
+"map" make one more call at t_min, "none" steps down to t = 0. For the masked process "map"
+and "greedy" coincide: a masked token's denoising posterior is x_hat itself.
 
 A prompt (``prompt`` ids and ``prompt_mask``, both (B, L)) holds its tokens in z_1, after every
 step and in the output; the denoiser sees them as clean context. ``callback`` receives a
@@ -22,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -30,7 +25,7 @@ from torch import Tensor
 
 from discdiff.denoise import denoise, noise_level
 from discdiff.samplers.categorical import check_filters
-from discdiff.samplers.correctors import alpha_at
+from discdiff.samplers.grid import Tail, TimeGrid
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.steps import _masked_step, _uniform_step, greedy_tail, map_tail
 from discdiff.schedules import Schedule
@@ -44,97 +39,12 @@ from discdiff.typing import (
 )
 
 __all__ = [
-    "T_MIN",
     "StepRecord",
-    "Tail",
-    "TimeGrid",
     "masked_loop",
-    "nfe",
     "sample_masked",
     "sample_uniform",
     "uniform_loop",
 ]
-
-Tail = Literal["greedy", "map", "none"]
-TAILS = ("greedy", "map", "none")
-T_MIN = 1e-5
-"""The last time of a grid that ends with a tail call (the reference code's t_min)."""
-
-
-def nfe(steps: int, tail: Tail) -> int:
-    """Network calls of a ``steps``-step uniform sample: steps + 1 with a tail call, else steps.
-
-    (The masked sampler's cache can save calls; its ``StepRecord.nfe`` counts the real ones.)
-    """
-    return steps + (tail != "none")
-
-
-@dataclass(frozen=True)
-class TimeGrid:
-    """The N + 1 decreasing times t_0 = 1 > ... > t_N of a sampling run and their alpha_t.
-
-    Build one with ``TimeGrid.build``; ``alpha`` at t = 0 is exactly 1 (clean).
-    """
-
-    t: tuple[float, ...]
-    alpha: tuple[float, ...]
-
-    @property
-    def steps(self) -> int:
-        return len(self.t) - 1
-
-    @staticmethod
-    def build(
-        schedule: Schedule,
-        steps: int,
-        *,
-        tail: Tail = "greedy",
-        times: Sequence[float] | Tensor | None = None,
-        t_min: float = T_MIN,
-    ) -> TimeGrid:
-        """A grid of ``steps`` steps: ``times`` if given (steps + 1 strictly decreasing times in
-        [0, 1], any sequence or tensor), else linspace(1, t_end, steps + 1) with t_end = 0 for
-        ``tail="none"`` and ``t_min`` for a tail that makes one more call there."""
-        steps = check_count(steps, "steps")
-        _check_tail(tail)
-        if times is None:
-            t_min = as_float(t_min, "t_min")
-            if not 0.0 < t_min < 1.0:
-                raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
-            end = 0.0 if tail == "none" else t_min
-            grid = torch.linspace(1.0, end, steps + 1, dtype=torch.float64)
-        else:
-            grid = _as_times(times)
-            if grid.numel() != steps + 1:
-                raise ValueError(
-                    f"time_grid has {grid.numel()} points; steps={steps} needs steps + 1 = "
-                    f"{steps + 1}"
-                )
-        values = grid.tolist()
-        return TimeGrid(tuple(values), tuple(alpha_at(schedule, t) for t in values))
-
-
-def _as_times(times: Any) -> Tensor:
-    try:
-        grid = torch.as_tensor(
-            times.detach().cpu() if isinstance(times, Tensor) else list(times),
-            dtype=torch.float64,
-        ).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(
-            f"time_grid must be a sequence or tensor of times, got {type(times).__name__}"
-        ) from None
-    if not bool(torch.isfinite(grid).all()) or bool((grid < 0).any() | (grid > 1).any()):
-        raise ValueError("time_grid must hold finite times in [0, 1]")
-    if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError("time_grid must be strictly decreasing (from noise at t=1 to data at t=0)")
-    return grid
-
-
-def _check_tail(tail: Any) -> None:
-    if tail not in TAILS:
-        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
-
 
 @dataclass(frozen=True)
 class StepRecord:
