@@ -11,8 +11,11 @@ z_t = argmax w_t with alpha_t = T(alpha_tilde_t) and its exact derivative.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from discdiff import config
 from discdiff.duality import AlphaWindow
 from discdiff.schedules import GammaSchedule
 from discdiff.typing import as_float, check_count
@@ -69,3 +72,13 @@ class GaussianCurriculum:
             return self.tau
         frac = min(max(step / self.end_step, 0.0), 1.0)
         return 10 ** ((1 - frac) * math.log10(self.tau) + frac * math.log10(self.tau_end))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings, the window nested: ``{"type": "GaussianCurriculum", "window":
+        {"type": "AlphaWindow", ...}, "tau": ..., ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GaussianCurriculum:
+        """The curriculum ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discdiff import losses, processes, samplers
+from discdiff import config, losses, processes, samplers
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.denoise import denoise, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
@@ -133,6 +133,24 @@ class UniformDiffusion:
             f"UniformDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
             f"curriculum={self.curriculum!r}, eps={self.eps!r})"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings with the schedule and curriculum nested: ``{"type":
+        "UniformDiffusion", "vocab_size": K, "schedule": {"type": "LogLinearSchedule", ...},
+        "curriculum": {...} or None, "eps": ...}`` (see ``discdiff.config``)."""
+        return {
+            "type": "UniformDiffusion",
+            "vocab_size": self.vocab_size,
+            "schedule": config.encode(self.schedule),
+            "curriculum": config.encode(self.curriculum),
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UniformDiffusion:
+        """The diffusion ``to_dict`` describes."""
+        fields = config.check_keys(cls, data, {"vocab_size", "schedule", "curriculum", "eps"})
+        return cls(**{k: config.decode(v) for k, v in fields.items()})
 
     def _denoise(
         self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
@@ -302,6 +320,24 @@ class MaskedDiffusion:
             f"MaskedDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
             f"eps={self.eps!r}, time_conditioned={self.time_conditioned})"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings with the schedule nested: ``{"type": "MaskedDiffusion",
+        "vocab_size": K, "schedule": {...}, "eps": ..., "time_conditioned": ...}``."""
+        return {
+            "type": "MaskedDiffusion",
+            "vocab_size": self.vocab_size,
+            "schedule": config.encode(self.schedule),
+            "eps": self.eps,
+            "time_conditioned": self.time_conditioned,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MaskedDiffusion:
+        """The diffusion ``to_dict`` describes."""
+        known = {"vocab_size", "schedule", "eps", "time_conditioned"}
+        fields = config.check_keys(cls, data, known)
+        return cls(**{k: config.decode(v) for k, v in fields.items()})
 
     def _denoise(
         self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, cond: Mapping[str, Any] | None

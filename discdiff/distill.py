@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from discdiff import samplers
+from discdiff import config, samplers
 from discdiff._chunks import chunk_rows
 from discdiff.denoise import denoise, noise_level
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
@@ -516,5 +516,31 @@ class DCDistiller:
         self.round = round
 
     def __repr__(self) -> str:
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
-        return f"DCDistiller({cfg}, round={self.round})"
+        settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._SETTINGS)
+        gamma = self.schedule.gamma
+        return (f"DCDistiller({settings}, gamma=[{gamma.gamma_min:.6g}, {gamma.gamma_max:.6g}], "
+                f"round={self.round})")  # fmt: skip
+
+    # -- settings as plain data -----------------------------------------------------------
+
+    _SETTINGS = ("vocab_size", "window", "initial_steps", "steps_per_round", "n_rounds",
+                 "divergence", "refresh_from", "kl_dtype", "eps")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The distiller's settings, JSON-safe, the window nested (``discdiff.config``): not the
+        teacher's weights nor the round (those are ``state_dict()``'s)."""
+        return {"type": "DCDistiller",
+                **{name: config.encode(getattr(self, name)) for name in self._SETTINGS}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, teacher: Denoiser) -> DCDistiller:
+        """A distiller with ``to_dict``'s settings around ``teacher`` (at round 0; restore a
+        run's round and teacher with ``load_state_dict``)."""
+        fields = config.check_keys(cls, data, set(cls._SETTINGS))
+        kwargs = {k: config.decode(v) for k, v in fields.items()}
+        if "kl_dtype" in kwargs:
+            kwargs["kl_dtype"] = config.decode_dtype(kwargs["kl_dtype"], "kl_dtype")
+        vocab_size = kwargs.pop("vocab_size", None)
+        if vocab_size is None:
+            raise ValueError("a DCDistiller config needs its vocab_size")
+        return cls(teacher, vocab_size, **kwargs)

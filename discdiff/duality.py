@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from discdiff import config
 from discdiff.schedules import GammaSchedule
 from discdiff.typing import check_range, check_vocab_size, typechecked
 
@@ -175,6 +177,15 @@ class GaussianArgmaxTransform:
     def __hash__(self) -> int:
         return hash((GaussianArgmaxTransform, self._vocab_size))
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": "GaussianArgmaxTransform", "vocab_size": K}`` (see ``discdiff.config``)."""
+        return {"type": "GaussianArgmaxTransform", "vocab_size": self._vocab_size}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GaussianArgmaxTransform:
+        """The transform ``to_dict`` describes."""
+        return cls(**config.check_keys(cls, data, {"vocab_size"}))
+
     def _table(self, device: torch.device) -> tuple[Tensor, Tensor]:
         # One copy per device, so calls on an accelerator do not re-upload the table each time.
         if device not in self._tables:
@@ -288,6 +299,15 @@ class DualSchedule:
     def dalpha_tilde_dt(self, t: Tensor) -> Tensor:
         return self.gamma.dalpha_tilde_dt(t)
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": "DualSchedule", "gamma": {...}, "transform": {...}}``."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DualSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
+
 
 def signal_to_noise(alpha_tilde: Tensor) -> Tensor:
     """nu = alpha_tilde / sqrt(1 - alpha_tilde^2) in float64 (+inf at alpha_tilde = 1).
@@ -335,3 +355,12 @@ class AlphaWindow:
         a2 = GaussianArgmaxTransform(vocab_size).inverse(alpha).square()
         gamma = torch.log1p(-a2) - torch.log(a2)  # alpha_tilde^2 = sigmoid(-gamma)
         return GammaSchedule(float(gamma[0]), float(gamma[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"type": "AlphaWindow", "alpha_start": ..., "alpha_end": ...}``."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlphaWindow:
+        """The window ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)

@@ -12,11 +12,14 @@ maps it to a discrete alpha_t through the transform T.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from discdiff import config
 
 __all__ = [
     "CosineSchedule",
@@ -57,6 +60,15 @@ class LogLinearSchedule:
     def inverse(self, alpha: Tensor) -> Tensor:
         return (1 - alpha) / (1 - self.eps)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings ``{"type": "LogLinearSchedule", ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LogLinearSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
+
 
 @dataclass(frozen=True)
 class CosineSchedule:
@@ -74,6 +86,15 @@ class CosineSchedule:
         c = ((alpha - self.eps) / (1 - self.eps)).clamp(-1.0, 1.0)
         return torch.arccos(c) * (2 / math.pi)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings ``{"type": "CosineSchedule", ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CosineSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
+
 
 @dataclass(frozen=True)
 class LinearSchedule:
@@ -90,6 +111,15 @@ class LinearSchedule:
 
     def inverse(self, alpha: Tensor) -> Tensor:
         return (-torch.log(alpha) - self.sigma_min) / (self.sigma_max - self.sigma_min)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings ``{"type": "LinearSchedule", ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LinearSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -112,6 +142,15 @@ class GeometricSchedule:
     def inverse(self, alpha: Tensor) -> Tensor:
         sigma = -torch.log(alpha)
         return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings ``{"type": "GeometricSchedule", ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GeometricSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -153,3 +192,12 @@ class GammaSchedule:
         a2 = alpha_tilde.square()
         gamma = torch.log1p(-a2) - torch.log(a2)  # -logit(a2)
         return (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe settings ``{"type": "GammaSchedule", ...}`` (see ``discdiff.config``)."""
+        return config.dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GammaSchedule:
+        """The schedule ``to_dict`` describes."""
+        return config.dataclass_from_dict(cls, data)
