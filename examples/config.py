@@ -46,7 +46,8 @@ OBJECTIVES = ("duo", "mdlm", "ar", "dcd")
 
 @dataclass
 class ModelConfig:
-    """The DiT backbone: a preset of ``discdiff.models.DiT`` plus optional overrides."""
+    """The backbone: a preset of ``discdiff.models.DiT`` plus optional overrides, or any
+    module built by ``factory``."""
 
     preset: str = "small"
     hidden: int | None = None
@@ -54,6 +55,12 @@ class ModelConfig:
     heads: int | None = None
     cond_dim: int | None = None
     dropout: float | None = None
+    factory: str = ""
+    """``package.module:function`` building your own backbone instead of the DiT:
+    ``function(vocab_size: int, causal: bool, **model_config) -> nn.Module``, called with the
+    fields above that are set (preset, and the sizes that are not none) and ``options``."""
+    options: str = ""
+    """A JSON object of extra keyword arguments for ``factory`` (e.g. '{"layers": 2}')."""
 
 
 @dataclass
@@ -70,6 +77,10 @@ class DataConfig:
     split_seed: int = 0
     max_documents: int | None = None
     cache_dir: str | None = None
+    packing: bool = True
+    """true: documents packed into full rows ("wrap"); false: one document per row, padded to
+    seq_len, with a padding mask that keeps padding out of attention, loss and bound (the
+    backbone must accept a ``padding_mask`` keyword, as the DiT does)."""
 
 
 @dataclass

@@ -12,6 +12,13 @@ Packing follows the paper's "wrap" mode: each document becomes ``[BOS] ids [EOS]
 are concatenated into one stream, and the stream is cut into rows of ``seq_len`` tokens (the
 final partial row is dropped). Sequences therefore cross document boundaries, and BOS/EOS mark
 where one ends and the next begins.
+
+Without packing (``packing=False``, ``--data.packing false``; the paper's LM1B "no wrap"
+baseline) every row holds one document, ``[BOS] ids [EOS]``, padded to ``seq_len`` with the
+pad id (the tokenizer's EOS id; which id fills the padding does not matter, it is masked out),
+and a padding mask marks the real tokens (``PaddedRows``; batches come as ``Batch(x_0, mask)``).
+A document longer than ``seq_len`` is cut into consecutive rows of ``seq_len`` tokens, the last
+one padded: no text is dropped, and ``info["split_documents"]`` counts the documents cut.
 """
 
 from __future__ import annotations
@@ -32,9 +39,13 @@ from examples.corpus import CORPORA, Document, default_cache_dir, load_corpus
 from examples.tokenizer import TextTokenizer, build_tokenizer
 
 __all__ = [
+    "Batch",
     "BatchIterator",
+    "PaddedRows",
     "PreparedData",
+    "masked_validation_batches",
     "pack_documents",
+    "pad_documents",
     "prepare_data",
     "read_documents",
     "split_documents",
@@ -189,13 +200,108 @@ def pack_documents(
     return stream[: n * seq_len].reshape(n, seq_len)
 
 
+@dataclass(frozen=True)
+class PaddedRows:
+    """Unpacked rows: ``ids`` (N, L) int32, one document (or a piece of one) per row, padded
+    with ``pad_id`` after its ``lengths[i]`` real tokens.
+
+    Indexing gives the ids, like a packed (N, L) array, so code written for packed rows keeps
+    working; ``mask(index)`` gives the matching padding masks (True at real tokens).
+    """
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    pad_id: int
+    documents: int = 0
+    """How many documents the rows hold (fewer than rows when long ones were cut)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.ids.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.ids[index]
+
+    def mask(self, index: Any) -> np.ndarray:
+        """(n, L) bool padding masks of the rows ``index`` selects."""
+        lengths = np.asarray(self.lengths[index])
+        return lengths[..., None] > np.arange(self.ids.shape[1])
+
+    @property
+    def padded_fraction(self) -> float:
+        """The share of positions that are padding."""
+        total = self.ids.size
+        return float(1.0 - np.asarray(self.lengths, dtype=np.int64).sum() / total) if total else 0.0
+
+
+Rows = np.ndarray | PaddedRows
+"""Packed rows (an (N, L) array) or unpacked ``PaddedRows``."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of clean tokens ``x_0`` (B, L) int64 and its padding mask (B, L) bool, True at
+    real tokens (None for packed rows: every token is real)."""
+
+    x_0: Tensor
+    mask: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        mask = None if self.mask is None else self.mask.to(device, non_blocking=non_blocking)
+        return Batch(self.x_0.to(device, non_blocking=non_blocking), mask)
+
+
+def _document_rows(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
+    """``[BOS] doc [EOS]`` ids cut into consecutive pieces of at most ``seq_len`` tokens."""
+    return [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+
+
+def _padded(
+    pieces: Sequence[np.ndarray], seq_len: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n, seq_len) int32 padded with ``pad_id``, lengths (n,) int32) of the pieces."""
+    ids = np.full((len(pieces), seq_len), pad_id, dtype=np.int32)
+    lengths = np.zeros(len(pieces), dtype=np.int32)
+    for i, piece in enumerate(pieces):
+        ids[i, : len(piece)] = piece
+        lengths[i] = len(piece)
+    return ids, lengths
+
+
+def pad_documents(
+    docs: Iterable[Document], tokenizer: TextTokenizer, seq_len: int, *, what: str = "corpus"
+) -> PaddedRows:
+    """One document per row, ``[BOS] ids [EOS]`` padded to ``seq_len`` with the EOS id; a longer
+    document is cut into several rows. Raises ValueError if there is no document."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    pieces: list[np.ndarray] = []
+    documents = 0
+    for doc in docs:
+        pieces += _document_rows(_framed(tokenizer, tokenizer.encode_array(doc.text)), seq_len)
+        documents += 1
+    if not pieces:
+        raise ValueError(f"the {what} holds no document")
+    ids, lengths = _padded(pieces, seq_len, tokenizer.eos_id)
+    return PaddedRows(ids, lengths, tokenizer.eos_id, documents)
+
+
+def _framed(tokenizer: TextTokenizer, ids: np.ndarray) -> np.ndarray:
+    """``[BOS] ids [EOS]`` as int32."""
+    bos, eos = np.array([tokenizer.bos_id], np.int32), np.array([tokenizer.eos_id], np.int32)
+    return np.concatenate([bos, ids.astype(np.int32), eos])
+
+
 @dataclass
 class PreparedData:
-    """A tokenizer and the packed splits, (N, L) int32 arrays."""
+    """A tokenizer and the splits: packed (N, L) int32 arrays, or ``PaddedRows`` unpacked."""
 
     tokenizer: TextTokenizer
-    train: np.ndarray
-    val: np.ndarray
+    train: Rows
+    val: Rows
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -250,6 +356,61 @@ def _pack_to_cache(
     return np.memmap(data_path, dtype=np.int32, mode="r", shape=(rows, seq_len))
 
 
+def _pad_to_cache(
+    docs: Iterable[Document], tok: TextTokenizer, seq_len: int, cache: Path, key: dict[str, Any],
+    what: str,
+) -> PaddedRows:  # fmt: skip
+    """``_pack_to_cache`` for unpacked rows: ids to ``<digest>.bin``, lengths to
+    ``<digest>.len.bin``, ``<digest>.json`` last (it marks both complete)."""
+    digest = hashlib.sha256(json.dumps({**key, "packing": False}, sort_keys=True).encode())
+    stem = digest.hexdigest()[:16]
+    folder = cache / "padded"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids_path, len_path, meta_path = (folder / f"{stem}{ext}" for ext in (".bin", ".len.bin",
+                                                                         ".json"))  # fmt: skip
+
+    def open_rows(rows: int, documents: int) -> PaddedRows:
+        ids = np.memmap(ids_path, dtype=np.int32, mode="r", shape=(rows, seq_len))
+        lengths = np.memmap(len_path, dtype=np.int32, mode="r", shape=(rows,))
+        return PaddedRows(ids, lengths, tok.eos_id, documents)
+
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return open_rows(meta["rows"], meta["documents"])
+    tmp_ids = folder / f"{stem}.tmp{os.getpid()}.bin"
+    tmp_len = folder / f"{stem}.tmp{os.getpid()}.len.bin"
+    encode_batch = getattr(tok, "encode_batch", None)
+    rows = documents = 0
+
+    def write(texts: list[str], f_ids: Any, f_len: Any) -> int:
+        arrays = encode_batch(texts) if encode_batch else [tok.encode_array(t) for t in texts]
+        pieces = [p for a in arrays for p in _document_rows(_framed(tok, a), seq_len)]
+        ids, lengths = _padded(pieces, seq_len, tok.eos_id)
+        ids.tofile(f_ids)
+        lengths.tofile(f_len)
+        return len(pieces)
+
+    with open(tmp_ids, "wb") as f_ids, open(tmp_len, "wb") as f_len:
+        texts: list[str] = []
+        for doc in docs:
+            texts.append(doc.text)
+            documents += 1
+            if len(texts) == 1024:
+                rows += write(texts, f_ids, f_len)
+                texts = []
+        if texts:
+            rows += write(texts, f_ids, f_len)
+    if rows == 0:
+        tmp_ids.unlink()
+        tmp_len.unlink()
+        raise ValueError(f"the {what} holds no document")
+    os.replace(tmp_ids, ids_path)
+    os.replace(tmp_len, len_path)
+    meta_path.write_text(json.dumps({"rows": rows, "documents": documents, "seq_len": seq_len,
+                                     "key": key}))  # fmt: skip
+    return open_rows(rows, documents)
+
+
 def prepare_data(
     source: str,
     *,
@@ -260,8 +421,10 @@ def prepare_data(
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
     max_documents: int | None = None,
+    packing: bool = True,
 ) -> PreparedData:
-    """Read, split, tokenise and pack a source.
+    """Read, split, tokenise and pack a source (``packing=False``: one padded document per row,
+    ``PaddedRows``; see the module docstring).
 
     Local sources and built-in corpora are held in memory; a ``char`` tokenizer is built from
     their training split only (characters first seen in validation text become UNK).
@@ -279,9 +442,10 @@ def prepare_data(
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         key = {"source": source, "tokenizer": tok.to_dict(), "seq_len": seq_len,
                "max": max_documents}  # fmt: skip
-        splits = {}
+        splits: dict[str, Rows] = {}
+        to_cache = _pack_to_cache if packing else _pad_to_cache
         for split in ("train", "validation"):
-            splits[split] = _pack_to_cache(
+            splits[split] = to_cache(
                 _hf_documents(source, split, max_documents), tok, seq_len, cache,
                 {**key, "split": split}, f"{split} split of {source!r}",
             )  # fmt: skip
@@ -296,17 +460,29 @@ def prepare_data(
             )
         else:
             tok = tokenizer
-        train = pack_documents(train_docs, tok, seq_len, what=f"training split of {source!r}")
-        val = pack_documents(val_docs, tok, seq_len, what=f"validation split of {source!r}")
+        rows_of = pack_documents if packing else pad_documents
+        train = rows_of(train_docs, tok, seq_len, what=f"training split of {source!r}")
+        val = rows_of(val_docs, tok, seq_len, what=f"validation split of {source!r}")
         info = {"source": source, "train_documents": len(train_docs),
                 "val_documents": [d.name for d in val_docs][:50]}  # fmt: skip
     info.update({"train_sequences": int(train.shape[0]), "val_sequences": int(val.shape[0]),
-                 "seq_len": seq_len, "vocab_size": tok.vocab_size})  # fmt: skip
+                 "seq_len": seq_len, "vocab_size": tok.vocab_size, "packing": packing})  # fmt: skip
+    if isinstance(train, PaddedRows) and isinstance(val, PaddedRows):
+        info.update({
+            "pad_id": train.pad_id,
+            "train_padded_fraction": train.padded_fraction,
+            "val_padded_fraction": val.padded_fraction,
+            # rows beyond one per document: documents longer than seq_len were cut
+            "train_continuation_rows": len(train) - train.documents,
+            "val_continuation_rows": len(val) - val.documents,
+        })  # fmt: skip
     return PreparedData(tok, train, val, info)
 
 
 class BatchIterator:
-    """Endless shuffled batches over packed rows, resumable from ``state_dict()``.
+    """Endless shuffled batches over packed rows (or ``PaddedRows``), resumable from
+    ``state_dict()``. ``next(it)`` gives the ids (B, L); ``it.next_batch()`` a ``Batch`` with
+    the padding mask as well (None for packed rows).
 
     Each epoch visits a permutation of the rows drawn from ``(seed, epoch)`` alone, so the
     position (epoch, batches consumed) is the whole state. With data parallelism every rank
@@ -316,7 +492,7 @@ class BatchIterator:
 
     def __init__(
         self,
-        rows: np.ndarray | Tensor,
+        rows: np.ndarray | Tensor | PaddedRows,
         batch_size: int,
         *,
         seed: int = 0,
@@ -350,14 +526,20 @@ class BatchIterator:
         return self
 
     def __next__(self) -> Tensor:
+        return self.next_batch().x_0
+
+    def next_batch(self) -> Batch:
+        """The next batch with its padding mask (None for packed rows)."""
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
         start = self.index * self.global_batch + self.rank * self.batch_size
         ids = self._permutation()[start : start + self.batch_size]
         self.index += 1
+        if isinstance(self.rows, PaddedRows):
+            return _batch(self.rows, ids)
         if isinstance(self.rows, np.ndarray):
-            return torch.as_tensor(np.asarray(self.rows[ids]), dtype=torch.long)
-        return self.rows[torch.as_tensor(ids)].long()
+            return Batch(torch.as_tensor(np.asarray(self.rows[ids]), dtype=torch.long))
+        return Batch(self.rows[torch.as_tensor(ids)].long())
 
     def state_dict(self) -> dict[str, int]:
         return {
@@ -378,11 +560,19 @@ class BatchIterator:
         self.epoch, self.index, self.seed = state["epoch"], state["index"], state["seed"]
 
 
-def validation_batches(
-    rows: np.ndarray, batch_size: int, max_sequences: int | None = None, *, rank: int = 0,
+def _batch(rows: Rows, index: np.ndarray) -> Batch:
+    x_0 = torch.as_tensor(np.asarray(rows[index]), dtype=torch.long)
+    if isinstance(rows, PaddedRows):
+        return Batch(x_0, torch.as_tensor(rows.mask(index)))
+    return Batch(x_0)
+
+
+def masked_validation_batches(
+    rows: Rows, batch_size: int, max_sequences: int | None = None, *, rank: int = 0,
     world_size: int = 1,
-) -> Iterator[Tensor]:  # fmt: skip
-    """The first ``max_sequences`` validation rows in order, in batches, sharded over ranks.
+) -> Iterator[Batch]:  # fmt: skip
+    """The first ``max_sequences`` validation rows in order, in batches with their padding
+    masks (None for packed rows), sharded over ranks.
 
     With several ranks the count is rounded down to a multiple of ``world_size``, so every rank
     runs the same number of batches (FSDP needs the collectives to line up).
@@ -392,4 +582,14 @@ def validation_batches(
         n -= n % world_size
     mine = np.arange(rank, n, world_size)
     for start in range(0, len(mine), batch_size):
-        yield torch.as_tensor(np.asarray(rows[mine[start : start + batch_size]]), dtype=torch.long)
+        yield _batch(rows, mine[start : start + batch_size])
+
+
+def validation_batches(
+    rows: Rows, batch_size: int, max_sequences: int | None = None, *, rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[Tensor]:  # fmt: skip
+    """``masked_validation_batches``' ids alone (B, L)."""
+    for batch in masked_validation_batches(rows, batch_size, max_sequences, rank=rank,
+                                           world_size=world_size):  # fmt: skip
+        yield batch.x_0

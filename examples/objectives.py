@@ -11,6 +11,13 @@ its terms, samples, and carries whatever state its phase needs in checkpoints:
 
 Strings are resolved to objects here, at the edge (``build_objective``); the library itself
 takes objects.
+
+Padding (unpacked data, ``--data.packing false``): ``loss`` and ``bound`` take ``mask`` (B, L)
+bool, True at real tokens. The model gets it as its conditioning ``padding_mask`` (so no real
+token attends to a padded one; the backbone must accept that keyword), padded positions keep
+whatever noisy token the process gives them, and ``token_mask(mask)`` is the mask aligned with
+the per-token loss (the AR loss is one shorter), which the loop uses to leave padding out of
+the mean; a ``Bound`` carries its own aligned ``mask`` for ``BoundMeter``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class Bound:
     total: Tensor
     terms: dict[str, Tensor]
     description: str
+    mask: Tensor | None = None
+    """(B, L') bool, True where a token counts (None: all do)."""
 
 
 class Objective(Protocol):
@@ -55,12 +64,17 @@ class Objective(Protocol):
 
     def loss(
         self, model: nn.Module, x_0: Tensor, *, step: int, t: Tensor | None,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None, mask: Tensor | None = None,
     ) -> Tensor: ...  # fmt: skip
 
     def bound(
-        self, model: nn.Module, x_0: Tensor, *, generator: torch.Generator | None
-    ) -> Bound: ...
+        self, model: nn.Module, x_0: Tensor, *, generator: torch.Generator | None,
+        mask: Tensor | None = None,
+    ) -> Bound: ...  # fmt: skip
+
+    def token_mask(self, mask: Tensor) -> Tensor:
+        """The padding mask (B, L) aligned with this objective's per-token loss."""
+        ...
 
     def sample(
         self, model: nn.Module, batch_size: int, length: int, steps: int, **kwargs: Any
@@ -77,8 +91,16 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def _cond(mask: Tensor | None) -> dict[str, Tensor] | None:
+    """The model's conditioning for a padding mask (None when nothing is padded)."""
+    return None if mask is None else {"padding_mask": mask}
+
+
 class _Stateless:
     uses_times = True
+
+    def token_mask(self, mask: Tensor) -> Tensor:
+        return mask
 
     def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
         del step, model, ema
@@ -90,13 +112,14 @@ class _Stateless:
         del state
 
 
-def _nelbo_bound(nelbo: Any) -> Bound:
+def _nelbo_bound(nelbo: Any, mask: Tensor | None = None) -> Bound:
     terms = {
         "diffusion": nelbo.diffusion,
         "prior": nelbo.prior,
         "reconstruction": nelbo.reconstruction,
     }
-    return Bound(nelbo.total, terms, getattr(nelbo, "terms", "diffusion + prior + reconstruction"))
+    description = getattr(nelbo, "terms", "diffusion + prior + reconstruction")
+    return Bound(nelbo.total, terms, description, mask)
 
 
 class _DiffusionObjective(_Stateless):
@@ -104,11 +127,14 @@ class _DiffusionObjective(_Stateless):
 
     diffusion: Any
 
-    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
-        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator)
+    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
+        return self.diffusion.loss(
+            model, x_0, step=step, t=t, generator=generator, cond=_cond(mask)
+        )
 
-    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
-        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
+        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
+        return _nelbo_bound(nelbo, mask)
 
     def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
         return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
@@ -169,15 +195,21 @@ class ARObjective(_Stateless):
         self.vocab_size = self.model_vocab_size = vocab_size
         self.bos_id = bos_id
 
-    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
         from discdiff.losses import ar_loss
 
         del step, t, generator
-        return ar_loss(model(x_0[:, :-1]), x_0[:, 1:])
+        cond = _cond(None if mask is None else mask[:, :-1])
+        return ar_loss(model(x_0[:, :-1], **(cond or {})), x_0[:, 1:])
 
-    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
-        nll = self.loss(model, x_0, step=0, t=None, generator=generator)
-        return Bound(nll, {"nll": nll}, "exact next-token NLL (no bound: the AR likelihood)")
+    def token_mask(self, mask: Tensor) -> Tensor:
+        return mask[:, 1:]  # the loss at i scores token i + 1
+
+    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
+        nll = self.loss(model, x_0, step=0, t=None, generator=generator, mask=mask)
+        aligned = None if mask is None else self.token_mask(mask)
+        return Bound(nll, {"nll": nll}, "exact next-token NLL (no bound: the AR likelihood)",
+                     aligned)  # fmt: skip
 
     def sample(self, model, batch_size, length, steps=None, **kwargs):  # type: ignore[no-untyped-def]
         del steps
@@ -249,12 +281,18 @@ class DCDObjective:
             raise RuntimeError("this DCD objective was built without a teacher (evaluation only)")
         return self.distiller
 
-    def loss(self, model, x_0, *, step, t, generator):  # type: ignore[no-untyped-def]
+    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
         del t
-        return self._require_distiller().loss(model, x_0, step, generator=generator)
+        return self._require_distiller().loss(
+            model, x_0, step, generator=generator, cond=_cond(mask)
+        )
 
-    def bound(self, model, x_0, *, generator):  # type: ignore[no-untyped-def]
-        return _nelbo_bound(self.diffusion.nelbo(model, x_0, generator=generator))
+    def token_mask(self, mask: Tensor) -> Tensor:
+        return mask
+
+    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
+        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
+        return _nelbo_bound(nelbo, mask)
 
     def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
         return self.diffusion.sample(model, batch_size, length, steps, **kwargs)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,7 +38,7 @@ from examples.checkpoint import (
     save_checkpoint,
 )
 from examples.config import Config, ModelConfig, config_from_dict, parse_args
-from examples.data import BatchIterator, prepare_data, validation_batches
+from examples.data import BatchIterator, Rows, masked_validation_batches, prepare_data
 from examples.ema import EMA
 from examples.metrics import MetricsLogger
 from examples.objectives import Objective, build_objective
@@ -50,10 +49,12 @@ __all__ = [
     "TrainedRun",
     "autocast",
     "build_model",
+    "diffusion_config",
     "evaluate_bound",
     "load_trained",
     "lr_multiplier",
     "main",
+    "resolve_factory",
     "train",
 ]
 
@@ -61,8 +62,58 @@ __all__ = [
 # --- small pieces --------------------------------------------------------------------------------
 
 
+def resolve_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable named by ``"package.module:function"`` (``--model.factory``)."""
+    import importlib
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"model.factory must be 'package.module:function', got {path!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"model.factory {path!r}: cannot import {module_name!r} ({err})") from err
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ValueError(f"model.factory {path!r}: {module_name!r} has no {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"model.factory {path!r} is not callable")
+    return fn
+
+
+def factory_kwargs(mcfg: ModelConfig) -> dict[str, Any]:
+    """The keywords a ``--model.factory`` callable gets besides (vocab_size, causal): the
+    fields set in ``ModelConfig`` (preset, and the sizes that are not None) and the JSON
+    object of ``--model.options``."""
+    import json
+
+    kwargs = {k: v for k, v in asdict(mcfg).items()
+              if k not in ("factory", "options") and v is not None}  # fmt: skip
+    if mcfg.options:
+        extra = json.loads(mcfg.options)
+        if not isinstance(extra, dict):
+            raise ValueError(f"model.options must be a JSON object, got {mcfg.options!r}")
+        kwargs.update(extra)
+    return kwargs
+
+
 def build_model(mcfg: ModelConfig, vocab_size: int, *, causal: bool = False) -> nn.Module:
-    """A ``discdiff.models.DiT`` from the config's preset and overrides."""
+    """A ``discdiff.models.DiT`` from the config's preset and overrides, or, with
+    ``mcfg.factory = "package.module:function"``, ``function(vocab_size, causal,
+    **factory_kwargs(mcfg))``: any ``nn.Module`` with the denoiser's call signature
+    ``model(z_t, sigma, **cond) -> logits (B, L, vocab_size)`` (see examples/README.md)."""
+    if mcfg.factory:
+        model = resolve_factory(mcfg.factory)(vocab_size, causal, **factory_kwargs(mcfg))
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model.factory {mcfg.factory!r} returned a {type(model).__name__}, not an "
+                "nn.Module (the loop needs its parameters for the optimiser, EMA and checkpoints)"
+            )
+        return model
     from discdiff.models import DiT
 
     names = {"hidden": "hidden_size", "blocks": "n_blocks", "heads": "n_heads",
@@ -112,24 +163,50 @@ def _times(objective: Objective, micro: int, info: D.DistInfo, accum: int, index
     )  # fmt: skip
 
 
-def model_meta(model: nn.Module, vocab_size: int, objective: str) -> dict[str, Any]:
+def model_meta(
+    model: nn.Module, vocab_size: int, objective: str, mcfg: ModelConfig | None = None,
+    *, causal: bool = False, model_vocab_size: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a checkpoint records of its model: a DiT's config, or for a ``--model.factory``
+    backbone the factory and its arguments (``load_trained`` rebuilds it from them)."""
+    if mcfg is not None and mcfg.factory:
+        spec = {"factory": mcfg.factory, "vocab_size": model_vocab_size, "causal": causal,
+                "kwargs": factory_kwargs(mcfg)}  # fmt: skip
+        return {"vocab_size": vocab_size, "model": spec, "objective": objective}
     config = getattr(D.unwrap(model), "config", None)
     return {
         "vocab_size": vocab_size,
-        "model": config.to_dict() if config is not None else {},
+        "model": config.to_dict() if hasattr(config, "to_dict") else {},
         "objective": objective,
     }
 
 
+def _mask_kw(mask: Tensor | None) -> dict[str, Tensor]:
+    """``mask=`` for an objective only when there is padding, so packed runs call objectives
+    (and backbones) exactly as before."""
+    return {} if mask is None else {"mask": mask}
+
+
+def _mean_loss(objective: Objective, per_token: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean per-token loss over the real tokens of a micro-batch (all of them when packed).
+
+    Padded positions are selected away (not multiplied by 0), so whatever they hold is ignored.
+    """
+    if mask is None:
+        return per_token.float().mean()
+    keep = objective.token_mask(mask)
+    return torch.where(keep, per_token.float(), 0.0).sum() / keep.sum().clamp_min(1)
+
+
 @torch.no_grad()
 def evaluate_bound(
-    objective: Objective, model: nn.Module, rows: np.ndarray, *, batch_size: int,
+    objective: Objective, model: nn.Module, rows: Rows, *, batch_size: int,
     max_sequences: int | None, seed: int, device: torch.device, precision: str = "auto",
     info: D.DistInfo | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Validation bound over the first ``max_sequences`` rows: per-token NELBO (the AR objective:
     exact NLL), its perplexity and the mean of each term. The noise is seeded, so repeated
-    evaluations of the same model agree."""
+    evaluations of the same model agree. Unpacked rows (``PaddedRows``) count real tokens only."""
     from discdiff.metrics import BoundMeter
 
     info = info or D.DistInfo(device=device)
@@ -139,14 +216,14 @@ def evaluate_bound(
     meter = BoundMeter()
     description, batches = "", 0
     try:
-        for x_0 in validation_batches(
+        for batch in masked_validation_batches(
             rows, batch_size, max_sequences, rank=info.rank, world_size=info.world_size
         ):
-            x_0 = x_0.to(device)
+            batch = batch.to(device)
             with autocast(device, precision):
-                bound = objective.bound(model, x_0, generator=gen)
+                bound = objective.bound(model, batch.x_0, generator=gen, **_mask_kw(batch.mask))
             description = bound.description
-            meter.update(bound.terms)
+            meter.update(bound.terms, mask=getattr(bound, "mask", None))  # padding left out
             batches += 1
     finally:
         model.train(was_training)
@@ -236,7 +313,13 @@ def load_trained(
             f"{run_dir}: the checkpoint's vocabulary ({meta['vocab_size']}) does not match the "
             f"saved tokenizer ({tokenizer.vocab_size})"
         )
-    model = DiT(DiTConfig.from_dict(meta["model"]))
+    spec = meta["model"]
+    if "factory" in spec:  # a --model.factory backbone: rebuilt by the same call
+        model: nn.Module = resolve_factory(spec["factory"])(
+            spec["vocab_size"], spec["causal"], **spec["kwargs"]
+        )
+    else:
+        model = DiT(DiTConfig.from_dict(spec))
     model.load_state_dict(state["model"])
     if weights == "ema":
         ema_state = state["ema"]
@@ -306,7 +389,7 @@ def train(
         cfg.data.source, tokenizer=tok_arg, tokenizer_files=cfg.data.tokenizer_files,
         seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction,
         split_seed=cfg.data.split_seed, cache_dir=cfg.data.cache_dir,
-        max_documents=cfg.data.max_documents,
+        max_documents=cfg.data.max_documents, packing=cfg.data.packing,
     )  # fmt: skip
     tokenizer = data.tokenizer
 
@@ -331,7 +414,9 @@ def train(
     else:
         model = build_model(cfg.model, objective.model_vocab_size, causal=objective.causal)
     model = model.to(device)
-    meta = model_meta(model, tokenizer.vocab_size, tc.objective)
+    meta = model_meta(model, tokenizer.vocab_size, tc.objective,
+                      None if teacher is not None else cfg.model, causal=objective.causal,
+                      model_vocab_size=objective.model_vocab_size)  # fmt: skip
     num_parameters = sum(p.numel() for p in model.parameters())
 
     world = info.world_size
@@ -384,6 +469,7 @@ def train(
 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
+        _write_json(run_dir / "diffusion.json", diffusion_config(objective))
         if not resuming:
             tokenizer.save(run_dir)
             _write_json(run_dir / "data_info.json", data.info)
@@ -440,14 +526,16 @@ def train(
             t0 = time.perf_counter()
             total_loss = torch.zeros((), device=device)
             for index in range(accum):
-                x_0 = next(iterator).to(device, non_blocking=True)
+                batch = iterator.next_batch().to(device, non_blocking=True)
+                x_0, mask = batch.x_0, batch.mask  # mask: None when packed
                 t = _times(objective, micro, info, accum, index, tc.seed, step, eps)
                 sync = index == accum - 1 or not info.enabled or tc.fsdp
                 ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
                 with ctx:
                     with autocast(device, tc.precision):
-                        per_token = objective.loss(model, x_0, step=step, t=t, generator=noise)
-                    loss = per_token.float().mean() / accum
+                        per_token = objective.loss(model, x_0, step=step, t=t, generator=noise,
+                                                   **_mask_kw(mask))  # fmt: skip
+                    loss = _mean_loss(objective, per_token, mask) / accum
                     loss.backward()
                 total_loss += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -510,6 +598,18 @@ def train(
             "val": result.val[-1] if result.val else None,
         })  # fmt: skip
     return result
+
+
+def diffusion_config(objective: Objective) -> dict[str, Any]:
+    """The run's library objects as ``discdiff.config`` dicts (``diffusion.json``): the
+    diffusion (``"diffusion"``) and, for DCD, the distiller's settings (``"distiller"``); the AR
+    objective has neither. Rebuild one with ``discdiff.config.from_dict``."""
+    out: dict[str, Any] = {"objective": objective.name}
+    for key, attr in (("diffusion", "diffusion"), ("distiller", "distiller")):
+        obj = getattr(objective, attr, None)
+        if obj is not None and hasattr(obj, "to_dict"):
+            out[key] = obj.to_dict()
+    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:

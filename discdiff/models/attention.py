@@ -6,6 +6,14 @@ Attention runs on flash-attn when it is installed, the tensors live on CUDA and 
 otherwise on ``torch.nn.functional.scaled_dot_product_attention``. flash-attn is imported lazily
 by ``flash_attn_available()`` (the DiT calls it on its first eager forward on CUDA), never at
 module import.
+
+Padding: ``key_padding_mask`` (B, Lk) bool, True at real tokens, keeps every query from
+attending to padded keys. It runs on SDPA (as a boolean ``attn_mask``) on every backend: with
+``backend="auto"`` a masked call falls back from flash-attn to SDPA (flash-attn's varlen kernel
+would need the batch unpadded first), and ``backend="flash"`` with a mask is an error rather
+than a silent fallback. Every query may also attend to its own key, so a padded query never
+faces an empty row (no NaN); what padded queries compute is meaningless, but no real token ever
+sees a padded one.
 """
 
 from __future__ import annotations
@@ -55,12 +63,50 @@ def _use_flash(q: Tensor, backend: str) -> bool:
     return available and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, backend: str = "auto") -> Tensor:
+def _padding_attn_mask(key_padding_mask: Tensor, n_q: int, causal: bool) -> Tensor:
+    """Boolean SDPA mask (B, 1, Lq or 1, Lk), True where a query may attend to a key.
+
+    Real keys only, plus each query's own key (the last Lq keys are the queries' own), so no
+    row is empty; intersected with the causal mask when ``causal``.
+    """
+    n_k = key_padding_mask.shape[1]
+    device = key_padding_mask.device
+    keys = key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    rows = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)  # each query's own key
+    cols = torch.arange(n_k, device=device)[None, :]
+    allowed = keys | (cols == rows)  # (B, 1, Lq, Lk)
+    if causal:
+        allowed = allowed & (cols <= rows)
+    return allowed
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    backend: str = "auto",
+    key_padding_mask: Tensor | None = None,
+) -> Tensor:
     """Multi-head attention, q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
 
     In causal mode with Lq < Lk the queries are the last Lq positions (decoding with a cache):
-    query i attends to keys j <= Lk - Lq + i.
+    query i attends to keys j <= Lk - Lq + i. ``key_padding_mask`` (B, Lk) bool, True at real
+    tokens: queries attend to real keys only (and to their own key); see the module docstring.
     """
+    if key_padding_mask is not None:
+        if backend == "flash":
+            raise RuntimeError(
+                "attention backend 'flash' does not take a key padding mask: use 'auto' or "
+                "'sdpa' (masked attention runs on SDPA)"
+            )
+        mask = _padding_attn_mask(key_padding_mask.to(device=q.device, dtype=torch.bool),
+                                  q.shape[1], causal)  # fmt: skip
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+        )
+        return out.transpose(1, 2)
     if _use_flash(q, backend):
         # flash-attn >= 2.1 aligns the causal mask bottom-right, as required for Lq < Lk.
         return _flash_attn.flash_attn_func(q, k, v, causal=causal)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool
 from torch import Tensor, nn
 
 from discdiff.models import accounting
@@ -121,21 +122,38 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(
-        self, x: Tensor, c: Tensor | None, rope: Rope, kv_cache: KVCache | None, backend: str
+        self,
+        x: Tensor,
+        c: Tensor | None,
+        rope: Rope,
+        kv_cache: KVCache | None,
+        backend: str,
+        padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """x (B, L, h) the residual stream, c (B, cond_dim) the conditioning (None if causal)."""
+        """x (B, L, h) the residual stream, c (B, cond_dim) the conditioning (None if causal),
+        padding_mask (B, L) bool (True at real tokens) or None."""
         if self.adaLN_modulation is None:  # causal twin: a plain pre-LayerNorm block
-            x = x + self.dropout(self._attend(self.norm1(x), rope, kv_cache, backend))
+            y = self._attend(self.norm1(x), rope, kv_cache, backend, padding_mask)
+            x = x + self.dropout(y)
             return x + self.dropout(self.mlp(self.norm2(x)))
         assert c is not None
         modulation = self.adaLN_modulation(c)[:, None, :]  # (B, 1, 6h)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6, dim=-1)
-        y = self._attend(_modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend)
+        y = self._attend(
+            _modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend, padding_mask
+        )
         x = x + gate_a * self.dropout(y)
         y = self.mlp(_modulate(self.norm2(x), shift_m, scale_m))  # (B, L, h)
         return x + gate_m * self.dropout(y)
 
-    def _attend(self, y: Tensor, rope: Rope, kv_cache: KVCache | None, backend: str) -> Tensor:
+    def _attend(
+        self,
+        y: Tensor,
+        rope: Rope,
+        kv_cache: KVCache | None,
+        backend: str,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor:
         """Self-attention of the normalised stream y (B, L, h), output projection included."""
         b, n, h = y.shape
         qkv = self.qkv(y).view(b, n, 3, self.n_heads, h // self.n_heads)  # (B, L, 3, H, D)
@@ -143,9 +161,10 @@ class DiTBlock(nn.Module):
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, L, H, D) each
         if kv_cache is not None:
             k, v = kv_cache.update(self.index, k, v)  # (B, cached + L, H, D) each
-        return self.attn_out(
-            attention(q, k, v, causal=self.causal, backend=backend).reshape(b, n, h)
-        )
+        out = attention(
+            q, k, v, causal=self.causal, backend=backend, key_padding_mask=padding_mask
+        )  # (B, L, H, D)
+        return self.attn_out(out.reshape(b, n, h))
 
 
 class FinalLayer(nn.Module):
@@ -257,16 +276,25 @@ class DiT(nn.Module):
         sigma: Times | None = None,
         *,
         kv_cache: KVCache | None = None,
+        padding_mask: Bool[Tensor, "b l"] | None = None,
     ) -> Logits:
         """Logits (B, L, K) of the clean token at every position.
 
         z_t: ids (B, L), probabilities (B, L, K) (embedded as p @ E) or a bag (ids, weights) of
         shape (B, L, n) each (embedded as sum_n w_n E[id_n]). sigma: (B,) noise level
         -log(alpha_t), required unless causal (ignored there). kv_cache: causal mode only; see
-        ``KVCache``.
+        ``KVCache``. padding_mask: (B, L) bool, True at real tokens: no position attends to a
+        padded one, so the logits at real positions are those of the real tokens alone (to
+        rounding); the logits at padded positions are finite but meaningless. The diffusion
+        objects pass it as conditioning: ``loss(model, x_0, cond={"padding_mask": mask})``.
+        Masked attention runs on SDPA (see ``discdiff.models.attention``).
         """
         x = self.embed_input(z_t)  # (B, L, h)
         b, n, _ = x.shape
+        if padding_mask is not None and kv_cache is not None:
+            raise ValueError(
+                "padding_mask cannot be combined with a kv_cache (decode unpadded sequences)"
+            )
         c = None
         if self.sigma_map is not None:
             if sigma is None:
@@ -287,7 +315,7 @@ class DiT(nn.Module):
             n, offset, self.config.head_dim, self.config.rotary_base, x.device, table_dtype
         )
         for block in self.blocks:
-            x = block(x, c, rope, kv_cache, self.attention_backend)  # (B, L, h)
+            x = block(x, c, rope, kv_cache, self.attention_backend, padding_mask)  # (B, L, h)
         logits = self.final(x, c)  # (B, L, K)
         if kv_cache is not None:
             kv_cache.advance(n)
