@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from discdiff import processes
+from discdiff import config, processes
 from discdiff.denoise import denoise, noise_level
 from discdiff.distill import _frozen_copy, _unwrap, token_kl
 from discdiff.samplers import masked_ancestral_step, sample_masked
@@ -460,6 +460,30 @@ class SDTTDistiller:
         cfg = ", ".join(f"{k}={v}" if k == "schedule" else f"{k}={v!r}"
                         for k, v in self._config().items())
         return f"SDTTDistiller({cfg}, round={self.round})"
+
+    # -- settings as plain data -----------------------------------------------------------
+
+    _SETTINGS = ("vocab_size", "schedule", "time_conditioned", "teacher_steps", "initial_steps",
+                 "steps_per_round", "n_rounds", "divergence", "refresh_from", "kl_dtype",
+                 "eps")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The distiller's settings, JSON-safe, the schedule nested (``discdiff.config``): not
+        the teacher's weights nor the round (those are ``state_dict()``'s)."""
+        return {"type": "SDTTDistiller",
+                **{name: config.encode(getattr(self, name)) for name in self._SETTINGS}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, teacher: Denoiser) -> SDTTDistiller:
+        """A distiller with ``to_dict``'s settings around ``teacher`` (at round 0)."""
+        fields = config.check_keys(cls, data, set(cls._SETTINGS))
+        kwargs = {k: config.decode(v) for k, v in fields.items()}
+        if "kl_dtype" in kwargs:
+            kwargs["kl_dtype"] = config.decode_dtype(kwargs["kl_dtype"], "kl_dtype")
+        vocab_size = kwargs.pop("vocab_size", None)
+        if vocab_size is None:
+            raise ValueError("an SDTTDistiller config needs its vocab_size")
+        return cls(teacher, vocab_size, **kwargs)
 
 
 def _check_teacher(teacher: Any) -> None:

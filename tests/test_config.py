@@ -27,6 +27,7 @@ from discdiff import (
     LinearSchedule,
     LogLinearSchedule,
     MaskedDiffusion,
+    SDTTDistiller,
     UniformDiffusion,
     config,
 )
@@ -141,6 +142,36 @@ def test_dc_distillers_round_trip_without_the_teacher(k, window, steps, per_roun
     assert "teacher" not in data and "round" not in data  # settings only
     back = _json_round_trip(d, teacher=teacher)
     assert back.kl_dtype is dtype and back.window == window
+
+
+@given(
+    st.integers(2, 5000),
+    _schedules(),
+    st.booleans(),
+    st.integers(2, 3),
+    st.integers(1, 3),
+    st.sampled_from(["kl_student_teacher", "kl_teacher_student"]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_sdtt_distillers_round_trip_without_the_teacher(k, schedule, time_conditioned, m,
+                                                        rounds, divergence, dtype):  # fmt: skip
+    teacher = ConstantDenoiser(torch.zeros(k + 1))
+    d = SDTTDistiller(teacher, k, schedule=schedule, time_conditioned=time_conditioned,
+                      teacher_steps=m, initial_steps=64, n_rounds=rounds, divergence=divergence,
+                      kl_dtype=dtype)  # fmt: skip
+    assert "teacher" not in d.to_dict()
+    back = _json_round_trip(d, teacher=teacher)
+    assert back.schedule == schedule and back.kl_dtype is dtype
+
+
+def test_sdtt_distiller_gives_the_same_loss_after_a_round_trip():
+    teacher, student = _model(8), ConstantDenoiser(torch.linspace(-1, 1, 8))
+    d = SDTTDistiller(teacher, 7, initial_steps=16, steps_per_round=3, n_rounds=2)
+    back = config.from_dict(json.loads(json.dumps(d.to_dict())), teacher=teacher)
+    x = torch.randint(0, 7, (3, 5), generator=torch.Generator().manual_seed(1))
+    a = d.loss(student, x, 0, generator=torch.Generator().manual_seed(5))
+    b = back.loss(student, x, 0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
 
 
 def test_the_documented_shape_of_a_uniform_diffusion_config():
