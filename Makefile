@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench replicate lint clean
+.PHONY: install test demo bench replicate lint clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+docs: $(STAMP)
+	$(BIN)/python docs/build.py --out build/docs
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
