@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench replicate lint clean docs
+.PHONY: install test demo bench gpu-bench replicate lint clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The GPU figures in one table (benchmarks/gpu.py, ~5 min on an H100). The venv above holds a CPU
+# torch: GPU_PYTHON names an interpreter with a CUDA torch (and triton, jaxtyping, beartype,
+# einops). Without a GPU it stops with a message; `python -m benchmarks.gpu --tiny` runs on a CPU.
+GPU_PYTHON ?= python3
+gpu-bench:
+	$(GPU_PYTHON) -m benchmarks.gpu
 
 replicate: $(STAMP)
 	$(BIN)/python -m examples.replicate

@@ -242,6 +242,8 @@ class Suite:
 SUITES = (
     Suite("duality", "benchmarks.bench_duality", parse=parse_duality, limit_s=600),
     Suite("losses", "benchmarks.bench_losses", parse=parse_losses, limit_s=600),
+    Suite("fused", "benchmarks.bench_fused", ("--json",), ("--json", "--repeats", "1"),
+          parse_json_rows("fused"), 900),
     Suite("samplers", "benchmarks.bench_samplers", (),
           ("--batch", "2", "--length", "256", "--skip-bias"), parse_samplers, 900),
     Suite("dit", "benchmarks.bench_dit", ("--repeats", "7"), ("--repeats", "3"), parse_dit, 600),
@@ -257,6 +259,7 @@ SUITES = (
 # pytest-benchmark pairs measured in the same pytest process: (suite, ours, baseline, target).
 PAIRS = (
     ("losses", "test_uniform_nelbo_lean", "test_uniform_nelbo_naive", 0.5),
+    ("fused", "test_fused_head", "test_materialised_head", 1.2),
     ("samplers", "test_ancestral_step", "test_baseline_step", 0.25),
     ("dcd_step", "test_dcd_step_ours", "test_dcd_step_baseline", 0.5),
     ("sampling_run", "test_sampling_run_ours", "test_sampling_run_baseline", 0.5),

@@ -11,11 +11,14 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 __all__ = [
     "DistInfo",
@@ -25,6 +28,7 @@ __all__ = [
     "any_rank",
     "barrier",
     "init_distributed",
+    "shard_mesh",
     "shutdown_distributed",
     "unwrap",
     "wrap_model",
@@ -117,6 +121,19 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def shard_mesh(info: DistInfo) -> DeviceMesh:
+    """The 1-D device mesh over all ranks that FSDP2 shards on: the process group's device.
+
+    ``fully_shard`` without a mesh builds one on the accelerator whenever the host has one, even
+    when the group is gloo and the model and data are on the CPU (it then fails, or shards onto a
+    device nothing else uses). A gloo group shards on the CPU; otherwise on ``info.device``.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = "cpu" if dist.get_backend() == "gloo" else info.device.type
+    return init_device_mesh(device_type, (info.world_size,))
+
+
 def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
     """DDP (default) or FSDP2 (``fully_shard`` on every transformer block, then the root).
 
@@ -127,11 +144,12 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Mo
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        mesh = shard_mesh(info)
         for module in list(model.modules()):
             if isinstance(module, nn.ModuleList):
                 for block in module:
-                    fully_shard(block)
-        fully_shard(model)
+                    fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -19,12 +19,20 @@ from discdiff.losses.bounds import (
     uniform_prior_kl,
     uniform_reconstruction,
 )
+from discdiff.losses.fused import (
+    fused_linear_cross_entropy,
+    fused_linear_masked_nelbo,
+    fused_linear_uniform_nelbo,
+)
 from discdiff.losses.masked import masked_nelbo
 from discdiff.losses.reference import masked_nelbo_reference, uniform_nelbo_reference
 from discdiff.losses.uniform import uniform_nelbo
 
 __all__ = [
     "ar_loss",
+    "fused_linear_cross_entropy",
+    "fused_linear_masked_nelbo",
+    "fused_linear_uniform_nelbo",
     "masked_nelbo",
     "masked_nelbo_reference",
     "masked_prior_kl",

@@ -1,0 +1,410 @@
+"""``make gpu-bench``: the GPU figures of the library in one table, each beside its floor or
+baseline, in about 5 minutes on one H100 / H200.
+
+    python -m benchmarks.gpu            # on a CUDA GPU
+    python -m benchmarks.gpu --tiny     # the same code on the CPU at tiny shapes (a smoke test)
+
+Rows (full sizes; K = 50257 for the kernels, 50258 for the DiT as in the paper's runs):
+
+- copy bandwidth: a device-to-device copy of 2 GiB, bytes read + written per second. The
+  floors below divide by it.
+- DiT small, forward + backward (bf16 autocast, cross-entropy head), B32 L1024: MFU eager and
+  under ``torch.compile`` (``benchmarks.gpu_dit``), against the 40 % goal.
+- uniform NELBO (``discdiff.kernels.uniform_nelbo``) forward + backward on float32 logits,
+  B8 L1024: time against the floor of 3 passes over the logits (read, read, write the gradient)
+  at the copy bandwidth; the PyTorch path as a baseline; its peak extra memory against the size
+  of the gradient it must write.
+- ancestral step (``discdiff.kernels.uniform_ancestral_step``), B8 L1024: time against the floor
+  of one read of the logits; the PyTorch path as a baseline.
+- fused head (``discdiff.losses.fused_linear_uniform_nelbo``) in a training step of the small DiT,
+  B8 L1024: peak memory above the weights against the same step with materialised logits.
+- an 8-step sample of the small DiT, B32 L1024, greedy tail (9 calls): the share of the time
+  spent outside the denoiser, for the library's ``sample_uniform`` and for a loop over
+  ``discdiff.kernels.uniform_ancestral_step`` (target <= 10 %).
+
+Without a GPU it exits with a message, unless ``--tiny``: then every row runs on the CPU at tiny
+shapes (no MFU, no memory figures; the numbers only show that the code runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from benchmarks.gpu_dit import make_step, peak_flops
+from discdiff import kernels
+from discdiff.losses.fused import fused_linear_uniform_nelbo
+from discdiff.models import DiT
+from discdiff.samplers import sample_uniform
+from discdiff.schedules import LogLinearSchedule
+
+__all__ = ["FULL", "TINY", "Row", "Sizes", "head_parts", "main"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    preset: str
+    overrides: dict = field(default_factory=dict)
+    dit_vocab: int = 50258
+    dit: tuple[int, int] = (32, 1024)  # B, L of the MFU step
+    kernel: tuple[int, int, int] = (8, 1024, 50257)  # B, L, K of the loss and the step
+    head: tuple[int, int] = (8, 1024)  # B, L of the training step with the fused head
+    sample: tuple[int, int, int] = (32, 1024, 8)  # B, L, steps
+    copy_mib: int = 2048
+    repeats: int = 10
+    warmup: int = 3
+
+
+FULL = Sizes(preset="small")
+TINY = Sizes(preset="tiny", overrides={"hidden_size": 32, "n_blocks": 2, "n_heads": 2},
+             dit_vocab=64, dit=(2, 16), kernel=(2, 16, 64), head=(2, 16), sample=(2, 16, 2),
+             copy_mib=8, repeats=1, warmup=1)  # fmt: skip
+
+
+@dataclass
+class Row:
+    metric: str
+    ours: float | None
+    unit: str
+    reference: float | None = None  # the floor or the baseline
+    reference_is: str = "-"  # "floor", "baseline" or "-"
+    target: str = "-"
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.reference:
+            return None
+        return self.ours / self.reference
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], object], device: torch.device, sizes: Sizes) -> float:
+    """Median wall seconds of ``fn`` after warm-up, synchronised on the device."""
+    for _ in range(sizes.warmup):
+        fn()
+    times = []
+    for _ in range(sizes.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak allocated bytes during ``fn`` above what was allocated before (CUDA only)."""
+    if device.type != "cuda":
+        fn()
+        return None
+    _sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def copy_bandwidth(device: torch.device, sizes: Sizes) -> float:
+    """Bytes read + written per second by a device copy of ``copy_mib`` MiB."""
+    n = sizes.copy_mib * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    t = seconds(lambda: dst.copy_(src), device, sizes)
+    return 2 * src.numel() * 4 / t
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _model(sizes: Sizes, device: torch.device) -> DiT:
+    torch.manual_seed(0)
+    model = DiT.from_preset(sizes.preset, vocab_size=sizes.dit_vocab, **sizes.overrides)
+    with torch.no_grad():  # random, non-zero output layer and gates (zero-init otherwise)
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.02)
+    return model.to(device)
+
+
+def head_parts(model: DiT, z_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(hidden (B, L, D), weight (K, D), bias (K,)): the DiT up to its output projection.
+
+    Uses ``model.hidden_states(z_t, sigma)`` and ``model.output_projection`` when the model
+    offers them; otherwise runs the model with its vocabulary projection replaced by the
+    identity, so that it returns the projection's input.
+    """
+    if hasattr(model, "hidden_states") and hasattr(model, "output_projection"):
+        weight, bias = model.output_projection
+        return model.hidden_states(z_t, sigma), weight, bias
+    import discdiff.models.dit as dit_module
+
+    original = dit_module.vocab_projection
+    dit_module.vocab_projection = lambda x, weight, bias: x
+    try:
+        hidden = model(z_t, sigma)
+    finally:
+        dit_module.vocab_projection = original
+    return hidden, model.final.linear.weight, model.final.linear.bias
+
+
+def _loss_inputs(b: int, length: int, k: int, device: torch.device, seed: int = 0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x_0 = torch.randint(0, k, (b, length), generator=g, device=device)
+    noise = torch.randint(0, k, (b, length), generator=g, device=device)
+    z_t = torch.where(torch.rand(b, length, generator=g, device=device) < 0.5, x_0, noise)
+    alpha = 0.05 + 0.9 * torch.rand(b, 1, generator=g, device=device)
+    dalpha = torch.full((b, 1), -1.0, device=device)
+    return x_0, z_t, alpha, dalpha
+
+
+# --- the rows -----------------------------------------------------------------------------------
+
+
+def bench_dit(sizes: Sizes, device: torch.device, name: str) -> list[Row]:
+    b, length = sizes.dit
+    model = _model(sizes, device).train()
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    peak = peak_flops(name, None) if device.type == "cuda" else None
+    flops = model.flops_per_token(length) * b * length
+    rows = []
+    backend = "inductor" if device.type == "cuda" else "eager"  # C++ inductor: minutes on a CPU
+    for label, net in (("eager", model), ("compiled", torch.compile(model, backend=backend))):
+        step = make_step(net, sizes.dit_vocab, b, length, device, dtype)
+        t = seconds(step, device, sizes)
+        mfu = 100 * flops / t / peak if peak else None
+        rows.append(Row(f"DiT {sizes.preset} fwd+bwd MFU, {label}, B{b} L{length} "
+                        f"K{sizes.dit_vocab} ({1e3 * t:.1f} ms/step)", mfu, "%",
+                        target=">= 40 %", met=None if mfu is None else mfu >= 40))  # fmt: skip
+    return rows
+
+
+def bench_nelbo(sizes: Sizes, device: torch.device, bandwidth: float) -> list[Row]:
+    b, length, k = sizes.kernel
+    g = torch.Generator(device=device).manual_seed(1)
+    logits = torch.randn(b, length, k, generator=g, device=device).mul_(2.0).requires_grad_()
+    x_0, z_t, alpha, dalpha = _loss_inputs(b, length, k, device)
+    nbytes = logits.numel() * logits.element_size()
+    floor = 3 * nbytes / bandwidth
+
+    def step(backend: str) -> None:
+        logits.grad = None
+        kernels.uniform_nelbo(logits, x_0, z_t, alpha, dalpha, backend=backend).sum().backward()
+
+    fast = "auto"
+    t_fast = seconds(lambda: step(fast), device, sizes)
+    t_torch = seconds(lambda: step("torch"), device, sizes)
+    logits.grad = None
+    extra = peak_extra_bytes(lambda: step(fast), device)
+    shape = f"B{b} L{length} K{k} float32"
+    return [
+        Row(f"uniform NELBO fwd+bwd, {shape} (floor: 3 passes at the copy bandwidth)",
+            1e3 * t_fast, "ms", 1e3 * floor, "floor", "<= 1.5x floor", t_fast <= 1.5 * floor),
+        Row("  the same, PyTorch path", 1e3 * t_torch, "ms", 1e3 * floor, "floor"),
+        Row("uniform NELBO peak extra memory (reference: the gradient's size)",
+            None if extra is None else extra / 2**20, "MiB", nbytes / 2**20, "baseline",
+            "<= 1.1x", None if extra is None else extra <= 1.1 * nbytes),
+    ]  # fmt: skip
+
+
+def bench_step(sizes: Sizes, device: torch.device, bandwidth: float) -> list[Row]:
+    b, length, k = sizes.kernel
+    g = torch.Generator(device=device).manual_seed(2)
+    logits = torch.randn(b, length, k, generator=g, device=device).mul_(2.0)
+    z_t = torch.randint(0, k, (b, length), generator=g, device=device)
+    floor = logits.numel() * logits.element_size() / bandwidth
+    gen = torch.Generator(device=device).manual_seed(3)
+
+    def step(backend: str) -> Tensor:
+        return kernels.uniform_ancestral_step(logits, z_t, 0.6, 0.5, generator=gen,
+                                              backend=backend)  # fmt: skip
+
+    t_fast = seconds(lambda: step("auto"), device, sizes)
+    t_torch = seconds(lambda: step("torch"), device, sizes)
+    return [
+        Row(f"ancestral step, B{b} L{length} K{k} float32 (floor: 1 read at the copy bandwidth)",
+            1e3 * t_fast, "ms", 1e3 * floor, "floor", "<= 1.5x floor", t_fast <= 1.5 * floor),
+        Row("  the same, PyTorch path", 1e3 * t_torch, "ms", 1e3 * floor, "floor"),
+    ]  # fmt: skip
+
+
+def bench_head(sizes: Sizes, device: torch.device) -> list[Row]:
+    b, length = sizes.head
+    k = sizes.dit_vocab
+    model = _model(sizes, device).train()
+    x_0, z_t, alpha, dalpha = _loss_inputs(b, length, k, device, seed=4)
+    sigma = -torch.log(alpha).view(b)
+
+    def materialised() -> None:
+        model.zero_grad(set_to_none=True)
+        with _autocast(device):
+            logits = model(z_t, sigma)
+        kernels.uniform_nelbo(logits, x_0, z_t, alpha, dalpha).mean().backward()
+
+    def fused() -> None:
+        model.zero_grad(set_to_none=True)
+        with _autocast(device):
+            hidden, weight, bias = head_parts(model, z_t, sigma)
+            loss = fused_linear_uniform_nelbo(hidden, weight, x_0, z_t, alpha, dalpha, bias=bias,
+                                              reduction="mean")  # fmt: skip
+        loss.backward()
+
+    materialised(), fused()  # warm up (and allocate the gradients once)
+    model.zero_grad(set_to_none=True)
+    mem = {}
+    for name, fn in (("materialised", materialised), ("fused", fused)):
+        extra = peak_extra_bytes(fn, device)
+        model.zero_grad(set_to_none=True)
+        mem[name] = None if extra is None else extra / 2**30
+    t_fused = seconds(fused, device, sizes)
+    t_mat = seconds(materialised, device, sizes)
+    ok = None if mem["fused"] is None else mem["fused"] < mem["materialised"]
+    return [
+        Row(f"training step peak memory above the weights, fused head, DiT {sizes.preset} "
+            f"B{b} L{length} K{k}", mem["fused"], "GiB", mem["materialised"], "baseline",
+            "< materialised", ok),
+        Row("  its step time (baseline: materialised logits)", 1e3 * t_fused, "ms",
+            1e3 * t_mat, "baseline"),
+    ]  # fmt: skip
+
+
+class _TimedDenoiser:
+    """The model under bf16 autocast, timing its own calls (synchronised)."""
+
+    def __init__(self, model: DiT, device: torch.device):
+        self.model, self.device, self.seconds = model, device, 0.0
+
+    def __call__(self, z_t: Tensor, sigma: Tensor, **cond) -> Tensor:
+        _sync(self.device)
+        start = time.perf_counter()
+        with _autocast(self.device):
+            logits = self.model(z_t, sigma, **cond)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return logits
+
+
+def _kernel_loop(denoiser, b: int, length: int, steps: int, k: int, device: torch.device,
+                 gen: torch.Generator) -> Tensor:  # fmt: skip
+    """N ancestral steps on linspace(1, 1e-5, N + 1), then argmax x̂ at t_min (greedy tail)."""
+    schedule = LogLinearSchedule()
+    times = torch.linspace(1.0, 1e-5, steps + 1, dtype=torch.float64)
+    alphas = schedule.alpha(times).tolist()
+    z = torch.randint(0, k, (b, length), generator=gen, device=device)
+    for a_t, a_s in zip(alphas[:-1], alphas[1:], strict=True):
+        sigma = torch.full((b,), -math.log(a_t), device=device)
+        z = kernels.uniform_ancestral_step(denoiser(z, sigma), z, a_s, a_t, generator=gen)
+    sigma = torch.full((b,), -math.log(alphas[-1]), device=device)
+    return denoiser(z, sigma).argmax(-1)
+
+
+def bench_sampling(sizes: Sizes, device: torch.device) -> list[Row]:
+    b, length, steps = sizes.sample
+    k = sizes.dit_vocab
+    model = _model(sizes, device).eval()
+    rows = []
+    runs = {
+        "sample_uniform": lambda den, gen: sample_uniform(
+            den, b, length, steps, schedule=LogLinearSchedule(), vocab_size=k, generator=gen,
+            device=device),
+        "kernel loop": lambda den, gen: _kernel_loop(den, b, length, steps, k, device, gen),
+    }  # fmt: skip
+    for label, run in runs.items():
+        with torch.no_grad():
+            run(_TimedDenoiser(model, device), torch.Generator(device=device).manual_seed(0))
+            den = _TimedDenoiser(model, device)
+            _sync(device)
+            start = time.perf_counter()
+            run(den, torch.Generator(device=device).manual_seed(1))
+            _sync(device)
+            total = time.perf_counter() - start
+        share = 100 * (total - den.seconds) / total
+        rows.append(Row(f"{steps}-step sample, DiT {sizes.preset} B{b} L{length}, {label}: time "
+                        f"outside the denoiser ({1e3 * total:.0f} ms in all)", share, "%",
+                        target="<= 10 %", met=share <= 10))  # fmt: skip
+    return rows
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def table(rows: list[Row]) -> str:
+    head = ("metric", "ours", "unit", "floor/baseline", "ratio", "target", "met")
+    cells = [head] + [
+        (r.metric, _fmt(r.ours), r.unit,
+         "-" if r.reference is None else f"{_fmt(r.reference)} ({r.reference_is})",
+         _fmt(r.ratio), r.target, "-" if r.met is None else ("yes" if r.met else "NO"))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser.add_argument("--tiny", action="store_true",
+                        help="run the same code on the CPU at tiny shapes (a smoke test)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        device, sizes, name = torch.device("cpu"), TINY, "CPU (--tiny: figures not meaningful)"
+    elif torch.cuda.is_available():
+        device, sizes = torch.device("cuda"), FULL
+        name = torch.cuda.get_device_name()
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        print("benchmarks.gpu: no CUDA GPU on this machine; it measures GPU throughput and "
+              "memory. Run it on a GPU host, or `python -m benchmarks.gpu --tiny` to check the "
+              "code on the CPU.", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    began = time.perf_counter()
+    triton = "Triton kernels" if device.type == "cuda" and kernels.triton_available() else (
+        "PyTorch paths (no Triton kernels on this device)")
+    print(f"device {name}; torch {torch.__version__}; {triton}", flush=True)
+    bandwidth = copy_bandwidth(device, sizes)
+    rows = [Row(f"copy bandwidth, {sizes.copy_mib} MiB (read + write)", bandwidth / 1e9, "GB/s")]
+    for part in (lambda: bench_nelbo(sizes, device, bandwidth),
+                 lambda: bench_step(sizes, device, bandwidth),
+                 lambda: bench_head(sizes, device),
+                 lambda: bench_sampling(sizes, device),
+                 lambda: bench_dit(sizes, device, name)):  # fmt: skip
+        rows += part()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type != "cuda":
+        for row in rows:
+            row.met = None  # CPU times and the GPU floors are not comparable
+    print(table(rows))
+    print(f"({time.perf_counter() - began:.0f} s)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The uniform-state NELBO with Triton kernels: the forward reads the logits once, the backward
+reads them once and writes their gradient once.
+
+The mathematics is ``discdiff.losses.uniform``'s (``_UniformNelboCore``): per row, a handful of
+O(K) reductions of the softmax (Σ p_j, Σ log1p(β p_j), Σ g(β p_j) over j ∉ {i, x}, and
+R = Σ_j p_j q_j), then a closed form of O(1) per row in float64 (``row_terms``), and a closed-form
+gradient p_k (scale q_k + shift) + [k = x] at_x + [k = i] at_i. The forward kernel computes the
+reductions in one sweep of the row after an online max/sum sweep (both from one read of the row
+from memory: a program's row stays in the L2 cache between them); the backward kernel needs
+only the per-row max and normaliser saved by the forward. Nothing of size (B, L, K) is saved
+besides the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from discdiff.kernels._backend import Backend, use_triton
+from discdiff.losses import uniform as _uniform
+from discdiff.losses._common import (
+    Level,
+    accumulation_dtype,
+    check_common,
+    check_levels,
+    g_small,
+    per_token,
+    result_dtype,
+)
+from discdiff.typing import checks_enabled, typechecked
+
+__all__ = ["row_terms", "uniform_nelbo"]
+
+
+def row_terms(
+    p_i: Tensor, p_x: Tensor, rest: Tensor, t_sum: Tensor, g_sum: Tensor, same: Tensor,
+    alpha: Tensor, k: int,
+) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
+    """D per row from its reductions (float64 (n,) each), as ``_UniformNelboCore.forward`` forms
+    it after its chunk loop; also the per-row values its backward needs (A, c, x̄_i, v_i, p_i, C).
+
+    p_i, p_x: x̂ at z_t and at x_0; rest = Σ_{j∉{i,x}} p_j; t_sum = Σ_{j∉{i,x}} log1p(β p_j);
+    g_sum = Σ_{j∉{i,x}} g(β p_j) (used where β < 0.1); same: z_t == x_0; alpha: α_t.
+    """
+    a_ = k * alpha
+    c_ = 1 - alpha
+    beta = (a_ / c_).clamp(max=_uniform._BETA_MAX)
+    small = beta < _uniform._BETA_SERIES
+    one_m_pi = rest + torch.where(same, 0.0, p_x)
+    one_m_px = rest + torch.where(same, 0.0, p_i)
+    p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
+    p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
+    xbar_x = a_ + c_
+    xbar_i = torch.where(same, xbar_x, c_)
+    v_i = a_ * p_i + c_
+    v_x = a_ * p_x + c_
+    kf = float(k)
+    cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
+    w = c_ / xbar_i
+    log_ratio = _uniform._log_ratio
+    inner = t_sum - (kf - 1) * log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
+    d_same = cc - torch.where(w > 0, w * inner, 0.0)
+    d_diff = (
+        cc
+        - t_sum
+        - (xbar_x / c_) * log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
+        + (kf - 1 + beta) * torch.log1p(beta * p_i)
+    )
+    d = torch.where(same, d_same, d_diff)
+    bs = torch.where(small, beta, 0.0)
+    u_i = 1 + bs * p_i
+    g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
+    b2 = bs * bs
+    s_same = (
+        b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
+    ) / (1 + bs)
+    s_diff = (
+        (kf + bs) * b2 * p_i * p_i / u_i
+        + b2 * one_m_px
+        + g_sum
+        + (1 + bs) * g_bx
+        - (kf + bs - 1) * g_bi
+        - (1 + bs) * g_b
+    )
+    d = torch.where(small, torch.where(same, s_same, s_diff), d)
+    d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
+    return d, (a_, c_, xbar_i, v_i, p_i, cc)
+
+
+class _TritonUniformNelbo(torch.autograd.Function):
+    """D (n,) of flattened logits (n, K) by the Triton kernels; see ``row_terms``."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, x_id: Tensor, i_id: Tensor, alpha: Tensor) -> Tensor:  # type: ignore[override]
+        from discdiff.kernels import _triton
+
+        n, k = logits.shape
+        f32 = torch.float32
+        a_ = k * alpha
+        c_ = 1 - alpha
+        beta = (a_ / c_).clamp(max=_uniform._BETA_MAX)
+        small = beta < _uniform._BETA_SERIES
+        c_floor = c_.to(f32).clamp_min(torch.finfo(f32).tiny)
+        coef = torch.stack([beta.to(f32), torch.where(small, beta, 0.0).to(f32), a_.to(f32),
+                            c_floor]).contiguous()  # fmt: skip
+        stats = torch.empty(len(_triton.NELBO_STATS), n, dtype=f32, device=logits.device)
+        _triton.nelbo_forward(logits, x_id, i_id, coef, stats)
+        p_i, p_x, _, rest, t_sum, g_sum, _ = stats[2:].to(alpha.dtype).unbind(0)
+        d, saved = row_terms(p_i, p_x, rest, t_sum, g_sum, x_id == i_id, alpha, k)
+        ctx.save_for_backward(logits, x_id, i_id, stats, c_floor, *saved)
+        return d
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_d: Tensor):  # type: ignore[override]
+        from discdiff.kernels import _triton
+
+        logits, x_id, i_id, stats, c_floor, a_, c_, xbar_i, v_i, p_i, cc = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        f32 = torch.float32
+        gd = grad_d.to(a_.dtype)
+        q_x = stats[4].to(a_.dtype)
+        r_sum = stats[8].to(a_.dtype)
+        a_coef = a_ * a_ / xbar_i  # a = A² / x̄_i
+        scale = gd * a_coef
+        at_i = -gd * a_ * cc / v_i * p_i  # -A C p_i / v_i at k = i
+        shift = scale * (q_x - r_sum) - at_i
+        at_x = -scale * q_x  # -a q_x at k = x
+        coef = torch.stack([a_.to(f32), c_floor, scale.to(f32), shift.to(f32), at_x.to(f32),
+                            at_i.to(f32)]).contiguous()  # fmt: skip
+        grad = torch.empty_like(logits)
+        _triton.nelbo_backward(logits, grad, x_id, i_id, stats, coef)
+        return grad, None, None, None
+
+
+def _rows(logits: Tensor) -> Tensor:
+    """The logits as (B·L, K) with a unit last stride (a copy only if they have none)."""
+    b, length, k = logits.shape
+    flat = logits.reshape(b * length, k)
+    return flat if flat.stride(-1) == 1 else flat.contiguous()
+
+
+@typechecked
+def uniform_nelbo(
+    logits: Float[Tensor, "b l k"],
+    x_0: Int[Tensor, "b l"],
+    z_t: Int[Tensor, "b l"],
+    alpha_t: Level,
+    dalpha_t: Level,
+    *,
+    backend: Backend = "auto",
+) -> Float[Tensor, "b l"]:
+    """``discdiff.losses.uniform_nelbo`` (same arguments, result and gradient), by the Triton
+    kernels on CUDA when Triton imports and by the library's PyTorch path otherwise.
+
+    ``backend``: "auto" (as above), "torch", or "triton" (also on CPU tensors under the Triton
+    interpreter, ``TRITON_INTERPRET=1``: how the tests run it). The Triton path computes the
+    reductions in float32 (in the logits' precision for float32 logits; float64 logits are read
+    as float32 too, so use "torch" for float64 work) and the per-row closed form in float64.
+    """
+    if not use_triton(logits, backend):
+        return _uniform.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_t)
+    k = check_common(logits, x_0, z_t)
+    check_levels(alpha_t, dalpha_t, "alpha_t")
+    if isinstance(alpha_t, Tensor) and alpha_t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "alpha_t requires grad, but uniform_nelbo treats it as a constant; pass "
+            "alpha_t.detach() (gradients flow to logits and dalpha_t)"
+        )
+    out_dtype = result_dtype(logits, alpha_t, dalpha_t)
+    acc = accumulation_dtype(logits.device)
+    shape = x_0.shape
+    alpha = per_token(alpha_t, shape, logits, acc)
+    if checks_enabled() and bool(((alpha == 1) & (z_t != x_0)).any()):
+        raise ValueError(
+            "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
+            "(the uniform NELBO is +inf there)"
+        )
+    d = _TritonUniformNelbo.apply(
+        _rows(logits), x_0.reshape(-1).contiguous(), z_t.reshape(-1).contiguous(),
+        alpha.reshape(-1).contiguous(),
+    )  # fmt: skip
+    dalpha = per_token(dalpha_t, shape, logits, acc)
+    return ((-dalpha / (k * alpha)) * d.view(shape)).to(out_dtype)
