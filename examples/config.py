@@ -1,9 +1,9 @@
 """Typed configs for the example, presets that mirror the paper, and a generated CLI.
 
-``Config`` groups five dataclasses (model, data, train, duo, dcd, sample). Every field can be set
-on the command line as ``--section.field value`` (e.g. ``--train.lr 1e-4``) or, when the field
-name is unique across sections, flat (``--lr 1e-4``). Booleans take ``true``/``false``, optional
-fields ``none``, lists comma-separated values. ``--preset`` picks the starting point
+``Config`` groups seven dataclasses (model, data, train, duo, dcd, sdtt, sample). Every field can
+be set on the command line as ``--section.field value`` (e.g. ``--train.lr 1e-4``) or, when the
+field name is unique across sections, flat (``--lr 1e-4``). Booleans take ``true``/``false``,
+optional fields ``none``, lists comma-separated values. ``--preset`` picks the starting point
 (``cpu-demo``, ``lm1b``, ``owt``) and ``--config run/config.json`` starts from a saved config.
 
 Paper settings (Sahoo et al. 2025, Duo): sequence length 128 (LM1B, bert-base-uncased) or 1024
@@ -32,6 +32,7 @@ __all__ = [
     "DataConfig",
     "DuoConfig",
     "ModelConfig",
+    "SDTTConfig",
     "SampleConfig",
     "TrainConfig",
     "config_from_dict",
@@ -41,7 +42,7 @@ __all__ = [
     "save_config",
 ]
 
-OBJECTIVES = ("duo", "mdlm", "ar", "dcd")
+OBJECTIVES = ("duo", "mdlm", "ar", "dcd", "sdtt")
 
 
 @dataclass
@@ -155,6 +156,33 @@ class DCDConfig:
 
 
 @dataclass
+class SDTTConfig:
+    """Self-distillation through time of an MDLM run (SPEC §8b; the paper's comparator). The
+    paper distils for 7 rounds of 10k steps with m = 2 from T = 1024 (1024 -> 8 steps), the
+    reverse KL, the teacher refreshed from the student's raw weights."""
+
+    teacher: str = ""
+    """Run directory of the trained MDLM teacher."""
+    rounds: int = 7
+    """Distillation rounds; round n's student takes steps of teacher_steps^(n + 1) / T."""
+    steps_per_round: int = 10_000
+    """Optimizer steps per round."""
+    lr: float = 6e-5
+    """Learning rate of the student."""
+    ema: float = 0.999
+    """Decay of the student's EMA."""
+    teacher_steps: int = 2
+    """m: the teacher steps each student step learns (round n: dt = m^n / T)."""
+    T: int = 1024
+    """Sampling steps of the original teacher; after the rounds the student is distilled for
+    T / teacher_steps^rounds steps."""
+    divergence: str = "kl_student_teacher"
+    """kl_student_teacher: KL(p_student || p_target) (the paper's best) or kl_teacher_student."""
+    refresh_from: str = "student"
+    """Teacher update at each round boundary: student (the paper's) or ema."""
+
+
+@dataclass
 class SampleConfig:
     steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
     num_samples: int = 64
@@ -172,6 +200,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     duo: DuoConfig = field(default_factory=DuoConfig)
     dcd: DCDConfig = field(default_factory=DCDConfig)
+    sdtt: SDTTConfig = field(default_factory=SDTTConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> Config:
@@ -197,6 +226,20 @@ class Config:
             raise ValueError("train.objective=dcd needs --dcd.teacher RUN_DIR (a trained Duo run)")
         if t.objective == "dcd" and t.fsdp:
             raise ValueError("DCD keeps a full copy of the teacher: use DDP, not FSDP, for it")
+        sd = self.sdtt
+        if sd.divergence not in ("kl_student_teacher", "kl_teacher_student"):
+            raise ValueError(f"sdtt.divergence: unknown value {sd.divergence!r}")
+        if sd.refresh_from not in ("ema", "student"):
+            raise ValueError(f"sdtt.refresh_from: unknown value {sd.refresh_from!r}")
+        if sd.teacher_steps < 2 or sd.rounds < 1 or sd.teacher_steps**sd.rounds > sd.T:
+            raise ValueError(
+                f"sdtt: teacher_steps ({sd.teacher_steps}) must be >= 2, rounds ({sd.rounds}) "
+                f">= 1 and teacher_steps**rounds at most T ({sd.T})"
+            )
+        if t.objective == "sdtt" and not sd.teacher:
+            raise ValueError("train.objective=sdtt needs --sdtt.teacher RUN_DIR (a trained MDLM)")
+        if t.objective == "sdtt" and t.fsdp:
+            raise ValueError("SDTT keeps a full copy of the teacher: use DDP, not FSDP, for it")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
         return self
@@ -237,7 +280,9 @@ def _cpu_demo() -> Config:
     # [-3.55, -1.85] -> alpha in [0.049, 0.945] becomes [-2.88, 0.53]; DCD [-4, -1] -> alpha in
     # [0.006, 0.999] becomes [-3.5, 3.4]. DCD is compressed to 4 rounds of 50 steps starting from
     # T = 32 (dt = 1/32 ... 1/4) instead of 5 x 10k from T = 512, so that a few minutes of
-    # distillation already reach the step sizes of few-step sampling.
+    # distillation already reach the step sizes of few-step sampling. SDTT likewise: 4 rounds of
+    # 50 steps from T = 128 (its last student is distilled for 128 / 2^4 = 8 steps) instead of
+    # 7 x 10k from T = 1024.
     return Config(
         preset="cpu-demo",
         model=ModelConfig(preset="tiny", hidden=128, blocks=4, heads=4, cond_dim=64, dropout=0.0),
@@ -249,6 +294,7 @@ def _cpu_demo() -> Config:
         duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_end=300),
         dcd=DCDConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, gamma_min=-3.5,
                       gamma_max=3.4, T=32),  # fmt: skip
+        sdtt=SDTTConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, T=128),
         sample=SampleConfig(steps=[64, 16, 8, 4], num_samples=32, batch_size=32),
     )
 

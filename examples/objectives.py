@@ -8,6 +8,7 @@ its terms, samples, and carries whatever state its phase needs in checkpoints:
 - ``MDLMObjective``: ``MaskedDiffusion`` (absorbing state; the model has one extra id, the mask).
 - ``ARObjective``: a causal DiT and next-token cross-entropy (the baseline and the evaluator).
 - ``DCDObjective``: discrete consistency distillation of a trained Duo model (SPEC §6).
+- ``SDTTObjective``: self-distillation through time of a trained MDLM model (SPEC §8b).
 
 Strings are resolved to objects here, at the edge (``build_objective``); the library itself
 takes objects.
@@ -36,6 +37,7 @@ __all__ = [
     "DCDObjective",
     "DuoObjective",
     "MDLMObjective",
+    "SDTTObjective",
     "Objective",
     "build_objective",
     "sample_autoregressive",
@@ -318,6 +320,84 @@ class DCDObjective:
         self._require_distiller().load_state_dict(state)
 
 
+class SDTTObjective:
+    """Self-distillation through time of an MDLM teacher into a student (same architecture).
+
+    Rounds of ``steps_per_round`` steps; round n's student learns to take in one step the
+    teacher's m steps of size dt = m^n / T (m = ``teacher_steps``); at every round boundary the
+    teacher is refreshed from the student (the paper's) or its EMA. The distiller's state
+    (round, teacher weights) is checkpointed. The student samples with the masked sampler on
+    MDLM's schedule, as ``SDTTDistiller.sample`` does, and gets MDLM's bound. ``teacher=None``
+    builds the objective for evaluation and sampling only.
+    """
+
+    name = "sdtt"
+    causal = False
+    uses_times = False
+
+    def __init__(
+        self, teacher: nn.Module | None, vocab_size: int, *, rounds: int, steps_per_round: int,
+        teacher_steps: int, T: int, divergence: str, refresh_from: str, eps: float = 1e-3,
+    ) -> None:  # fmt: skip
+        from discdiff.diffusion import MaskedDiffusion
+
+        self.diffusion = MaskedDiffusion(vocab_size, eps=eps)
+        self.vocab_size = vocab_size
+        self.model_vocab_size = self.diffusion.model_vocab_size
+        self.steps_per_round, self.rounds = steps_per_round, rounds
+        self.refresh_from = refresh_from
+        self.distiller: Any = None
+        if teacher is not None:
+            from discdiff.sdtt import SDTTDistiller
+
+            self.distiller = SDTTDistiller.from_diffusion(
+                teacher, self.diffusion, teacher_steps=teacher_steps, initial_steps=T,
+                steps_per_round=steps_per_round, n_rounds=rounds, divergence=divergence,
+                refresh_from=refresh_from,
+            )  # fmt: skip
+
+    def _require_distiller(self) -> Any:
+        if self.distiller is None:
+            raise RuntimeError("this SDTT objective was built without a teacher (evaluation only)")
+        return self.distiller
+
+    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
+        del t
+        return self._require_distiller().loss(
+            model, x_0, step, generator=generator, cond=_cond(mask)
+        )
+
+    def token_mask(self, mask: Tensor) -> Tensor:
+        return mask
+
+    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
+        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
+        return _nelbo_bound(nelbo, mask)
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
+
+    def phase(self, step: int) -> str:
+        return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
+
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        """``step``: the 0-based index of the optimizer step just taken."""
+        distiller = self._require_distiller()
+        if not distiller.end_of_round(step):
+            return
+        if self.refresh_from == "ema":
+            with ema.swapped_in(model):  # the EMA weights, loaded into the student's module
+                distiller.maybe_refresh(step, model, model)
+        else:
+            distiller.maybe_refresh(step, model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._require_distiller().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._require_distiller().load_state_dict(state)
+
+
 def build_objective(
     cfg: Config, vocab_size: int, *, bos_id: int, teacher: nn.Module | None = None
 ) -> Objective:
@@ -338,6 +418,13 @@ def build_objective(
         return DCDObjective(
             teacher, vocab_size, rounds=c.rounds, steps_per_round=c.steps_per_round,
             gamma_min=c.gamma_min, gamma_max=c.gamma_max, T=c.T, divergence=c.divergence,
+            refresh_from=c.refresh_from, eps=cfg.duo.eps,
+        )  # fmt: skip
+    if kind == "sdtt":
+        c = cfg.sdtt
+        return SDTTObjective(
+            teacher, vocab_size, rounds=c.rounds, steps_per_round=c.steps_per_round,
+            teacher_steps=c.teacher_steps, T=c.T, divergence=c.divergence,
             refresh_from=c.refresh_from, eps=cfg.duo.eps,
         )  # fmt: skip
     raise ValueError(f"unknown objective {kind!r}")
