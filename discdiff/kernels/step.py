@@ -20,13 +20,18 @@ Per token the step needs x̂_i (the softmax normaliser), one exact draw from x̂
 
 The x̂ draw is exact in both paths. The Triton kernel runs an exponential race in float64 in the
 same single pass over the row that forms the normaliser: j* = argmax_j (ℓ_j - log E_j) with
-E_j ~ Exp(1) independent has law softmax(ℓ) exactly (P(j* = j) = e^ℓ_j / Σ e^ℓ). E_j = -log u_j
-with u_j on the grid (m + 1/2) 2^-52 of 52 random bits (Philox), exact in float64 together with
-1 - u_j, so E_j is the inverse CDF of Exp(1) at a 52-bit uniform: the law of the draw differs
-from softmax(ℓ) only by this discretisation and by float64 rounding of the keys, a total
-variation below ~K · 2^-50 (1e-10 at K = 50k), where a float32 Gumbel-max (24-bit uniforms,
-float32 keys) loses the tail it cannot reach. The float32 screening of the race keys changes
-nothing (see ``_triton._step_kernel``). The PyTorch path draws x̂ with
+E_j ~ Exp(1) independent has law softmax(ℓ) exactly (P(j* = j) = e^ℓ_j / Σ e^ℓ), whatever the
+normaliser, which the race never needs. E_j = -log u_j with u_j = (m + 1/2) 2^-52 from 52 random
+bits m (Philox, a key per row); u_j and 1 - u_j are exact in float64 and E_j is taken from
+whichever is accurate, so E_j is the inverse CDF of Exp(1) at a 52-bit uniform. Coupled with an
+exact race, the winner can change only when the two best keys lie closer than their
+perturbation by this grid (about 2^-53 / E of the key, E ~ 1/K for the winner of a flat row) or
+by float64 rounding (2^-53 |key|); the gap between the two best keys has a density of at most
+about 1, so the law differs from softmax(ℓ) by a total variation of order K · 2^-48 (about 2e-10
+at K = 50k, class by class, the tail included). A float32 Gumbel-max instead quantises u to 24
+bits, and with it the small E that decide a flat row. The float32 screening of the race keys
+changes nothing (see ``_triton._step_kernel``). The mixture weights use x̂[z_t] from a float32
+normaliser, as the PyTorch path does (relative error ~1e-7). The PyTorch path draws x̂ with
 ``discdiff.samplers.categorical.sample_categorical_logits`` (two-stage inverse CDF, float64).
 """
 
