@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discdiff.losses import ar_loss, masked_nelbo, uniform_nelbo
+from discdiff.losses import ar_loss, fused, masked_nelbo, uniform_nelbo
 from discdiff.losses.fused import (
     fused_linear_cross_entropy,
     fused_linear_masked_nelbo,
@@ -133,7 +133,7 @@ def test_autocast_matmuls_in_the_autocast_dtype():
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
 
 
-def test_a_reduced_loss_backpropagates_once_and_a_frozen_weight_gets_no_gradient():
+def test_a_reduced_loss_backpropagates_once_and_a_frozen_weight_gets_no_gradient(monkeypatch):
     hidden, weight, bias, x_0, z_t, a, da = _case(2, 2, 4, 5, 20, 0.5, F64, False, True)
     h = hidden.clone().requires_grad_()
     loss = fused_linear_uniform_nelbo(h, weight, x_0, z_t, a, da, bias=bias, reduction="sum")
@@ -142,9 +142,11 @@ def test_a_reduced_loss_backpropagates_once_and_a_frozen_weight_gets_no_gradient
     assert _rel(h.grad, ref) <= 1e-12  # weight and bias need no grad: only hidden's is formed
     with pytest.raises(RuntimeError, match="one backward"):
         loss.backward()
-    with torch.no_grad():  # no gradients at all: the forward alone
+    made = []
+    monkeypatch.setattr(fused, "_Grads", lambda *args: made.append(args))
+    with torch.no_grad():  # no gradients at all: the forward alone, none formed
         value = fused_linear_uniform_nelbo(h, weight, x_0, z_t, a, da, reduction="mean")
-    assert value.requires_grad is False and math.isfinite(float(value))
+    assert value.requires_grad is False and math.isfinite(float(value)) and not made
 
 
 def test_arguments_are_checked():

@@ -159,9 +159,11 @@ class _FusedLinearLoss(torch.autograd.Function):
         reduced: bool,
         block_rows: int,
         mm_dtype: torch.dtype,
+        grad_mode: bool,
     ) -> Tensor:
         n = hidden.shape[0]
-        needs = ctx.needs_input_grad[:3]
+        # needs_input_grad holds under no_grad too: there the gradients are not formed.
+        needs = ctx.needs_input_grad[:3] if grad_mode else (False, False, False)
         want_grad = any(needs)
         values = row_weight.new_empty(n)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -194,7 +196,7 @@ class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
-        none = (None,) * 4
+        none = (None,) * 5
         if ctx.reduced:
             (values,) = ctx.saved_tensors
             g_row = grad_out * values if ctx.needs_input_grad[3] else None
@@ -271,7 +273,8 @@ def _run(
     reduced = reduction != "none"
     flat = hidden.reshape(n, d)
     loss = _FusedLinearLoss.apply(
-        flat, weight, bias, row_weight.reshape(n), raw, reduced, block_rows, mm_dtype
+        flat, weight, bias, row_weight.reshape(n), raw, reduced, block_rows, mm_dtype,
+        torch.is_grad_enabled(),
     )
     if reduction == "mean":
         loss = loss / max(n, 1)
