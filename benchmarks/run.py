@@ -204,10 +204,26 @@ def parse_distill(out: str) -> list[Row]:
         student, teacher = table.get(("DCD KL(s||t)", *key)), table.get(("teacher", *key))
         if student is None or teacher is None:
             continue
-        rows.append(Row("distill", f"|NLL - H| at {steps} steps (NFE {steps + 1}), greedy tail: DCD student "
+        rows.append(Row("distill", f"|NLL - H| at {steps} steps (NFE {steps + 1}), greedy: DCD "
                         "vs its teacher (Markov chain)", "nats", student, teacher,
                         target="< 1 (student closer)", met=student < teacher))  # fmt: skip
     return rows or _missing("distill", "no table in the output")
+
+
+def parse_sdtt(out: str) -> list[Row]:
+    table: dict[tuple[str, int], float] = {}
+    pattern = rf"^(.{{21}}) \s*(\d+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s*$"
+    for name, steps, _, gap, _, _, _ in re.findall(pattern, out, re.M):
+        table[(name.strip(), int(steps))] = float(gap)
+    rows = []
+    for steps in (2, 4, 8):
+        student, teacher = table.get(("SDTT(mdlm) KL(s||t)", steps)), table.get(("mdlm", steps))
+        if student is None or teacher is None:
+            continue
+        rows.append(Row("sdtt", f"|NLL - H| at {steps} steps, masked sampler: SDTT student vs "
+                        "its MDLM teacher (Markov chain)", "nats", student, teacher,
+                        target="< 1 (student closer)", met=student < teacher))  # fmt: skip
+    return rows or _missing("sdtt", "no table in the output")
 
 
 def parse_json_rows(suite: str) -> Callable[[str], list[Row]]:
@@ -254,6 +270,7 @@ SUITES = (
     Suite("curriculum", "benchmarks.bench_curriculum", ("--draws", "32"),
           ("--draws", "8", "--taus", "1e-3", "1"), parse_curriculum, 600),
     Suite("distill", "benchmarks.bench_distill", (), ("--quick",), parse_distill, 900),
+    Suite("sdtt", "benchmarks.bench_sdtt", (), ("--quick",), parse_sdtt, 900),
 )  # fmt: skip
 
 # pytest-benchmark pairs measured in the same pytest process: (suite, ours, baseline, target).

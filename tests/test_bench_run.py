@@ -44,6 +44,11 @@ teacher       loglin     4    5 greedy      9.000   1.500  0.050  0.100    0.900
 DCD KL(s||t)  loglin     4    5 greedy      8.000   0.500  0.040  0.080    0.800
 """
 
+SDTT = """model                 steps     NLL |NLL-H| TV uni  TV bi distinct
+mdlm                      4   9.383   2.737  0.014  0.135    0.367
+SDTT(mdlm) KL(s||t)       4   9.167   2.521  0.016  0.124    0.347
+"""
+
 
 def test_parsers_read_the_suites_output():
     losses = run.parse_losses(LOSSES)
@@ -64,11 +69,13 @@ def test_parsers_read_the_suites_output():
     assert len(run.parse_curriculum(CURRICULUM)) == 2
     (distill,) = run.parse_distill(DISTILL)
     assert distill.ours == 0.5 and distill.baseline == 1.5 and distill.met
+    (sdtt,) = run.parse_sdtt(SDTT)
+    assert sdtt.ours == 2.521 and sdtt.baseline == 2.737 and sdtt.met
 
 
 def test_a_changed_format_gives_na_rows():
     for parse in (run.parse_losses, run.parse_samplers, run.parse_dit, run.parse_duality,
-                  run.parse_curriculum, run.parse_distill):  # fmt: skip
+                  run.parse_curriculum, run.parse_distill, run.parse_sdtt):  # fmt: skip
         rows = parse("something else entirely\n")
         assert rows and all(r.ours is None for r in rows) and "n/a" in rows[0].metric
 
