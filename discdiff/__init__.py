@@ -4,6 +4,14 @@ The public surface is re-exported here; submodules hold the rest (``discdiff.los
 ``discdiff.samplers``, ``discdiff.processes``, ``discdiff.models``).
 """
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # torch warns once, while it is imported, when NumPy is not installed ("Failed to initialize
+    # NumPy"); discdiff never uses NumPy, so the warning would only puzzle its users.
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch as _torch  # noqa: F401
+
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.diffusion import NELBO, MaskedDiffusion, UniformDiffusion
 from discdiff.distill import DCDistiller

@@ -47,6 +47,16 @@ def denoise(
     ``noise_level``; ``cond`` the caller's conditioning, apart from any sampler or loss option.
     ``role`` names the callable in errors ("teacher", "student").
     """
+    if not callable(denoiser):
+        raise TypeError(
+            f"{role} must be a denoiser: a callable (z_t, sigma, **cond) -> logits (B, L, K), "
+            f"got {type(denoiser).__name__}"
+        )
+    if cond is not None and not isinstance(cond, Mapping):
+        raise TypeError(
+            "cond must be a mapping of the denoiser's keyword arguments (e.g. {'label': y}), "
+            f"got {type(cond).__name__}"
+        )
     logits = denoiser(z_t, sigma, **(cond or {}))
     b, length = z_t.shape[0], z_t.shape[1]
     expected = (b, length, vocab_size)
@@ -55,8 +65,9 @@ def denoise(
         hint = ""
         if isinstance(logits, Tensor) and logits.ndim == 3 and logits.shape[:2] == (b, length):
             hint = (
-                f": it returned {logits.shape[-1]} classes but vocab_size={vocab_size}; build "
-                "the diffusion (or sampler) with the model's vocabulary size"
+                f": it returns {logits.shape[-1]} classes but vocab_size={vocab_size}; give the "
+                "diffusion, distiller or sampler the vocab_size the model was built for "
+                "(a masked model returns K + 1 logits: MaskedDiffusion(K), mask id K)"
             )
         raise ValueError(f"{role} returned logits of shape {got}, expected (B, L, K) = {expected}"
                          + hint)

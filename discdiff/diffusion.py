@@ -1,7 +1,7 @@
 """The diffusion objects: a schedule, a forward process and a loss around any denoiser.
 
 ``UniformDiffusion`` is Duo: uniform-state discrete diffusion, optionally trained first with the
-Gaussian curriculum (relaxed argmax latents, SPEC §4), then on the plain discrete process.
+Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the plain discrete process.
 ``MaskedDiffusion`` is MDLM (absorbing state, SUBS parameterisation), the usual baseline.
 
 Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the discrete signal level;
@@ -29,6 +29,7 @@ from discdiff.typing import (
     Denoiser,
     as_float,
     check_count,
+    check_range,
     check_tokens,
     check_vocab_size,
     trusted,
@@ -65,10 +66,23 @@ def _column(x: Tensor) -> Tensor:
 
 def _check_x0(x_0: Any, vocab_size: int) -> None:
     """The one check of the clean tokens on a public call; the layers below trust them."""
-    if not isinstance(x_0, Tensor) or x_0.ndim != 2:
+    if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
         got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
-        raise ValueError(f"x_0 must be a (B, L) tensor of token ids, got {got}")
+        raise ValueError(f"x_0 must be a (B, L) tensor of token ids with B, L >= 1, got {got}")
     check_tokens(x_0, vocab_size, "x_0")
+
+
+def _check_schedule(schedule: Any) -> Schedule:
+    """A schedule object (alpha(t), dalpha_dt(t)), e.g. ``LogLinearSchedule()``; not a name."""
+    if isinstance(schedule, type) or not all(
+        callable(getattr(schedule, name, None)) for name in ("alpha", "dalpha_dt")
+    ):
+        what = schedule.__name__ + " (a class)" if isinstance(schedule, type) else repr(schedule)
+        raise TypeError(
+            "schedule must be a schedule object with alpha(t) and dalpha_dt(t), e.g. "
+            f"LogLinearSchedule() or CosineSchedule(), got {what}"
+        )
+    return schedule
 
 
 def _draw_times(
@@ -83,6 +97,7 @@ def _draw_times(
         raise ValueError(f"t must have shape (B,) = ({x_0.shape[0]},), got {got}")
     if not t.dtype.is_floating_point:
         raise ValueError(f"t must hold float times in [0, 1], got dtype {t.dtype}")
+    check_range(t, "t", 0.0, 1.0)
     return t.to(x_0.device)
 
 
@@ -120,7 +135,9 @@ class UniformDiffusion:
             raise TypeError(f"curriculum must be a GaussianCurriculum or None, got {kind}")
         self.vocab_size = vocab_size
         self.eps = _check_eps(eps)
-        self.schedule: Schedule = schedule if schedule is not None else LogLinearSchedule(eps)
+        self.schedule: Schedule = (
+            _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
+        )
         self.curriculum = curriculum
         self.curriculum_schedule: DualSchedule | None = None
         if curriculum is not None:
@@ -313,7 +330,9 @@ class MaskedDiffusion:
         self.mask_id = vocab_size
         self.model_vocab_size = vocab_size + 1
         self.eps = _check_eps(eps)
-        self.schedule: Schedule = schedule if schedule is not None else LogLinearSchedule(eps)
+        self.schedule: Schedule = (
+            _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
+        )
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,4 @@
-"""Discrete Consistency Distillation (DCD, SPEC §6): few-step generation from a Duo model.
+"""Discrete Consistency Distillation (DCD; Concepts §6): few-step generation from a Duo model.
 
 Notation: ``x_0`` clean tokens (B, L); K the vocabulary size; t in [0, 1] the time of the Gaussian
 gamma-schedule (gamma linear in t from ``gamma_min`` to ``gamma_max``), with Gaussian signal level
@@ -214,7 +214,7 @@ def _frozen_copy(module: Any) -> Any:
 
 
 class DCDistiller:
-    """Discrete Consistency Distillation of a Duo teacher into a few-step student (SPEC §6).
+    """Discrete Consistency Distillation of a Duo teacher into a few-step student (Concepts §6).
 
     Args:
         teacher: a trained denoiser (the Denoiser protocol: ``teacher(z_t, sigma, **cond)`` ->
@@ -236,7 +236,7 @@ class DCDistiller:
         divergence: ``"kl_student_teacher"`` (the paper's, mode seeking) or
             ``"kl_teacher_student"`` (mass covering).
         refresh_from: at each round boundary the teacher becomes a copy of the ``"student"``
-            (SPEC §6; the released OWT run) or of its ``"ema"`` weights (then pass the EMA to
+            (the paper's; the released run's) or of its ``"ema"`` weights (then pass the EMA to
             ``maybe_refresh``).
         kl_dtype: torch.float32 or torch.float64, the precision of the KL.
         eps: the smallest time of the teacher's point: t is drawn on [dt + eps, 1], s = t - dt.
@@ -363,9 +363,9 @@ class DCDistiller:
         Returns the KL of ``divergence`` per token in ``kl_dtype``; ``cond`` (the denoisers'
         keyword conditioning) goes to both.
         """
-        if not isinstance(x_0, Tensor) or x_0.ndim != 2:
+        if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
             got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
-            raise ValueError(f"x_0 must be (B, L) token ids, got {got}")
+            raise ValueError(f"x_0 must be (B, L) token ids with B, L >= 1, got {got}")
         check_tokens(x_0, self.vocab_size, "x_0")
         round = self.round_at(step)
         if round != self.round:

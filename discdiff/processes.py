@@ -1,6 +1,6 @@
 """Forward processes: corrupting clean tokens, their marginals, and Duo's Gaussian latents.
 
-Notation (SPEC §1, §2, §4):
+Notation (Concepts §1, §2, §4):
 
 =================  ==========================================================================
 ``x_0``            clean token ids x, (B, L)
@@ -28,7 +28,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
+from discdiff.typing import (
+    check_range,
+    check_tokens,
+    check_vocab_size,
+    checks_enabled,
+    reject_if,
+    typechecked,
+)
 
 __all__ = [
     "GaussianLatent",
@@ -157,6 +164,9 @@ def masked_corrupt(
         if not isinstance(mask_id, int) or isinstance(mask_id, bool) or mask_id < 0:
             raise ValueError(f"mask_id must be a non-negative integer, got {mask_id!r}")
         check_tokens(x_0, torch.iinfo(torch.int64).max, "x_0")
+    if checks_enabled() and x_0.numel() > 0:
+        reject_if(x_0 == mask_id, f"x_0 holds the mask id mask_id={mask_id}; clean data never "
+                  "does (the mask token is the extra id K of a masked model)")  # fmt: skip
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
     keep = _keep(x_0, alpha_t, generator)
     return torch.where(keep, x_0, torch.full_like(x_0, mask_id))

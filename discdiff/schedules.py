@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from discdiff import config
+from discdiff.typing import as_float
 
 __all__ = [
     "CosineSchedule",
@@ -29,6 +30,22 @@ __all__ = [
     "LogLinearSchedule",
     "Schedule",
 ]
+
+
+def _check_eps(eps: Any) -> None:
+    value = as_float(eps, "eps")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"eps must lie in [0, 1) (alpha_1 = eps), got {eps!r}")
+
+
+def _check_sigmas(sigma_min: Any, sigma_max: Any, *, positive: bool) -> None:
+    lo, hi = as_float(sigma_min, "sigma_min"), as_float(sigma_max, "sigma_max")
+    if not (lo > 0 if positive else lo >= 0) or not lo < hi < math.inf:
+        bound = "0 <" if positive else "0 <="
+        raise ValueError(
+            f"need {bound} sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, "
+            f"sigma_max={sigma_max!r}"
+        )
 
 
 @runtime_checkable
@@ -50,6 +67,9 @@ class LogLinearSchedule:
     """
 
     eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
 
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - (1 - self.eps) * t
@@ -75,6 +95,9 @@ class CosineSchedule:
     """alpha_t = eps + (1 - eps) cos(pi t / 2)."""
 
     eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
 
     def alpha(self, t: Tensor) -> Tensor:
         return self.eps + (1 - self.eps) * torch.cos(0.5 * math.pi * t)
@@ -103,6 +126,9 @@ class LinearSchedule:
     sigma_min: float = 1e-4
     sigma_max: float = 20.0
 
+    def __post_init__(self) -> None:
+        _check_sigmas(self.sigma_min, self.sigma_max, positive=False)
+
     def alpha(self, t: Tensor) -> Tensor:
         return torch.exp(-(self.sigma_min + t * (self.sigma_max - self.sigma_min)))
 
@@ -128,6 +154,9 @@ class GeometricSchedule:
 
     sigma_min: float = 1e-3
     sigma_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        _check_sigmas(self.sigma_min, self.sigma_max, positive=True)
 
     def _sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min ** (1 - t) * self.sigma_max**t
@@ -165,9 +194,10 @@ class GammaSchedule:
     gamma_max: float = -1.85
 
     def __post_init__(self) -> None:
-        if not self.gamma_min < self.gamma_max:
+        lo, hi = as_float(self.gamma_min, "gamma_min"), as_float(self.gamma_max, "gamma_max")
+        if not -math.inf < lo < hi < math.inf:
             raise ValueError(
-                f"gamma_min must be < gamma_max, got gamma_min={self.gamma_min}, "
+                f"gamma_min < gamma_max must be finite, got gamma_min={self.gamma_min}, "
                 f"gamma_max={self.gamma_max}"
             )
 

@@ -167,7 +167,7 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
 
 def as_float(value: Any, name: str) -> float:
     """Return a Python number or a one-element tensor as a float; raise naming ``name``."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):  # float("0.5") would parse: a number is wanted
         raise ValueError(f"{name} must be a number, got {value!r}")
     if isinstance(value, Tensor):
         if value.numel() != 1 or value.dtype == torch.bool:
