@@ -1,4 +1,4 @@
-"""Duo's curriculum (SPEC §4): train first on relaxed Gaussian latents, then on the discrete
+"""Duo's curriculum (Concepts §4): train first on relaxed Gaussian latents, then on the discrete
 process.
 
 While the curriculum is active the noise level is drawn on a Gaussian window (gamma in

@@ -1,6 +1,6 @@
-"""The duality of Duo: argmax turns Gaussian diffusion into uniform-state diffusion (SPEC §2).
+"""The duality of Duo: argmax turns Gaussian diffusion into uniform-state diffusion (Concepts §2).
 
-Notation (SPEC §1-2): K vocabulary size, M = K - 1; alpha_tilde the Gaussian signal level of
+Notation (Concepts §1-2): K vocabulary size, M = K - 1; alpha_tilde the Gaussian signal level of
 w_t = alpha_tilde x + sqrt(1 - alpha_tilde^2) eps, nu = alpha_tilde / sqrt(1 - alpha_tilde^2) its
 signal-to-noise ratio; phi, Phi the standard normal pdf and cdf. z_t = argmax w_t has the
 uniform-state marginal with

@@ -1,4 +1,4 @@
-"""Training times t in [eps, 1], stratified (antithetic) over the *global* batch (SPEC §3).
+"""Training times t in [eps, 1], stratified (antithetic) over the *global* batch (Concepts §3).
 
 The global batch of an optimiser step has n = batch_size · world_size · accum_steps sequences,
 spread over data-parallel ranks and gradient-accumulation steps. Sequence g of it gets

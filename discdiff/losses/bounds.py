@@ -9,7 +9,7 @@ For the uniform-state process with a schedule α_t on t in [ε, 1]::
                +  uniform_prior_kl(x, α_1)                         (t = 1: KL(q(z_1|x) ‖ Uniform))
 
 All three are needed for a true bound; each is >= 0. The integrand is the continuous-time limit
-of the discrete sum Σ E KL(q(z_s|z_t,x) ‖ p_θ(z_s|z_t)) over a time grid, p_θ the SPEC §5
+of the discrete sum Σ E KL(q(z_s|z_t,x) ‖ p_θ(z_s|z_t)) over a time grid, p_θ the Concepts §5
 posterior with x̂ for x; each discrete sum plus the prior term bounds -log p(x) of its ancestral
 sampler, and the integral does the same for the continuous-time reverse process (their limit).
 The reconstruction term is the sum's last step ε -> 0: its decoder is the model's reverse
@@ -87,7 +87,8 @@ def uniform_reconstruction(
 ) -> Float[Tensor, "b l"]:
     """Reconstruction term -log p_θ(x_0 | z_ε) of the uniform-state bound, per token.
 
-    The decoder is the model's own last reverse step ε -> 0, the SPEC §5 posterior with α_0 = 1:
+    The decoder is the model's own last reverse step ε -> 0, the reverse posterior (Concepts §5)
+    with α_0 = 1:
 
         p_θ(x_0 = j | z_ε = i) = x̂_j (α_ε δ_ij + (1 - α_ε)/K) / (α_ε x̂_i + (1 - α_ε)/K)
 

@@ -29,7 +29,7 @@ def masked_nelbo(
     dalpha_t: Level,
     mask_id: int,
 ) -> Float[Tensor, "b l"]:
-    """Continuous-time masked-diffusion NELBO per token (MDLM, SUBS; SPEC §3).
+    """Continuous-time masked-diffusion NELBO per token (MDLM, SUBS; Concepts §3).
 
     loss = (α'_t / (1 - α_t)) · log x̂[x_0] where z_t = mask_id, 0 elsewhere (SUBS copies the
     unmasked tokens). x̂ is the softmax of the logits with the mask logit set to -∞; the input

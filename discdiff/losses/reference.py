@@ -1,4 +1,5 @@
-"""The NELBOs as SPEC §3 writes them: readable, dense over the K classes, for tests and baselines.
+"""The NELBOs as Concepts §3 writes them: readable, dense over the K classes, for the tests and
+baselines.
 
 These are the formulas, not the fast paths. ``uniform_nelbo_reference`` materialises x̄ and x̄_θ
 as (B, L, K) tensors and lets autograd keep what it needs, several (B, L, K) tensors; the
@@ -30,7 +31,7 @@ def uniform_nelbo_reference(
     alpha_t: Level,
     dalpha_t: Level,
 ) -> Float[Tensor, "b l"]:
-    """Uniform-state NELBO per token, SPEC §3 term by term.
+    """Uniform-state NELBO per token, the Concepts §3 formula term by term.
 
     With x̄ = Kα_t **x** + (1 - α_t), x̄_θ = Kα_t x̂ + (1 - α_t) and i = z_t::
 
@@ -65,7 +66,7 @@ def masked_nelbo_reference(
     dalpha_t: Level,
     mask_id: int,
 ) -> Float[Tensor, "b l"]:
-    """Masked-diffusion NELBO per token (MDLM, SUBS), SPEC §3 term by term.
+    """Masked-diffusion NELBO per token (MDLM, SUBS), the Concepts §3 formula term by term.
 
     x̂ = softmax of the logits with the mask logit set to -∞;
     loss = (α'_t / (1 - α_t)) · log x̂[x_0] where z_t is the mask token, 0 elsewhere; α_t in (0, 1).

@@ -1,6 +1,6 @@
 """The uniform-state NELBO (UDLM / Duo), memory-lean: an autograd function in rewritten algebra.
 
-The formula as SPEC §3 writes it is ``discdiff.losses.reference.uniform_nelbo_reference``; the
+The formula as Concepts §3 writes it is ``discdiff.losses.reference.uniform_nelbo_reference``; the
 tests hold this fast path to it.
 """
 
@@ -65,7 +65,7 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
 class _UniformNelboCore(torch.autograd.Function):
     """D = Σ_{j≠i} (x̄_j/x̄_i) (ρ_j - 1 - log ρ_j), ρ_j = x̄_θ,j x̄_i / (x̄_θ,i x̄_j), per row.
 
-    The SPEC bracket equals -D: Σ_{j≠i} (x̄_j/x̄_i)(ρ_j - 1) = K/x̄_θ,i - K/x̄_i in closed form
+    The formula's bracket equals -D: Σ_{j≠i} (x̄_j/x̄_i)(ρ_j - 1) = K/x̄_θ,i - K/x̄_i in closed form
     (Σ_j x̄_j = Σ_j x̄_θ,j = K). So loss = -(α'/(Kα)) D >= 0, and D = 0 iff x̄_θ ∝ x̄ on the
     support. With A = Kα, c = 1 - α, v_j = x̄_θ,j = A p_j + c, β = A / c, u_j = 1 + β p_j, the
     x-dependent constants take two values (x̄_x = A + c, x̄_j = c for j ≠ x) and
@@ -223,7 +223,7 @@ def uniform_nelbo(
     *,
     chunk_rows: int | None = None,
 ) -> Float[Tensor, "b l"]:
-    """Continuous-time uniform-state NELBO per token (UDLM; SPEC §3).
+    """Continuous-time uniform-state NELBO per token (UDLM; Concepts §3).
 
     With x̄ = Kα_t **x** + (1 - α_t), x̄_θ = Kα_t x̂ + (1 - α_t) and i = z_t::
 
