@@ -16,8 +16,14 @@ steps, lr 6e-5, EMA 0.999, gamma in [-4, -1], T = 512.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Sequence
@@ -36,7 +42,9 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "config_from_dict",
+    "field_docs",
     "load_config",
+    "load_teacher_config",
     "parse_args",
     "preset",
     "save_config",
@@ -51,11 +59,17 @@ class ModelConfig:
     module built by ``factory``."""
 
     preset: str = "small"
+    """DiT size: tiny, small or medium (``DiT.from_preset``); the fields below override it."""
     hidden: int | None = None
+    """Hidden size (none: the preset's)."""
     blocks: int | None = None
+    """Number of transformer blocks (none: the preset's)."""
     heads: int | None = None
+    """Attention heads (none: the preset's)."""
     cond_dim: int | None = None
+    """Width of the noise-level conditioning (none: the preset's)."""
     dropout: float | None = None
+    """Dropout probability (none: the preset's)."""
     factory: str = ""
     """``package.module:function`` building your own backbone instead of the DiT:
     ``function(vocab_size: int, causal: bool, **model_config) -> nn.Module``, called with the
@@ -73,11 +87,18 @@ class DataConfig:
     tokenizer: str = "char"
     """byte, char, gpt2-bpe, bert-wordpiece, json or hub:<name>."""
     tokenizer_files: list[str] = field(default_factory=list)
+    """Local files the tokenizer is built from (gpt2-bpe: vocab.json,merges.txt; json: one
+    tokenizer.json)."""
     seq_len: int = 128
+    """Tokens per sequence, L."""
     val_fraction: float = 0.05
+    """Share of the documents held out for validation (chosen by a hash of their names)."""
     split_seed: int = 0
+    """Seed of the train/validation split."""
     max_documents: int | None = None
+    """Read at most this many documents (none: all)."""
     cache_dir: str | None = None
+    """Where corpora and tokenised data are cached (none: $DISCDIFF_CACHE, else .cache/corpus)."""
     packing: bool = True
     """true: documents packed into full rows ("wrap"); false: one document per row, padded to
     seq_len, with a padding mask that keeps padding out of attention, loss and bound (the
@@ -89,66 +110,105 @@ class TrainConfig:
     objective: str = "duo"
     """duo (curriculum, then discrete), mdlm, ar or dcd (distil a trained Duo run)."""
     steps: int = 1_000_000
+    """Optimizer steps (DCD runs dcd.rounds x dcd.steps_per_round instead)."""
     batch_size: int = 512
     """Global batch (all ranks and accumulation steps together)."""
     micro_batch: int | None = None
     """Per-rank batch per forward pass; gradient accumulation makes up the rest."""
     lr: float = 3e-4
+    """Peak learning rate of AdamW (DCD uses dcd.lr)."""
     warmup: int = 2500
+    """Steps of linear learning-rate warm-up."""
     lr_schedule: str = "constant"
     """constant or cosine (after warm-up)."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule's final learning rate, as a fraction of the peak."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     beta1: float = 0.9
+    """AdamW beta1."""
     beta2: float = 0.999
+    """AdamW beta2."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     grad_clip: float = 1.0
+    """Clip the gradient norm to this value."""
     ema: float = 0.9999
+    """Decay of the weights' EMA, used for validation and sampling (DCD uses dcd.ema)."""
     seed: int = 1
+    """Seed of the initial weights, the data order and the noise."""
     precision: str = "auto"
     """auto (bf16 autocast on CUDA, float32 on CPU), fp32 or bf16 (CUDA only)."""
     fsdp: bool = False
+    """Shard the model with FSDP2 under torchrun (else DDP)."""
     compile: bool = False
+    """torch.compile the model."""
     log_every: int = 50
+    """Steps between rows of train_log.csv (and TensorBoard)."""
     eval_every: int = 10_000
+    """Steps between validation bounds (one also runs at the end)."""
     eval_sequences: int = 2048
+    """Validation sequences per evaluation."""
     ckpt_every: int = 5000
+    """Steps between checkpoints (one is also written at the end)."""
     out_dir: str = "runs/train"
+    """The run directory: config.json, tokenizer, checkpoint.pt and logs."""
     resume: bool = False
+    """Continue the run in out_dir from its checkpoint (an error when out_dir holds none)."""
     overwrite: bool = False
     """Start afresh even if out_dir already holds a checkpoint (otherwise that is an error)."""
     max_time_s: float | None = None
-    """Stop (with a checkpoint) once this much wall time has passed; None: no limit."""
+    """Stop (with a checkpoint) once this much wall time has passed (none: no limit)."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation, e.g. to split a run."""
     progress: bool = True
+    """Show progress: a bar when stderr is a terminal, otherwise (output to a file or a pipe) a
+    plain line every progress_every steps; false: nothing until the end."""
+    progress_every: int | None = None
+    """Steps between the plain progress lines (none: log_every)."""
     tensorboard: bool = True
+    """Also log to TensorBoard (needs the tensorboard package)."""
     device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
 
 
 @dataclass
 class DuoConfig:
     gamma_min: float = -3.55
+    """Curriculum window: the smallest gamma (alpha_tilde^2 = sigmoid(-gamma); most signal)."""
     gamma_max: float = -1.85
+    """Curriculum window: the largest gamma (least signal)."""
     tau: float = 1e-3
+    """Softmax temperature of the relaxed latents softmax(w_t / tau)."""
     tau_end: float | None = None
+    """Anneal log10(tau) linearly to log10(tau_end) by curriculum_end (none: constant tau)."""
     curriculum_end: int = 500_000
     """Steps of the curriculum phase; 0 trains on the discrete process from the start."""
     top_k: int | None = None
+    """Feed the denoiser only the top-k coordinates of each latent (Duo++; none: all K)."""
     eps: float = 1e-3
+    """The smallest training time: t is drawn on [eps, 1]."""
 
 
 @dataclass
 class DCDConfig:
     teacher: str = ""
-    """Run directory of the trained Duo teacher."""
+    """Run directory of the trained Duo teacher; the run takes its data and tokenizer from it
+    unless --data.* flags say otherwise."""
     rounds: int = 5
+    """Distillation rounds; round n uses dt = 2^n / T."""
     steps_per_round: int = 10_000
+    """Optimizer steps per round."""
     lr: float = 6e-5
+    """Learning rate of the student."""
     ema: float = 0.999
+    """Decay of the student's EMA."""
     gamma_min: float = -4.0
+    """Distillation window: the smallest gamma."""
     gamma_max: float = -1.0
+    """Distillation window: the largest gamma."""
     T: int = 512
+    """Steps of the first round's discretisation (dt = 1 / T)."""
     divergence: str = "kl_student_teacher"
     """kl_student_teacher: KL(p_student || p_teacher) (the paper's) or kl_teacher_student."""
     refresh_from: str = "ema"
@@ -185,11 +245,18 @@ class SDTTConfig:
 @dataclass
 class SampleConfig:
     steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
+    """Sampling step counts to evaluate."""
     num_samples: int = 64
+    """Samples per step count."""
     batch_size: int = 32
-    tail: str = "greedy"  # greedy (the paper's: N + 1 calls) | map | none (N calls)
+    """Samples drawn at once."""
+    tail: str = "greedy"
+    """How a sample ends: greedy (the paper's: N + 1 calls), map or none (N calls)."""
     top_p: float | None = None
+    """Nucleus sampling: keep the most probable tokens holding this much probability (none:
+    off)."""
     seed: int = 0
+    """Seed of the samples."""
 
 
 @dataclass
@@ -242,6 +309,14 @@ class Config:
             raise ValueError("SDTT keeps a full copy of the teacher: use DDP, not FSDP, for it")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
+        if t.progress_every is not None and t.progress_every < 1:
+            raise ValueError(f"train.progress_every must be >= 1 or none, got {t.progress_every}")
+        sc = self.sample
+        for name in ("num_samples", "batch_size"):
+            if getattr(sc, name) < 1:
+                raise ValueError(f"sample.{name} must be >= 1, got {getattr(sc, name)}")
+        if not sc.steps or min(sc.steps) < 1:
+            raise ValueError(f"sample.steps must be step counts >= 1, got {sc.steps}")
         return self
 
 
@@ -317,7 +392,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"unknown config keys in {where}: {sorted(unknown)}")
+        raise ValueError(f"unknown config keys in {where or 'the config'}: {sorted(unknown)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -340,12 +415,44 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> Config:
+    """The config saved at ``path`` (a ``config.json`` or a run directory holding one); errors
+    name the file."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config at {path}")
-    return config_from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return config_from_dict(data)
+    except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise ValueError(f"{path} is not a valid config: {err}") from None
+
+
+UNIFORM_OBJECTIVES = ("duo", "dcd")
+"""Runs whose model is a uniform-state denoiser: what DCD can distil."""
+
+
+def load_teacher_config(teacher: str | Path) -> Config:
+    """The config of a DCD teacher's run directory; refuses a run that is not uniform-state."""
+    folder = Path(teacher)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--dcd.teacher {teacher}: no run there (expected the config.json and checkpoint "
+            "that examples.train writes into its --train.out_dir)"
+        )
+    try:
+        cfg = load_config(folder)
+    except ValueError as err:
+        raise ValueError(f"--dcd.teacher {teacher}: {err}") from None
+    if cfg.train.objective not in UNIFORM_OBJECTIVES:
+        raise ValueError(
+            f"--dcd.teacher {teacher} holds a run of objective {cfg.train.objective!r}; DCD "
+            "distils a uniform-state model: give a duo run (or a dcd student) as --dcd.teacher"
+        )
+    return cfg
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -391,28 +498,78 @@ def _leaf_fields() -> list[tuple[str, str, Any]]:
     return out
 
 
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description: the docstring below it in the class, else its end-of-line
+    comment (the sources tyro reads too), as one line."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}  # fmt: skip
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        text = comments.get(node.lineno, "")
+        if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):  # fmt: skip
+            text = after.value.value
+        docs[node.target.id] = " ".join(text.split())
+    return docs
+
+
+def _show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value) or "''"
+    return str(value) if value != "" else "''"
+
+
 def build_parser(
-    prog: str | None = None, description: str | None = None
-) -> argparse.ArgumentParser:
+    prog: str | None = None, description: str | None = None, *, defaults: Config | None = None,
+    default_preset: str = "cpu-demo",
+) -> argparse.ArgumentParser:  # fmt: skip
+    """The parser of every config field; each flag's help is the field's description and its
+    value in ``defaults`` (the preset or config the run would start from)."""
+    defaults = defaults if defaults is not None else preset(default_preset)
     parser = argparse.ArgumentParser(
         prog=prog,
+        usage="%(prog)s [-h] [--preset NAME | --config CONFIG_JSON] [--section.field VALUE ...]",
+        allow_abbrev=False,  # --lr must not silently mean --lr_schedule
         description=description or __doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Every field is --section.field VALUE, or --field VALUE when its name is unique; "
+        "booleans take true/false, optional fields none, lists comma-separated values. "
+        "Defaults shown are those of the starting point (--preset or --config).",
     )
-    parser.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)}")
-    parser.add_argument("--config", default=None, help="start from a saved config.json")
+    parser.add_argument(
+        "--preset", default=argparse.SUPPRESS, metavar="NAME",
+        help=f"the starting point: one of {', '.join(sorted(PRESETS))} (default: "
+        f"{default_preset}; owt and lm1b are the paper's)",
+    )  # fmt: skip
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="CONFIG_JSON",
+                        help="start from a saved config.json (a run directory also works)")
     leaves = _leaf_fields()
     counts: dict[str, int] = {}
     for _, name, _ in leaves:
         counts[name] = counts.get(name, 0) + 1
+    hints = typing.get_type_hints(Config)
     for section, name, hint in leaves:
         conv, meta = _converter(hint)
         flags = [f"--{section}.{name}"]
         if counts[name] == 1 and name not in ("preset", "config", "help"):
             flags.append(f"--{name}")
+        doc = field_docs(hints[section]).get(name, "")
+        value = _show(getattr(getattr(defaults, section), name))
+        help_text = f"{doc} (default: {value})" if doc else f"(default: {value})"
         parser.add_argument(
-            *flags, dest=f"{section}.{name}", type=conv, metavar=meta, default=argparse.SUPPRESS
-        )
+            *flags, dest=f"{section}.{name}", type=conv, metavar=meta, default=argparse.SUPPRESS,
+            help=help_text.replace("``", "").replace("%", "%%"),
+        )  # fmt: skip
     return parser
 
 
@@ -430,28 +587,54 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     ).validate()
 
 
+def _help_defaults(argv: Sequence[str] | None, default_preset: str) -> Config:
+    """The config a command line starts from, for the defaults its --help shows."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        if known.config:
+            return load_config(known.config)
+        return preset(known.preset or default_preset)
+    except (ValueError, FileNotFoundError):
+        return preset(default_preset)  # the real parse reports the error
+
+
 def parse_args(
-    argv: Sequence[str] | None = None, *, default_preset: str = "cpu-demo", prog: str | None = None
-) -> Config:
+    argv: Sequence[str] | None = None, *, default_preset: str = "cpu-demo", prog: str | None = None,
+    description: str | None = None,
+) -> Config:  # fmt: skip
     """Parse ``argv`` into a validated ``Config``; an unknown preset or field exits with an error.
 
     With ``--train.resume true`` and neither ``--preset`` nor ``--config``, the run directory's
     saved ``config.json`` is the starting point, so ``--train.out_dir DIR --train.resume true``
     alone continues a run with the configuration it was started with.
+
+    A DCD run (``--train.objective dcd --dcd.teacher RUN``) takes its data section (source,
+    tokenizer, sequence length, split) from the teacher's saved config, unless ``--config`` is
+    given; explicit ``--data.*`` flags still override it. A teacher that is not a uniform-state
+    run is an error.
     """
-    parser = build_parser(prog)
+    parser = build_parser(prog, description, defaults=_help_defaults(argv, default_preset),
+                          default_preset=default_preset)  # fmt: skip
     ns = vars(parser.parse_args(argv))
-    preset_name, config_path = ns.pop("preset"), ns.pop("config")
+    preset_name, config_path = ns.pop("preset", None), ns.pop("config", None)
     try:
         if preset_name is not None and config_path is not None:
             raise ValueError("give --preset or --config, not both")
         saved = Path(ns.get("train.out_dir", "")) / "config.json"
+        from_saved = False
         if config_path is not None:
             cfg = load_config(config_path)
         elif preset_name is None and ns.get("train.resume") and saved.is_file():
-            cfg = load_config(saved)
+            cfg, from_saved = load_config(saved), True
         else:
             cfg = preset(preset_name or default_preset)
+        objective = ns.get("train.objective", cfg.train.objective)
+        teacher = ns.get("dcd.teacher", cfg.dcd.teacher)
+        if objective == "dcd" and teacher and config_path is None and not from_saved:
+            cfg = replace(cfg, data=replace(load_teacher_config(teacher).data))
         return apply_overrides(cfg, ns)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -56,17 +56,43 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 OWT_VALIDATION_DOCS = 100_000
 
 
+def _read_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 text is refused by name (a binary file would
+    otherwise train as noise, and a Latin-1 one with replacement characters)."""
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(
+            f"{path} is not a text file (it holds NUL bytes): the data source must be UTF-8 text "
+            "(.txt/.md/.jsonl files)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}): "
+            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # newlines as open() reads them
+
+
 def _read_file(path: Path) -> list[Document]:
+    text = _read_text(path)
     if path.suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if line.strip():
-                    text = json.loads(line).get("text", "")
-                    if text.strip():
-                        docs.append(Document(f"{path.name}:{i}", text))
+        for i, line in enumerate(text.split("\n")):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {i + 1}: not a JSON object ({err})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text", ""), str):
+                    raise ValueError(
+                        f'{path}, line {i + 1}: expected an object with a "text" string'
+                    )
+                text_i = record.get("text", "")
+                if text_i.strip():
+                    docs.append(Document(f"{path.name}:{i}", text_i))
         return docs
-    text = path.read_text(encoding="utf-8", errors="replace")
     return [Document(path.name, text)] if text.strip() else []
 
 

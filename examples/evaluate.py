@@ -284,7 +284,11 @@ def is_converted_model(path: str | Path) -> bool:
     config = Path(path) / "config.json"
     if not config.is_file():
         return False
-    return json.loads(config.read_text()).get("model_type") == "discdiff.DiT"
+    try:
+        info = json.loads(config.read_bytes())
+    except ValueError:  # not JSON: not a converted model (load_trained says what is wrong)
+        return False
+    return isinstance(info, dict) and info.get("model_type") == "discdiff.DiT"
 
 
 def load_converted(
@@ -418,17 +422,30 @@ def lm_eval_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _parse_steps(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
+    return [_positive_int(s) for s in text.split(",") if s.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.evaluate", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False)  # fmt: skip
     p.add_argument("run", help="a run directory written by examples.train, or a model "
                    "directory written by discdiff.convert")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"],
                    help="a run's EMA or raw weights (a converted model holds one set)")
-    p.add_argument("--no-val", action="store_true", help="skip the validation bound")
+    p.add_argument("--no-val", action="store_true",
+                   help="skip the validation bound, and the run's zero-shot corpus unless "
+                   "--zero-shot names one (nothing is read or downloaded for them)")
     p.add_argument("--zero-shot", default=None,
                    help="a corpus for zero-shot perplexity (default: the run's data.zero_shot)")
     p.add_argument("--max-sequences", type=int, default=512)
@@ -436,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", default=None,
                    help="an AR run directory or hf:<local HF causal LM dir>")
     p.add_argument("--steps", type=_parse_steps, default=None, help="e.g. 64,16,8,4")
-    p.add_argument("--num-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-samples", type=_positive_int, default=None,
+                   help="samples per step count (default: the run's sample.num_samples)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--tail", choices=("greedy", "map", "none"), default=None,
                    help="how a sample ends (default: the run's sample.tail, 'greedy')")
     p.add_argument("--top-p", type=float, default=None)
@@ -476,7 +494,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     converted = is_converted_model(args.run)
     if not args.no_val and (args.data or not converted):
         results["validation"] = validation_perplexity(run, **kw)
-    zero_shot = args.zero_shot if args.zero_shot is not None else run.config.data.zero_shot
+    zero_shot = args.zero_shot
+    if zero_shot is None:  # the run's own zero-shot corpus, unless --no-val skips the bounds
+        zero_shot = "" if args.no_val else run.config.data.zero_shot
     if zero_shot:
         results["zero_shot"] = zero_shot_perplexity(run, zero_shot, **kw)
     if args.gen_ppl:
@@ -485,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         evaluator = load_evaluator(args.evaluator or args.run, args.device)
         results["generation"] = evaluate_generation(
             run, evaluator, args.steps or run.config.sample.steps,
-            num_samples=args.num_samples or run.config.sample.num_samples,
+            num_samples=args.num_samples if args.num_samples is not None
+            else run.config.sample.num_samples,
             batch_size=args.batch_size, seed=args.seed, tail=args.tail or run.config.sample.tail,
             top_p=args.top_p, device=args.device,
         )  # fmt: skip

@@ -310,4 +310,7 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer saved in {directory} (expected {path.name})")
-    return tokenizer_from_dict(json.loads(path.read_text()))
+    try:
+        return tokenizer_from_dict(json.loads(path.read_bytes()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # corrupt or foreign file
+        raise ValueError(f"{path} is not a saved tokenizer: {err!r}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from examples.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from examples.config import Config, ModelConfig, config_from_dict, parse_args
+from examples.config import Config, ModelConfig, load_config, load_teacher_config, parse_args
 from examples.data import BatchIterator, Rows, masked_validation_batches, prepare_data
 from examples.ema import EMA
 from examples.metrics import MetricsLogger
@@ -49,6 +50,7 @@ __all__ = [
     "TrainedRun",
     "autocast",
     "build_model",
+    "configure_threads",
     "diffusion_config",
     "evaluate_bound",
     "load_trained",
@@ -305,7 +307,7 @@ def load_trained(
 
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir, map_location="cpu")
-    cfg = config_from_dict(_read_json(run_dir / "config.json"))
+    cfg = load_config(run_dir / "config.json")
     tokenizer = load_tokenizer(run_dir)
     meta = state["meta"]
     if meta["vocab_size"] != tokenizer.vocab_size:
@@ -336,14 +338,6 @@ def load_trained(
     return TrainedRun(model, cfg, tokenizer, objective, int(state["step"]), run_dir)
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}")
-    return json.loads(path.read_text())
-
-
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -363,6 +357,30 @@ class TrainResult:
     """The trained module (raw weights; unwrapped from DDP; still sharded under FSDP)."""
 
 
+def _dcd_teacher_tokenizer(cfg: Config) -> TextTokenizer:
+    """The DCD teacher's saved tokenizer: a student must read and write its teacher's token ids.
+
+    Refuses a teacher that is not a uniform-state run, and a config naming another tokenizer
+    than the teacher's (same vocabulary size or not: the ids would mean other things)."""
+    teacher_cfg = load_teacher_config(cfg.dcd.teacher)
+    ours, theirs = cfg.data, teacher_cfg.data
+    if (ours.tokenizer, list(ours.tokenizer_files)) != (theirs.tokenizer,
+                                                        list(theirs.tokenizer_files)):  # fmt: skip
+        raise ValueError(
+            f"--data.tokenizer {ours.tokenizer} {' '.join(ours.tokenizer_files)} is not the "
+            f"tokenizer of the DCD teacher {cfg.dcd.teacher} ({theirs.tokenizer} "
+            f"{' '.join(theirs.tokenizer_files)}): a student uses its teacher's token ids; "
+            "leave out --data.tokenizer (DCD takes the teacher's saved tokenizer)"
+        )
+    return load_tokenizer(cfg.dcd.teacher)
+
+
+def _progress_line(step: int, total: int, loss: float, phase: str, lr: float, tok_s: float,
+                   elapsed: float) -> str:  # fmt: skip
+    return (f"step {step}/{total} ({100 * step / total:.0f} %): loss {loss:.4f} [{phase}], lr "
+            f"{lr:.3g}, {tok_s:,.0f} tokens/s, {elapsed:.0f} s")  # fmt: skip
+
+
 def train(
     cfg: Config, *, info: D.DistInfo | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -375,16 +393,22 @@ def train(
     autocast(device, tc.precision)  # refuse bf16 on CPU before any work
     run_dir = Path(tc.out_dir)
     ckpt_path = run_dir / CHECKPOINT_FILE
-    resuming = tc.resume and ckpt_path.is_file()
+    resuming = tc.resume
+    if resuming and not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"--train.resume true, but {run_dir} holds no checkpoint ({CHECKPOINT_FILE}): check "
+            "--train.out_dir, or leave out --train.resume to start a new run there"
+        )
     if ckpt_path.is_file() and not tc.resume and not tc.overwrite:
         raise FileExistsError(
             f"{run_dir} already holds a checkpoint: pass --train.resume true to continue it, "
             "--train.overwrite true to start afresh, or another --train.out_dir"
         )
+    teacher_tokenizer = _dcd_teacher_tokenizer(cfg) if tc.objective == "dcd" else None
     state = load_checkpoint(ckpt_path) if resuming else None
 
-    # Data and tokenizer (a resumed run reuses the tokenizer it saved).
-    tok_arg: Any = load_tokenizer(run_dir) if resuming else cfg.data.tokenizer
+    # Data and tokenizer (a resumed run reuses the tokenizer it saved; DCD its teacher's).
+    tok_arg: Any = load_tokenizer(run_dir) if resuming else teacher_tokenizer or cfg.data.tokenizer
     data = prepare_data(
         cfg.data.source, tokenizer=tok_arg, tokenizer_files=cfg.data.tokenizer_files,
         seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction,
@@ -512,8 +536,11 @@ def train(
         result.val.append(res)
         return res
 
-    bar = None
-    if tc.progress and info.is_main:
+    # Progress: a bar on a terminal; in a log file or a pipe (no "\r"), a plain line every
+    # progress_every steps and one per validation.
+    bar, plain = None, info.is_main and tc.progress and not sys.stderr.isatty()
+    progress_every = tc.progress_every if tc.progress_every is not None else tc.log_every
+    if tc.progress and info.is_main and not plain:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=f"train {tc.objective}",
@@ -559,6 +586,11 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", phase=objective.phase(step - 1),
                                 tok_s=f"{tokens_per_step / dt:,.0f}", refresh=False)  # fmt: skip
+            elif plain and (step % progress_every == 0 or step == total_steps):
+                print(_progress_line(step, total_steps, mean_loss, objective.phase(step - 1),
+                                     step_lr, tokens_per_step / dt,
+                                     elapsed_before + time.perf_counter() - start),
+                      file=sys.stderr, flush=True)  # fmt: skip
             if step % tc.log_every == 0 or step == total_steps:
                 logger.log(
                     "train", step, phase=objective.phase(step - 1), loss=mean_loss,
@@ -568,9 +600,12 @@ def train(
                 )  # fmt: skip
             if step % tc.eval_every == 0 or step == total_steps:
                 res = validate(step)
+                line = (f"step {step}: validation NELBO {res['nelbo']:.4f} nats/token, "
+                        f"PPL <= {res['ppl']:.2f}")  # fmt: skip
                 if bar is not None:
-                    bar.write(f"step {step}: validation NELBO {res['nelbo']:.4f} nats/token, "
-                              f"PPL <= {res['ppl']:.2f}")  # fmt: skip
+                    bar.write(line)
+                elif plain:
+                    print(line, file=sys.stderr, flush=True)
             elapsed = time.perf_counter() - start
             out_of_time = tc.max_time_s is not None and elapsed > tc.max_time_s
             stop = D.any_rank(out_of_time, device) or (
@@ -619,9 +654,35 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def configure_threads() -> str | None:
+    """Without OMP_NUM_THREADS, keep torch to the cores this process may use: its share of the
+    CPUs available to it (``os.sched_getaffinity``) among the processes torchrun starts on this
+    machine. Oversubscribed OpenMP threads busy-wait, which made training on shared cores
+    several times slower. Returns the one line of advice to print when it lowered the count."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, cores // processes)
+    if torch.get_num_threads() <= share:
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(share)
+    return (f"OMP_NUM_THREADS is not set: using {share} torch threads per process instead of "
+            f"{before} ({cores} cores available, {processes} process(es)); set OMP_NUM_THREADS, "
+            "and OMP_WAIT_POLICY=PASSIVE on shared cores, to choose")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    cfg = parse_args(argv, default_preset="cpu-demo", prog="python -m examples.train")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    description = __doc__.split("\n\n")[0] if __doc__ else None
+    cfg = parse_args(argv, default_preset="cpu-demo", prog="python -m examples.train",
+                     description=description)  # fmt: skip
+    advice = configure_threads()
+    if advice and int(os.environ.get("RANK", "0")) == 0:
+        print(f"examples.train: {advice}", file=sys.stderr)
     info = D.init_distributed(cfg.train.device)
     try:
         result = train(cfg, info=info)
