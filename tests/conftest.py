@@ -47,3 +47,23 @@ def constant_denoiser():
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run that included tests/test_fuzz.py: how many bad inputs were tried, and how many
+    failed clearly (the right error type, the culprit named). Counted from the reports, so it
+    also works under pytest-xdist."""
+    tried = clear = 0
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":
+                continue
+            properties = dict(getattr(report, "user_properties", ()))
+            if "fuzz" in properties:
+                tried += 1
+                clear += "fuzz_clear" in properties
+    if tried:
+        terminalreporter.write_line(
+            f"fuzz: {tried} bad inputs tried, {clear} failed clearly "
+            f"(right error type, culprit named), {tried - clear} not"
+        )
