@@ -459,11 +459,7 @@ SAMPLE_BAD = {
     "schedule-missing": ({"schedule": None}, VT, ("schedule",)),
 }
 for kind, (kw, err, names) in SAMPLE_BAD.items():
-    reason = ""
-    if kind == "schedule-missing":
-        reason = "discdiff/samplers/loops.py: schedule=None fails inside alpha_at with an " \
-                 "AttributeError that does not name schedule"
-    row(f"sample_uniform-{kind}", lambda kw=kw: sample_u(**kw), err, *names, xfail=reason)
+    row(f"sample_uniform-{kind}", lambda kw=kw: sample_u(**kw), err, *names)
 
 # --- samplers: sample_masked -------------------------------------------------------------------
 MASKED_BAD = {
@@ -498,18 +494,14 @@ row("sample_categorical-ints", lambda: samplers.sample_categorical(torch.ones(3,
     dtype=torch.long)), T, "probs")  # fmt: skip
 row("sample_categorical_logits-top_k", lambda: samplers.sample_categorical_logits(logits(),
     top_k=0), V, "top_k")  # fmt: skip
-row("greedy_tail-1d", lambda: samplers.greedy_tail(logits()[0, 0]), VT, "logits",
-    xfail="discdiff/samplers/steps.py: greedy_tail unpacks logits.shape without a check "
-    "(ValueError: not enough values to unpack)")
-row("map_tail-alpha", lambda: samplers.map_tail(logits(), x0(), 1.5), V, "alpha_t",
-    xfail="discdiff/samplers/steps.py: map_tail does not check alpha_t in [0, 1]")
+row("greedy_tail-1d", lambda: samplers.greedy_tail(logits()[0, 0]), VT, "logits")
+row("map_tail-alpha", lambda: samplers.map_tail(logits(), x0(), 1.5), V, "alpha_t")
 row("uniform_ancestral_step-order", lambda: samplers.uniform_ancestral_step(logits(), x0(), 0.2,
     0.5), V, "alpha_s")  # fmt: skip
 row("masked_ancestral_step-mask_id", lambda: samplers.masked_ancestral_step(logits(k=K + 1),
     x0(), 0.6, 0.5, mask_id=K + 4), V, "mask_id")  # fmt: skip
 row("ConstantKappa-range", lambda: samplers.ConstantKappa(2.0), V, "kappa")
-row("nfe-tail", lambda: samplers.nfe(4, "best"), V, "tail", xfail="discdiff/samplers/loops.py: "
-    "nfe does not check its tail")
+row("nfe-tail", lambda: samplers.nfe(4, "best"), V, "tail")
 row("TimeGrid.build-t_min", lambda: samplers.TimeGrid.build(ll(), 4, t_min=0.0), V, "t_min")
 
 # --- losses ----------------------------------------------------------------------------------

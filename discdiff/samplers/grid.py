@@ -33,7 +33,8 @@ def nfe(steps: int, tail: Tail) -> int:
 
     (The masked sampler's cache can save calls; its ``StepRecord.nfe`` counts the real ones.)
     """
-    return steps + (tail != "none")
+    check_tail(tail)
+    return check_count(steps, "steps") + (tail != "none")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class TimeGrid:
         ``tail="none"`` and ``t_min`` for a tail that makes one more call there."""
         steps = check_count(steps, "steps")
         check_tail(tail)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"schedule must be a Schedule (alpha, dalpha_dt, inverse), got "
+                f"{type(schedule).__name__}: pass e.g. schedule=LogLinearSchedule()"
+            )
         if times is None:
             t_min = as_float(t_min, "t_min")
             if not 0.0 < t_min < 1.0:

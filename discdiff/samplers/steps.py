@@ -28,7 +28,14 @@ from discdiff.samplers.categorical import (
     softmax_weights,
     uniforms,
 )
-from discdiff.typing import check_count, check_tokens, checks_enabled, reject_if, typechecked
+from discdiff.typing import (
+    check_count,
+    check_range,
+    check_tokens,
+    checks_enabled,
+    reject_if,
+    typechecked,
+)
 
 __all__ = [
     "greedy_tail",
@@ -283,7 +290,8 @@ def masked_ancestral_step(
     return _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
 
 
-def greedy_tail(logits: Tensor, exclude: int | None = None) -> Tensor:
+@typechecked
+def greedy_tail(logits: Float[Tensor, "b l k"], exclude: int | None = None) -> Int[Tensor, "b l"]:
     """argmax x_hat per token (B, L), class ``exclude`` (the mask) left out: the paper's tail.
 
     It ignores each token's own evidence (x_hat is the leave-one-out law): see ``map_tail``.
@@ -307,7 +315,10 @@ def greedy_tail(logits: Tensor, exclude: int | None = None) -> Tensor:
     return best.reshape(b, ln)
 
 
-def map_tail(logits: Tensor, z_t: Tensor, alpha_t: float) -> Tensor:
+@typechecked
+def map_tail(
+    logits: Float[Tensor, "b l k"], z_t: Int[Tensor, "b l"], alpha_t: float
+) -> Int[Tensor, "b l"]:
     """The mode of the denoising posterior q(z_0 | z_t, x_hat) per token (B, L).
 
     q(z_0 = j) ∝ c_j x_hat_j with c_i = alpha_t + (1 - alpha_t) / K at j = i = z_t and
@@ -315,6 +326,7 @@ def map_tail(logits: Tensor, z_t: Tensor, alpha_t: float) -> Tensor:
     when log x_hat_i - log x_hat_j* >= -log1p(beta), beta = K alpha_t / (1 - alpha_t) (ties go
     to z_t). Unlike ``greedy_tail`` it keeps each token's own evidence.
     """
+    check_range(alpha_t, "alpha_t", 0.0, 1.0)
     b, ln, k = logits.shape
     best = greedy_tail(logits)
     at_zt = logits.gather(-1, z_t.unsqueeze(-1)).squeeze(-1)
