@@ -21,8 +21,6 @@ samples it): the distillation window's alpha_1 can be far from 0 at a small K.
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, Literal
@@ -35,6 +33,7 @@ from discdiff import config, samplers
 from discdiff._chunks import chunk_rows
 from discdiff.denoise import denoise, noise_level
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
+from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
 from discdiff.typing import (
@@ -192,27 +191,6 @@ def token_kl(
 # ----------------------------------------------------------------------------------------------
 
 
-def _unwrap(module: Any) -> Any:
-    """The bare module inside DDP / FSDP-like wrappers, ``AveragedModel`` and ``torch.compile``."""
-    while True:
-        if isinstance(module, torch.optim.swa_utils.AveragedModel) or isinstance(
-            module, nn.parallel.DistributedDataParallel
-        ):
-            module = module.module
-        elif isinstance(module, nn.Module) and hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _frozen_copy(module: Any) -> Any:
-    module = copy.deepcopy(_unwrap(module))
-    if isinstance(module, nn.Module):
-        module.requires_grad_(False)
-        module.eval()
-    return module
-
-
 class DCDistiller:
     """Discrete Consistency Distillation of a Duo teacher into a few-step student (Concepts §6).
 
@@ -268,28 +246,16 @@ class DCDistiller:
         eps: float = 1e-3,
     ) -> None:
         check_vocab_size(vocab_size)
-        if not callable(teacher):
-            raise TypeError(
-                f"teacher must be a denoiser (a callable), got {type(teacher).__name__}"
-            )
+        rounds = TeacherRounds(
+            teacher, steps_per_round=steps_per_round, n_rounds=n_rounds, refresh_from=refresh_from
+        )
         initial_steps = check_count(initial_steps, "initial_steps")
-        steps_per_round = check_count(steps_per_round, "steps_per_round")
-        n_rounds = check_count(n_rounds, "n_rounds")
+        n_rounds = rounds.n_rounds
         if not isinstance(window, (AlphaWindow, GammaSchedule)):
             kind = type(window).__name__
             raise TypeError(f"window must be an AlphaWindow or a GammaSchedule, got {kind}")
-        if divergence not in ("kl_student_teacher", "kl_teacher_student"):
-            raise ValueError(
-                "divergence must be 'kl_student_teacher' (KL(p_student || p_teacher), the "
-                f"paper's) or 'kl_teacher_student', got {divergence!r}"
-            )
-        if refresh_from not in ("ema", "student"):
-            raise ValueError(f"refresh_from must be 'ema' or 'student', got {refresh_from!r}")
-        if kl_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"kl_dtype must be torch.float32 or torch.float64, got {kl_dtype}")
         eps = as_float(eps, "eps")
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must lie in [0, 1), got {eps}")
+        check_distillation_settings(divergence, refresh_from, kl_dtype, eps)
         last_dt = 2 ** (n_rounds - 1) / initial_steps
         if last_dt + eps >= 1.0:
             raise ValueError(
@@ -303,36 +269,32 @@ class DCDistiller:
         self.schedule = DualSchedule(gamma, GaussianArgmaxTransform(vocab_size))
         """The training time axis: the gamma-window through T (not for sampling: ``sample``)."""
         self.initial_steps = initial_steps
-        self.steps_per_round = steps_per_round
-        self.n_rounds = n_rounds
         self.divergence: Divergence = divergence
-        self.refresh_from = refresh_from
         self.kl_dtype = kl_dtype
         self.eps = eps
-        self.teacher: Any = _frozen_copy(teacher)
-        self.round = 0
-        """The round the teacher's weights belong to (advanced by ``maybe_refresh``)."""
+        self.rounds = rounds
+        """The frozen teacher, its round and the refresh protocol (``TeacherRounds``)."""
 
-    # -- the round schedule ---------------------------------------------------------------
+    # -- the round schedule (``TeacherRounds``) ---------------------------------------------
+
+    teacher = property(lambda self: self.rounds.teacher, doc="The frozen teacher.")
+    round = property(lambda self: self.rounds.round, doc="The round the teacher belongs to.")
+    steps_per_round = property(lambda self: self.rounds.steps_per_round)
+    n_rounds = property(lambda self: self.rounds.n_rounds)
+    refresh_from = property(lambda self: self.rounds.refresh_from)
 
     def round_at(self, step: int) -> int:
         """The round of distillation step ``step`` (0-based); steps past the last round stay in
         the last round."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an integer >= 0, got {step!r}")
-        return min(step // self.steps_per_round, self.n_rounds - 1)
-
-    def dt(self, round: int) -> float:
-        """The time gap of round ``round``: dt = 2^round / initial_steps."""
-        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
-            raise ValueError(
-                f"round must be an integer in [0, n_rounds={self.n_rounds}), got {round!r}"
-            )
-        return 2**round / self.initial_steps
+        return self.rounds.round_at(step)
 
     def end_of_round(self, step: int) -> bool:
         """Whether ``step`` is the last step of a round that another round follows."""
-        return self.round_at(step + 1) > self.round_at(step)
+        return self.rounds.end_of_round(step)
+
+    def dt(self, round: int) -> float:
+        """The time gap of round ``round``: dt = 2^round / initial_steps."""
+        return 2 ** self.rounds.check_round(round) / self.initial_steps
 
     # -- the loss -------------------------------------------------------------------------
 
@@ -343,7 +305,7 @@ class DCDistiller:
     def _call(
         self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None
     ) -> Tensor:
-        name = f"{role} ({type(_unwrap(denoiser)).__name__})"
+        name = f"{role} ({type(unwrap(denoiser)).__name__})"
         return denoise(denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond, role=name)
 
     def loss(
@@ -367,14 +329,7 @@ class DCDistiller:
             got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
             raise ValueError(f"x_0 must be (B, L) token ids with B, L >= 1, got {got}")
         check_tokens(x_0, self.vocab_size, "x_0")
-        round = self.round_at(step)
-        if round != self.round:
-            raise ValueError(
-                f"step {step} belongs to round {round} but the teacher holds round {self.round}'s "
-                "weights: call maybe_refresh(step, student, ema) after every optimiser step, and "
-                "load_state_dict(...) from the checkpoint when resuming"
-            )
-        dt = self.dt(round)
+        dt = self.dt(self.rounds.current(step))
         t = antithetic_times(
             x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
             dtype=torch.float64,
@@ -436,39 +391,7 @@ class DCDistiller:
         ``torch.optim.swa_utils.AveragedModel``, or a copy of the student) or a state dict;
         it is required when ``refresh_from="ema"`` and ignored otherwise.
         """
-        target = self.round_at(step + 1)
-        if target <= self.round:
-            return False
-        if self.refresh_from == "ema":
-            if ema is None:
-                raise ValueError(
-                    "refresh_from='ema' needs the student's EMA: pass maybe_refresh(step, student, "
-                    "ema), or build the distiller with refresh_from='student' (the default)"
-                )
-            source = ema
-        else:
-            source = student
-        self._load_teacher(source)
-        self.round = target
-        return True
-
-    def _load_teacher(self, source: Any) -> None:
-        source = _unwrap(source)
-        if isinstance(self.teacher, nn.Module):
-            state = source.state_dict() if isinstance(source, nn.Module) else source
-            if not isinstance(state, Mapping):
-                raise TypeError(
-                    f"cannot refresh the teacher from a {type(source).__name__}: pass an "
-                    "nn.Module or a state dict"
-                )
-            self.teacher.load_state_dict(state)
-        elif isinstance(source, nn.Module):
-            self.teacher = _frozen_copy(source)
-        else:
-            raise TypeError(
-                "the teacher is not an nn.Module, so it cannot load a state dict: refresh it "
-                "from an nn.Module (the student or its EMA module)"
-            )
+        return self.rounds.maybe_refresh(step, student, ema)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -489,31 +412,11 @@ class DCDistiller:
     def state_dict(self) -> dict[str, Any]:
         """``{"round", "teacher", "config"}``: the teacher's round and weights (None for a
         teacher that is not an ``nn.Module``) and the settings that define the rounds."""
-        teacher = self.teacher.state_dict() if isinstance(self.teacher, nn.Module) else None
-        return {"round": self.round, "teacher": teacher, "config": self._config()}
+        return self.rounds.state_dict(self._config())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()``'s round and teacher weights; the settings must match."""
-        missing = {"round", "teacher", "config"} - set(state)
-        if missing:
-            raise ValueError(f"not a DCDistiller state dict: missing {sorted(missing)}")
-        ours = self._config()
-        for key, value in state["config"].items():
-            if key in ours and ours[key] != value and not (
-                isinstance(value, float) and math.isclose(value, ours[key])
-            ):
-                raise ValueError(
-                    f"the checkpoint's distiller has {key}={value!r}, this one {ours[key]!r}: "
-                    "build the distiller with the checkpoint's settings"
-                )
-        round = state["round"]
-        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
-            raise ValueError(f"the checkpoint's round {round!r} is outside [0, {self.n_rounds})")
-        if state["teacher"] is not None:
-            self._load_teacher(state["teacher"])
-        elif round > 0:
-            raise ValueError("the checkpoint holds no teacher weights for round > 0")
-        self.round = round
+        self.rounds.load_state_dict(state, self._config(), "DCDistiller")
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._SETTINGS)

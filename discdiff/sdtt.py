@@ -35,7 +35,6 @@ same schedule, in T / m^n_rounds steps or more.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,7 +45,8 @@ from torch import Tensor, nn
 
 from discdiff import config, processes
 from discdiff.denoise import denoise, noise_level
-from discdiff.distill import _frozen_copy, _unwrap, token_kl
+from discdiff.distill import token_kl
+from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.samplers import masked_ancestral_step, sample_masked
 from discdiff.schedules import LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
@@ -148,8 +148,10 @@ class SDTTDistiller:
         _check_teacher(teacher)
         self.teacher_steps = check_count(teacher_steps, "teacher_steps", minimum=2)
         self.initial_steps = check_count(initial_steps, "initial_steps")
-        self.steps_per_round = check_count(steps_per_round, "steps_per_round")
-        self.n_rounds = check_count(n_rounds, "n_rounds")
+        self.rounds = TeacherRounds(
+            teacher, steps_per_round=steps_per_round, n_rounds=n_rounds, refresh_from=refresh_from
+        )
+        """The frozen teacher, its round and the refresh protocol (``TeacherRounds``)."""
         if self.teacher_steps**self.n_rounds > self.initial_steps:
             raise ValueError(
                 f"n_rounds={n_rounds} rounds of teacher_steps={teacher_steps} take the student's "
@@ -157,17 +159,7 @@ class SDTTDistiller:
                 f"{initial_steps} > 1: the last student would step past t = 0; lower n_rounds or "
                 "raise initial_steps"
             )
-        if divergence not in ("kl_student_teacher", "kl_teacher_student"):
-            raise ValueError(
-                "divergence must be 'kl_student_teacher' (KL(p_student || p_teacher), the "
-                f"paper's) or 'kl_teacher_student', got {divergence!r}"
-            )
-        if refresh_from not in ("ema", "student"):
-            raise ValueError(f"refresh_from must be 'ema' or 'student', got {refresh_from!r}")
-        if kl_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"kl_dtype must be torch.float32 or torch.float64, got {kl_dtype}")
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must lie in [0, 1), got {eps}")
+        check_distillation_settings(divergence, refresh_from, kl_dtype, eps)
         if not isinstance(time_conditioned, bool):
             raise ValueError(f"time_conditioned must be a bool, got {time_conditioned!r}")
         if schedule is not None and not callable(getattr(schedule, "alpha", None)):
@@ -180,12 +172,8 @@ class SDTTDistiller:
         self.schedule: Schedule = schedule if schedule is not None else LogLinearSchedule(eps)
         self.time_conditioned = time_conditioned
         self.divergence: Divergence = divergence
-        self.refresh_from = refresh_from
         self.kl_dtype = kl_dtype
         self.eps = eps
-        self.teacher: Any = _frozen_copy(teacher)
-        self.round = 0
-        """The round the teacher's weights belong to (advanced by ``maybe_refresh``)."""
 
     @classmethod
     def from_diffusion(cls, teacher: Denoiser, diffusion: Any, **kwargs: Any) -> SDTTDistiller:
@@ -205,22 +193,23 @@ class SDTTDistiller:
         }
         return cls(teacher, diffusion.vocab_size, **{**settings, **kwargs})
 
-    # -- the round schedule ---------------------------------------------------------------
+    # -- the round schedule (``TeacherRounds``) ---------------------------------------------
+
+    teacher = property(lambda self: self.rounds.teacher, doc="The frozen teacher.")
+    round = property(lambda self: self.rounds.round, doc="The round the teacher belongs to.")
+    steps_per_round = property(lambda self: self.rounds.steps_per_round)
+    n_rounds = property(lambda self: self.rounds.n_rounds)
+    refresh_from = property(lambda self: self.rounds.refresh_from)
 
     def round_at(self, step: int) -> int:
         """The round of distillation step ``step`` (0-based); steps past the last round stay in
         the last round."""
-        step = check_count(step, "step", minimum=0)
-        return min(step // self.steps_per_round, self.n_rounds - 1)
+        return self.rounds.round_at(step)
 
     def dt(self, round: int) -> float:
         """The teacher's step in round ``round``: dt = teacher_steps^round / initial_steps (the
         student's step is teacher_steps * dt)."""
-        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
-            raise ValueError(
-                f"round must be an integer in [0, n_rounds={self.n_rounds}), got {round!r}"
-            )
-        return self.teacher_steps**round / self.initial_steps
+        return self.teacher_steps ** self.rounds.check_round(round) / self.initial_steps
 
     def sampling_steps(self, round: int) -> float:
         """The sampling steps the student of round ``round`` is distilled for:
@@ -229,7 +218,7 @@ class SDTTDistiller:
 
     def end_of_round(self, step: int) -> bool:
         """Whether ``step`` is the last step of a round that another round follows."""
-        return self.round_at(step + 1) > self.round_at(step)
+        return self.rounds.end_of_round(step)
 
     # -- the target and the loss ----------------------------------------------------------
 
@@ -244,7 +233,7 @@ class SDTTDistiller:
     ) -> Tensor:
         level = alpha if self.time_conditioned else 1.0
         sigma = noise_level(level, z.shape[0], z.device)
-        name = f"{role} ({type(_unwrap(denoiser)).__name__})"
+        name = f"{role} ({type(unwrap(denoiser)).__name__})"
         call = _check_masked_output(name, denoiser, self.vocab_size)
         return denoise(call, z, sigma, vocab_size=self.model_vocab_size, cond=cond, role=name)
 
@@ -312,20 +301,15 @@ class SDTTDistiller:
         classes at the masked positions of z_t, 0 elsewhere, in ``kl_dtype``. ``cond`` (the
         caller's conditioning mapping) goes to both denoisers.
         """
-        if x_0.ndim != 2:
-            raise ValueError(f"x_0 must be (B, L) token ids, got shape {tuple(x_0.shape)}")
+        if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
+            got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
+            raise ValueError(f"x_0 must be (B, L) token ids with B, L >= 1, got {got}")
         check_tokens(x_0, self.vocab_size, "x_0")
         if not callable(student):
             raise TypeError(
                 f"student must be a denoiser (a callable), got {type(student).__name__}"
             )
-        round = self.round_at(step)
-        if round != self.round:
-            raise ValueError(
-                f"step {step} belongs to round {round} but the teacher holds round {self.round}'s "
-                "weights: call maybe_refresh(step, student, ema) after every optimiser step, and "
-                "load_state_dict(...) from the checkpoint when resuming"
-            )
+        round = self.rounds.current(step)
         t = antithetic_times(
             x_0.shape[0], eps=self.eps, generator=generator, device=x_0.device,
             dtype=torch.float64,
@@ -378,39 +362,7 @@ class SDTTDistiller:
         ``torch.optim.swa_utils.AveragedModel``) or a state dict; it is required when
         ``refresh_from="ema"`` and ignored otherwise.
         """
-        target = self.round_at(step + 1)
-        if target <= self.round:
-            return False
-        if self.refresh_from == "ema":
-            if ema is None:
-                raise ValueError(
-                    "refresh_from='ema' needs the student's EMA: pass maybe_refresh(step, student, "
-                    "ema), or build the distiller with refresh_from='student' (the default)"
-                )
-            source = ema
-        else:
-            source = student
-        self._load_teacher(source)
-        self.round = target
-        return True
-
-    def _load_teacher(self, source: Any) -> None:
-        source = _unwrap(source)
-        if isinstance(self.teacher, nn.Module):
-            state = source.state_dict() if isinstance(source, nn.Module) else source
-            if not isinstance(state, Mapping):
-                raise TypeError(
-                    f"cannot refresh the teacher from a {type(source).__name__}: pass an "
-                    "nn.Module or a state dict"
-                )
-            self.teacher.load_state_dict(state)
-        elif isinstance(source, nn.Module):
-            self.teacher = _frozen_copy(source)
-        else:
-            raise TypeError(
-                "the teacher is not an nn.Module, so it cannot load a state dict: refresh it "
-                "from an nn.Module (the student or its EMA module)"
-            )
+        return self.rounds.maybe_refresh(step, student, ema)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -430,31 +382,11 @@ class SDTTDistiller:
     def state_dict(self) -> dict[str, Any]:
         """``{"round", "teacher", "config"}``: the teacher's round and weights (None for a
         teacher that is not an ``nn.Module``) and the settings that define the rounds."""
-        teacher = self.teacher.state_dict() if isinstance(self.teacher, nn.Module) else None
-        return {"round": self.round, "teacher": teacher, "config": self._config()}
+        return self.rounds.state_dict(self._config())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()``'s round and teacher weights; the settings must match."""
-        missing = {"round", "teacher", "config"} - set(state)
-        if missing:
-            raise ValueError(f"not an SDTTDistiller state dict: missing {sorted(missing)}")
-        ours = self._config()
-        for key, value in state["config"].items():
-            if key in ours and ours[key] != value and not (
-                isinstance(value, float) and math.isclose(value, ours[key])
-            ):
-                raise ValueError(
-                    f"the checkpoint's distiller has {key}={value!r}, this one {ours[key]!r}: "
-                    "build the distiller with the checkpoint's settings"
-                )
-        round = state["round"]
-        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round < self.n_rounds:
-            raise ValueError(f"the checkpoint's round {round!r} is outside [0, {self.n_rounds})")
-        if state["teacher"] is not None:
-            self._load_teacher(state["teacher"])
-        elif round > 0:
-            raise ValueError("the checkpoint holds no teacher weights for round > 0")
-        self.round = round
+        self.rounds.load_state_dict(state, self._config(), "SDTTDistiller")
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v}" if k == "schedule" else f"{k}={v!r}"

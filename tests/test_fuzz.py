@@ -305,11 +305,7 @@ for entry, fn in ENTRY_POINTS.items():
     for kind, (make, err) in X0_BAD.items():
         if entry.startswith("uniform.discrete") and kind not in ("1d", "float", "empty-batch"):
             continue
-        reason = ""
-        if entry == "sdtt.loss" and kind in ("list", "empty-batch", "empty-length"):
-            reason = "discdiff/sdtt.py checks x_0.ndim before it knows x_0 is a tensor, and " \
-                     "lets an empty batch through to antithetic_times"
-        row(f"{entry}-x0-{kind}", lambda fn=fn, make=make: fn(make()), err, "x_0", xfail=reason)
+        row(f"{entry}-x0-{kind}", lambda fn=fn, make=make: fn(make()), err, "x_0")
 
 # --- UniformDiffusion.loss: the other arguments ---------------------------------------------------
 for bad in (-1, 1.5, "3", True, None):
