@@ -35,11 +35,13 @@ __all__ = [
     "dataclass_to_dict",
     "decode",
     "decode_dtype",
+    "distiller_from_dict",
     "encode",
     "from_dict",
     "known_types",
     "lookup",
     "register",
+    "settings_to_dict",
     "to_dict",
 ]
 
@@ -174,6 +176,25 @@ def check_keys(cls: type, data: Mapping[str, Any], known: set[str]) -> dict[str,
             f"unknown keys for {cls.__name__}: {sorted(unknown)}; expected {sorted(known)}"
         )
     return fields
+
+
+def settings_to_dict(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``{"type": ..., name: encode(obj.name), ...}`` for an object described by ``names``."""
+    return {"type": type(obj).__name__, **{name: encode(getattr(obj, name)) for name in names}}
+
+
+def distiller_from_dict(
+    cls: type[_T], data: Mapping[str, Any], names: tuple[str, ...], teacher: Any
+) -> _T:
+    """``cls(teacher, vocab_size, **settings)`` from ``settings_to_dict``'s dict (a distiller
+    describes its settings, not its teacher's weights)."""
+    kwargs = {k: decode(v) for k, v in check_keys(cls, data, set(names)).items()}
+    if "kl_dtype" in kwargs:
+        kwargs["kl_dtype"] = decode_dtype(kwargs["kl_dtype"], "kl_dtype")
+    vocab_size = kwargs.pop("vocab_size", None)
+    if vocab_size is None:
+        raise ValueError(f"a {cls.__name__} config needs its vocab_size")
+    return cls(teacher, vocab_size, **kwargs)  # type: ignore[call-arg]
 
 
 def dataclass_to_dict(obj: Any) -> dict[str, Any]:

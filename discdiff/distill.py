@@ -430,20 +430,12 @@ class DCDistiller:
                  "divergence", "refresh_from", "kl_dtype", "eps")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        """The distiller's settings, JSON-safe, the window nested (``discdiff.config``): not the
-        teacher's weights nor the round (those are ``state_dict()``'s)."""
-        return {"type": "DCDistiller",
-                **{name: config.encode(getattr(self, name)) for name in self._SETTINGS}}
+        """The distiller's settings, JSON-safe, nested objects as dicts (``discdiff.config``):
+        not the teacher's weights nor the round (those are ``state_dict()``'s)."""
+        return config.settings_to_dict(self, self._SETTINGS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, teacher: Denoiser) -> DCDistiller:
         """A distiller with ``to_dict``'s settings around ``teacher`` (at round 0; restore a
         run's round and teacher with ``load_state_dict``)."""
-        fields = config.check_keys(cls, data, set(cls._SETTINGS))
-        kwargs = {k: config.decode(v) for k, v in fields.items()}
-        if "kl_dtype" in kwargs:
-            kwargs["kl_dtype"] = config.decode_dtype(kwargs["kl_dtype"], "kl_dtype")
-        vocab_size = kwargs.pop("vocab_size", None)
-        if vocab_size is None:
-            raise ValueError("a DCDistiller config needs its vocab_size")
-        return cls(teacher, vocab_size, **kwargs)
+        return config.distiller_from_dict(cls, data, cls._SETTINGS, teacher)
