@@ -1,4 +1,4 @@
-"""Self-Distillation Through Time (SDTT, Deschenaux & Gulcehre 2024; SPEC §8b) for masked models.
+"""Self-Distillation Through Time (SDTT, Deschenaux & Gulcehre 2024; Concepts §6) for masked models.
 
 Notation: ``x_0`` clean tokens (B, L); K the vocabulary size; the mask token is id K, so the
 denoisers (MDLM, SUBS parameterisation) return K + 1 logits and x_hat = softmax over the K data

@@ -1,6 +1,6 @@
 """The reverse-process laws as the paper writes them: explicit (B, L, K) probabilities.
 
-These are the reference implementations (SPEC §5): readable, in the promoted dtype of the inputs
+These are the reference implementations (Concepts §5): readable, in the promoted dtype of the inputs
 (float64 in, float64 out), and they materialise (B, L, K) tensors. The one-step kernels in
 ``discdiff.samplers.steps`` never build them; the tests check those kernels' laws against these.
 
@@ -31,7 +31,7 @@ def uniform_posterior(
     alpha_s: Alpha,
     alpha_t: Alpha,
 ) -> Float[Tensor, "b l k"]:
-    """q(z_s | z_t, x_hat) of the uniform-state process, as (B, L, K) probabilities (SPEC §5).
+    """q(z_s | z_t, x_hat) of the uniform-state process, as (B, L, K) probabilities (Concepts §5).
 
     ``probs_x0`` is x_hat (B, L, K), rows summing to one; ``alpha_s >= alpha_t`` are floats or
     tensors broadcastable as (B, 1) / (B, L). Computed in the promoted dtype of the inputs
@@ -94,7 +94,7 @@ def psi_posterior(
     """The Ψ-sampler's transition kappa q(z_s | z_t, x_hat) + (1 - kappa) forward(q0, alpha_s).
 
     forward(q0, alpha_s) = alpha_s q0 + (1 - alpha_s) / K re-noises the denoising posterior
-    q0 = q(z_0 | z_t, x_hat) to level s (SPEC §5). kappa = 1 is the ancestral step.
+    q0 = q(z_0 | z_t, x_hat) to level s (Concepts §5). kappa = 1 is the ancestral step.
     """
     b, ln, k = probs_x0.shape
     post = uniform_posterior(probs_x0, z_t, alpha_s, alpha_t)

@@ -1,6 +1,6 @@
 """One reverse step of each process, and the tails that end a few-step sample.
 
-Notation (SPEC §5): K vocabulary size; a step goes from time t to s < t with signal levels
+Notation (Concepts §5): K vocabulary size; a step goes from time t to s < t with signal levels
 alpha_t <= alpha_s; alpha_ts = alpha_t / alpha_s; x_hat = softmax(logits) after top-k / nucleus
 filtering, renormalised; i = z_t the current token.
 
@@ -154,7 +154,7 @@ def uniform_ancestral_step(
 ) -> Int[Tensor, "b l"]:
     """One reverse step t -> s of the uniform-state process: z_s ~ q(z_s | z_t, x_hat), or the
     Ψ step kappa q(z_s | z_t, x_hat) + (1 - kappa) (alpha_s q0 + (1 - alpha_s) / K) with q0 the
-    denoising posterior q(z_0 | z_t, x_hat) (SPEC §5; ``uniform_mixture`` derives both).
+    denoising posterior q(z_0 | z_t, x_hat) (Concepts §5; ``uniform_mixture`` derives both).
 
     ``logits`` (B, L, K) from the denoiser; x_hat = softmax(logits) after top-k / nucleus
     filtering, renormalised. ``alpha_s >= alpha_t`` and ``kappa`` in [0, 1] are numbers or
