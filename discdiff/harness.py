@@ -23,7 +23,7 @@ the denoiser saw:
                        + Σ_{ℓ ∈ y} KL(q(y_1^ℓ | y^ℓ) ‖ prior)
                        + E_{q(y_ε | y)} -log p_θ(y | y_ε, c),     x̂ = x̂_θ(c, y_t, t)
 
-with loss_t the per-token NELBO integrand of the process (SPEC §3): the unconditional NELBO's
+with loss_t the per-token NELBO integrand of the process (Concepts §3): the unconditional NELBO's
 terms, with the context positions never noised and never scored. The time conditioning is the
 schedule's σ = -log α_t, as in the sampler. ``loglikelihood`` returns minus this estimate (a
 stochastic lower bound on log p_θ(y | c)); for an AR model it is exact.
