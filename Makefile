@@ -34,7 +34,8 @@ bench: $(STAMP)
 
 # The GPU figures in one table (benchmarks/gpu.py, ~5 min on an H100). The venv above holds a CPU
 # torch: GPU_PYTHON names an interpreter with a CUDA torch (and triton, jaxtyping, beartype,
-# safetensors, tqdm). Without a GPU it stops with a message; `python -m benchmarks.gpu --tiny` runs on a CPU.
+# safetensors, tqdm). Without a GPU it stops with a message; `python -m benchmarks.gpu --tiny`
+# runs on a CPU.
 GPU_PYTHON ?= python3
 gpu-bench:
 	$(GPU_PYTHON) -m benchmarks.gpu
