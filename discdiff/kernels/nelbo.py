@@ -3,8 +3,9 @@ reads them once and writes their gradient once.
 
 The mathematics is ``discdiff.losses.uniform``'s (``_UniformNelboCore``): per row, a handful of
 O(K) reductions of the softmax (Σ p_j, Σ log1p(β p_j), Σ g(β p_j) over j ∉ {i, x}, and
-R = Σ_j p_j q_j), then a closed form of O(1) per row in float64 (``row_terms``), and a closed-form
-gradient p_k (scale q_k + shift) + [k = x] at_x + [k = i] at_i. The forward kernel computes the
+R = Σ_j p_j q_j), then a closed form of O(1) per row in float64 (``discdiff.losses.uniform.
+row_terms``, which the PyTorch path calls too), and a closed-form gradient
+p_k (scale q_k + shift) + [k = x] at_x + [k = i] at_i. The forward kernel computes the
 reductions in one sweep of the row after an online max/sum sweep; the second sweep re-reads the
 row while it is still in L2 (one program per SM: the rows in flight take ~26 MiB at K = 50k on
 an H100, within its 50 MiB L2), so the logits come from memory once. The backward kernel needs
@@ -14,7 +15,6 @@ only the per-row max and normaliser saved by the forward: one read, one write. N
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -29,68 +29,13 @@ from discdiff.losses._common import (
     accumulation_dtype,
     check_common,
     check_levels,
-    g_small,
     per_token,
     result_dtype,
 )
+from discdiff.losses.uniform import row_terms, series_split
 from discdiff.typing import checks_enabled, typechecked
 
 __all__ = ["row_terms", "uniform_nelbo"]
-
-
-def row_terms(
-    p_i: Tensor, p_x: Tensor, rest: Tensor, t_sum: Tensor, g_sum: Tensor, same: Tensor,
-    alpha: Tensor, k: int,
-) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
-    """D per row from its reductions (float64 (n,) each), as ``_UniformNelboCore.forward`` forms
-    it after its chunk loop; also the per-row values its backward needs (A, c, x̄_i, v_i, p_i, C).
-
-    p_i, p_x: x̂ at z_t and at x_0; rest = Σ_{j∉{i,x}} p_j; t_sum = Σ_{j∉{i,x}} log1p(β p_j);
-    g_sum = Σ_{j∉{i,x}} g(β p_j) (used where β < 0.1); same: z_t == x_0; alpha: α_t.
-    """
-    a_ = k * alpha
-    c_ = 1 - alpha
-    beta = (a_ / c_).clamp(max=_uniform._BETA_MAX)
-    small = beta < _uniform._BETA_SERIES
-    one_m_pi = rest + torch.where(same, 0.0, p_x)
-    one_m_px = rest + torch.where(same, 0.0, p_i)
-    p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
-    p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
-    xbar_x = a_ + c_
-    xbar_i = torch.where(same, xbar_x, c_)
-    v_i = a_ * p_i + c_
-    v_x = a_ * p_x + c_
-    kf = float(k)
-    cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
-    w = c_ / xbar_i
-    log_ratio = _uniform._log_ratio
-    inner = t_sum - (kf - 1) * log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
-    d_same = cc - torch.where(w > 0, w * inner, 0.0)
-    d_diff = (
-        cc
-        - t_sum
-        - (xbar_x / c_) * log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
-        + (kf - 1 + beta) * torch.log1p(beta * p_i)
-    )
-    d = torch.where(same, d_same, d_diff)
-    bs = torch.where(small, beta, 0.0)
-    u_i = 1 + bs * p_i
-    g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
-    b2 = bs * bs
-    s_same = (
-        b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
-    ) / (1 + bs)
-    s_diff = (
-        (kf + bs) * b2 * p_i * p_i / u_i
-        + b2 * one_m_px
-        + g_sum
-        + (1 + bs) * g_bx
-        - (kf + bs - 1) * g_bi
-        - (1 + bs) * g_b
-    )
-    d = torch.where(small, torch.where(same, s_same, s_diff), d)
-    d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
-    return d, (a_, c_, xbar_i, v_i, p_i, cc)
 
 
 class _TritonUniformNelbo(torch.autograd.Function):
@@ -104,8 +49,7 @@ class _TritonUniformNelbo(torch.autograd.Function):
         f32 = torch.float32
         a_ = k * alpha
         c_ = 1 - alpha
-        beta = (a_ / c_).clamp(max=_uniform._BETA_MAX)
-        small = beta < _uniform._BETA_SERIES
+        beta, small = series_split(alpha, k)
         c_floor = c_.to(f32).clamp_min(torch.finfo(f32).tiny)
         coef = torch.stack([beta.to(f32), torch.where(small, beta, 0.0).to(f32), a_.to(f32),
                             c_floor]).contiguous()  # fmt: skip

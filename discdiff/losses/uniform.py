@@ -62,6 +62,74 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
 
 
+def series_split(alpha: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """β = Kα / (1 - α) per row (+inf at α = 1 clamped) and where the series form is used."""
+    beta = (k * alpha / (1 - alpha)).clamp(max=_BETA_MAX)
+    return beta, beta < _BETA_SERIES
+
+
+def row_terms(
+    p_i: Tensor, p_x: Tensor, rest: Tensor, t_sum: Tensor, g_sum: Tensor, same: Tensor,
+    alpha: Tensor, k: int, *, series: bool = True,
+) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
+    """D per row from the row's O(K) reductions (see ``_UniformNelboCore``), and the per-row
+    values its gradient needs: (A, c, x̄_i, v_i, p_i, C).
+
+    Every input is (n,) in the accumulation dtype: p_i, p_x are x̂ at z_t and at x_0;
+    rest = Σ_{j∉{i,x}} p_j; t_sum = Σ_{j∉{i,x}} log1p(β p_j); g_sum = Σ_{j∉{i,x}} g(β p_j),
+    read only where β < 0.1; same: z_t == x_0; alpha: α_t. ``series=False`` skips the series
+    form (only right when no row has β < 0.1). The PyTorch path and the Triton kernels'
+    reductions both end here.
+    """
+    a_ = k * alpha  # A = Kα
+    c_ = 1 - alpha  # c = 1 - α
+    beta, small = series_split(alpha, k)
+    one_m_pi = rest + torch.where(same, 0.0, p_x)
+    one_m_px = rest + torch.where(same, 0.0, p_i)
+    # Near one-hot, a rounded p_i (float32) disagrees with the accurate 1 - p_i by more than
+    # the O((1 - p_i)²) loss: take p from its complement so that every term sees the same p.
+    p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
+    p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
+    xbar_x = a_ + c_
+    xbar_i = torch.where(same, xbar_x, c_)
+    v_i = a_ * p_i + c_
+    v_x = a_ * p_x + c_
+    kf = float(k)
+    cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
+
+    # Large β (the T form). Weight c/x̄_i is exactly 0 at α = 1, where T may be huge.
+    w = c_ / xbar_i
+    inner = t_sum - (kf - 1) * _log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
+    d_same = cc - torch.where(w > 0, w * inner, 0.0)
+    d_diff = (
+        cc
+        - t_sum
+        - (xbar_x / c_) * _log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
+        + (kf - 1 + beta) * torch.log1p(beta * p_i)
+    )
+    d = torch.where(same, d_same, d_diff)
+    if series:
+        bs = torch.where(small, beta, 0.0)
+        u_i = 1 + bs * p_i
+        g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
+        b2 = bs * bs
+        s_same = (
+            b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
+        ) / (1 + bs)
+        s_diff = (
+            (kf + bs) * b2 * p_i * p_i / u_i
+            + b2 * one_m_px
+            + g_sum
+            + (1 + bs) * g_bx
+            - (kf + bs - 1) * g_bi
+            - (1 + bs) * g_b
+        )
+        d = torch.where(small, torch.where(same, s_same, s_diff), d)
+    # z_t ≠ x_0 at α = 1 is impossible under q(z_t | x_0): the bound is +inf there.
+    d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
+    return d, (a_, c_, xbar_i, v_i, p_i, cc)
+
+
 class _UniformNelboCore(torch.autograd.Function):
     """D = Σ_{j≠i} (x̄_j/x̄_i) (ρ_j - 1 - log ρ_j), ρ_j = x̄_θ,j x̄_i / (x̄_θ,i x̄_j), per row.
 
@@ -100,11 +168,10 @@ class _UniformNelboCore(torch.autograd.Function):
         ii = z_t.reshape(n, 1)
         same = (ix == ii).view(n)
 
-        a_ = k * alpha  # A = Kα
-        c_ = 1 - alpha  # c = 1 - α
-        beta = (a_ / c_).clamp(max=_BETA_MAX)  # β = Kα / (1 - α); +inf at α = 1 clamped
-        small = beta < _BETA_SERIES
-        any_small = bool(small.any())
+        beta, small = series_split(alpha, k)
+        # Whether any row needs the series form. On the CPU the test costs nothing and spares
+        # the O(K) sum of g; on an accelerator it would be a host sync, so the sum always runs.
+        series = bool(small.any()) if dev.type == "cpu" else True
         beta_c = beta.to(cdt).view(n, 1)
         beta_small = torch.where(small, beta, 0.0).to(cdt).view(n, 1)
 
@@ -122,54 +189,13 @@ class _UniformNelboCore(torch.autograd.Function):
             p_x[r0:r1] = p.gather(1, cx).view(-1)
             p.scatter_(1, ci, 0.0).scatter_(1, cx, 0.0)
             rest[r0:r1] = p.sum(-1)
-            if any_small:
+            if series:
                 g_sum[r0:r1] = g_small(p * beta_small[r0:r1]).sum(-1)
             t_sum[r0:r1] = p.mul_(beta_c[r0:r1]).log1p_().sum(-1)
 
-        one_m_pi = rest + torch.where(same, 0.0, p_x)
-        one_m_px = rest + torch.where(same, 0.0, p_i)
-        # Near one-hot, a rounded p_i (float32) disagrees with the accurate 1 - p_i by more than
-        # the O((1 - p_i)²) loss: take p from its complement so that every term sees the same p.
-        p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
-        p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
-        xbar_x = a_ + c_
-        xbar_i = torch.where(same, xbar_x, c_)
-        v_i = a_ * p_i + c_
-        v_x = a_ * p_x + c_
-        kf = float(k)
-        cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
-
-        # Large β (the T form). Weight c/x̄_i is exactly 0 at α = 1, where T may be huge.
-        w = c_ / xbar_i
-        inner = t_sum - (kf - 1) * _log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
-        d_same = cc - torch.where(w > 0, w * inner, 0.0)
-        d_diff = (
-            cc
-            - t_sum
-            - (xbar_x / c_) * _log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
-            + (kf - 1 + beta) * torch.log1p(beta * p_i)
+        d, (a_, c_, xbar_i, v_i, p_i, cc) = row_terms(
+            p_i, p_x, rest, t_sum, g_sum, same, alpha, k, series=series
         )
-        d = torch.where(same, d_same, d_diff)
-        if any_small:
-            bs = torch.where(small, beta, 0.0)
-            u_i = 1 + bs * p_i
-            g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
-            b2 = bs * bs
-            s_same = (
-                b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
-            ) / (1 + bs)
-            s_diff = (
-                (kf + bs) * b2 * p_i * p_i / u_i
-                + b2 * one_m_px
-                + g_sum
-                + (1 + bs) * g_bx
-                - (kf + bs - 1) * g_bi
-                - (1 + bs) * g_b
-            )
-            d = torch.where(small, torch.where(same, s_same, s_diff), d)
-        # z_t ≠ x_0 at α = 1 is impossible under q(z_t | x_0): the bound is +inf there.
-        d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
-
         ctx.save_for_backward(logits, ii, ix, a_, c_, xbar_i, v_i, p_i, cc)
         ctx.chunk_rows = chunk_rows
         return d.view(b, length)
