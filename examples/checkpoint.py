@@ -12,6 +12,15 @@ generators), the objective's state (curriculum phase, DCD round and teacher) and
 record (vocabulary size, model architecture, objective) that ``check_compatible`` compares
 before loading, so a checkpoint from another vocabulary or architecture fails with a clear
 message instead of a shape error deep in ``load_state_dict``.
+
+Sharded (FSDP2) runs keep the model, EMA and optimizer state out of ``checkpoint.pt``: every
+rank writes its own shards with ``torch.distributed.checkpoint`` (DCP) into a temporary
+directory beside it, which is renamed ``shards-<step>-<token>`` once complete; only then does
+``checkpoint.pt`` (which names it under ``"shards"``) replace the previous one, and the older
+shard directories are removed. Nothing is gathered on one rank, and a kill at any moment leaves
+the previous checkpoint whole. The run directory must be on a file system every rank sees.
+Resuming reads each rank's shards back (into another world size too); ``load_checkpoint``
+reads a sharded model and EMA into full tensors for evaluation in one process.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -35,12 +46,16 @@ __all__ = [
     "check_compatible",
     "find_checkpoint",
     "load_checkpoint",
+    "load_sharded",
+    "remove_stale_shards",
     "restore_rng_state",
     "save_checkpoint",
+    "save_sharded",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
+SHARDS_PREFIX = "shards-"
 
 
 class CheckpointMismatchError(ValueError):
@@ -124,8 +139,16 @@ def find_checkpoint(run_or_file: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (a run directory or the file itself)."""
+def load_checkpoint(
+    run_or_file: str | Path, map_location: str | torch.device = "cpu", *,
+    full_tensors: bool = True,
+) -> dict:  # fmt: skip
+    """Load a checkpoint written by ``save_checkpoint`` (a run directory or the file itself).
+
+    For a sharded checkpoint, ``full_tensors`` reads its model and EMA into full tensors under
+    ``"model"`` and ``"ema"`` (in this process alone); the training loop instead reads each
+    rank's shards with ``load_sharded``.
+    """
     path = find_checkpoint(run_or_file)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -133,11 +156,60 @@ def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = 
         raise ValueError(f"{path} is not a readable discdiff checkpoint: {err}") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a discdiff example checkpoint (format {FORMAT_VERSION})")
+    if "shards" in state and full_tensors:
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+        shards = _shard_dir(path.parent, state["shards"])
+        with warnings.catch_warnings():  # "no process group: loading in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            state.update(_load_state_dict_from_keys({"model", "ema"}, checkpoint_id=shards))
     return state
 
 
+def _shard_dir(directory: Path, name: str) -> Path:
+    shards = directory / name
+    if not (shards / ".metadata").is_file():
+        raise ValueError(f"{directory / CHECKPOINT_FILE} names the shards {shards}, which are "
+                         "missing or incomplete")  # fmt: skip
+    return shards
+
+
+def save_sharded(directory: str | Path, name: str, state: dict[str, Any]) -> None:
+    """Collective: every rank writes its shards of ``state`` (state dicts of DTensors, e.g.
+    from ``get_state_dict``) with DCP into ``directory/.name.tmp``, which rank 0 renames to
+    ``directory/name`` once every rank is done. ``name`` must be the same on every rank."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    directory = Path(directory)
+    tmp = directory / f".{name}.tmp"
+    dcp.save(state, checkpoint_id=tmp)  # returns once rank 0 has written the metadata
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        os.replace(tmp, directory / name)
+        _fsync_dir(directory)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_sharded(directory: str | Path, name: str, state: dict[str, Any]) -> None:
+    """Collective: read the shards ``directory/name`` into ``state`` in place (each rank its
+    own part of every DTensor; the world size may differ from the one that saved them)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state, checkpoint_id=_shard_dir(Path(directory), name))
+
+
+def remove_stale_shards(directory: str | Path, keep: str | None) -> None:
+    """Remove shard directories (complete or not) other than ``keep`` (call on one rank, after
+    the checkpoint naming ``keep`` is written)."""
+    for path in Path(directory).iterdir():
+        stem = path.name.removeprefix(".")
+        if path.is_dir() and stem.startswith(SHARDS_PREFIX) and path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 _ARCH_KEYS = ("vocab_size", "hidden_size", "n_blocks", "n_heads", "cond_dim", "mlp_ratio",
-              "causal", "tie_weights", "frequency_dim")  # fmt: skip
+              "causal", "tie_weights", "frequency_dim", "num_classes")  # fmt: skip
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str = "") -> None:

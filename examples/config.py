@@ -1,10 +1,11 @@
-"""Typed configs for the example, presets that mirror the paper, and a generated CLI.
+"""Typed configs for the example, presets that mirror the paper, and their CLI (tyro).
 
 ``Config`` groups seven dataclasses (model, data, train, duo, dcd, sdtt, sample). Every field can
 be set on the command line as ``--section.field value`` (e.g. ``--train.lr 1e-4``) or, when the
-field name is unique across sections, flat (``--lr 1e-4``). Booleans take ``true``/``false``,
-optional fields ``none``, lists comma-separated values. ``--preset`` picks the starting point
-(``cpu-demo``, ``lm1b``, ``owt``) and ``--config run/config.json`` starts from a saved config.
+field name is unique across sections, flat (``--seq_len 64``); tyro builds the parser from the
+dataclasses and their field docstrings. Booleans take ``true``/``false``, optional fields
+``none``, lists comma-separated values. ``--preset`` picks the starting point (``cpu-demo``,
+``lm1b``, ``owt``) and ``--config run/config.json`` starts from a saved config.
 
 Paper settings (Sahoo et al. 2025, Duo): sequence length 128 (LM1B, bert-base-uncased) or 1024
 (OWT, GPT-2 BPE); global batch 512; AdamW lr 3e-4 with 2500 linear warm-up steps then constant;
@@ -16,15 +17,9 @@ steps, lr 6e-5, EMA 0.999, gamma in [-4, -1], T = 512.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
-import io
 import json
-import textwrap
-import tokenize
-import types
+import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -41,8 +36,8 @@ __all__ = [
     "SDTTConfig",
     "SampleConfig",
     "TrainConfig",
+    "apply_overrides",
     "config_from_dict",
-    "field_docs",
     "load_config",
     "load_teacher_config",
     "parse_args",
@@ -262,6 +257,7 @@ class SampleConfig:
 @dataclass
 class Config:
     preset: str = "owt"
+    """The preset the config starts from: cpu-demo, lm1b or owt (the paper's two)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -464,113 +460,81 @@ def _parse_bool(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _converter(hint: Any) -> tuple[Any, str]:
-    """A string -> value function for a field's type, and a metavar."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        conv, meta = _converter(inner)
-        return (lambda s: None if s.lower() == "none" else conv(s)), f"{meta}|none"
-    if origin is list:
-        (item,) = args
-        conv, meta = _converter(item)
-        return (lambda s: [conv(p) for p in s.split(",") if p.strip()]), f"{meta},..."
-    if hint is bool:
-        return _parse_bool, "true|false"
-    if hint in (int, float, str):
-        return hint, hint.__name__.upper()
-    raise TypeError(f"unsupported config field type {hint!r}")
+def _registry() -> Any:
+    """tyro's parsing of our values: booleans ``true``/``false``, optional fields ``none``,
+    lists comma-separated (``--sample.steps 64,8``), as on the command lines of the docs."""
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
+
+    registry = ConstructorRegistry()
+
+    def spec(metavar: str, parse: Any, kind: Any, show: Any) -> Any:
+        return PrimitiveConstructorSpec(
+            nargs=1, metavar=metavar, instance_from_str=lambda args: parse(args[0]),
+            is_instance=lambda x: isinstance(x, kind), str_from_instance=lambda x: [show(x)],
+        )  # fmt: skip
+
+    def none(text: str) -> None:
+        if text.lower() != "none":
+            raise ValueError(f"expected none, got {text!r}")
+
+    @registry.primitive_rule
+    def rule(info: Any) -> Any:
+        if info.type is bool:
+            return spec("true|false", _parse_bool, bool, lambda x: str(x).lower())
+        if info.type is type(None):
+            return spec("none", none, type(None), lambda x: "none")
+        if info.type_origin is list:
+            (item,) = typing.get_args(info.type)
+            return spec(f"{item.__name__.upper()},...",
+                        lambda s: [item(p) for p in s.split(",") if p.strip()], list,
+                        lambda x: ",".join(map(str, x)) or "''")  # fmt: skip
+        return None
+
+    return registry
 
 
-def _leaf_fields() -> list[tuple[str, str, Any]]:
-    out = []
+def _dotted(argv: Sequence[str]) -> list[str]:
+    """``--field`` -> ``--section.field`` for a field name unique across the sections."""
+    owners: dict[str, list[str]] = {}
     for section in fields(Config):
-        cls = typing.get_type_hints(Config)[section.name]
-        if not dataclasses.is_dataclass(cls):
-            continue
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            out.append((section.name, f.name, hints[f.name]))
+        if dataclasses.is_dataclass(section.default_factory):  # type: ignore[arg-type]
+            for f in fields(section.default_factory):  # type: ignore[arg-type]
+                owners.setdefault(f.name, []).append(section.name)
+    out = []
+    for arg in argv:
+        name, eq, value = arg[2:].partition("=")
+        if arg.startswith("--") and name != "preset" and len(owners.get(name, ())) == 1:
+            arg = f"--{owners[name][0]}.{name}{eq}{value}"
+        out.append(arg)
     return out
 
 
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Each field's description: the docstring below it in the class, else its end-of-line
-    comment (the sources tyro reads too), as one line."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
-                if tok.type == tokenize.COMMENT}  # fmt: skip
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, after in zip(body, [*body[1:], None], strict=True):
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-            continue
-        text = comments.get(node.lineno, "")
-        if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):  # fmt: skip
-            text = after.value.value
-        docs[node.target.id] = " ".join(text.split())
-    return docs
-
-
-def _show(value: Any) -> str:
-    """A value as it is written on the command line."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(_show(v) for v in value) or "''"
-    return str(value) if value != "" else "''"
-
-
-def build_parser(
-    prog: str | None = None, description: str | None = None, *, defaults: Config | None = None,
-    default_preset: str = "cpu-demo",
-) -> argparse.ArgumentParser:  # fmt: skip
-    """The parser of every config field; each flag's help is the field's description and its
-    value in ``defaults`` (the preset or config the run would start from)."""
-    defaults = defaults if defaults is not None else preset(default_preset)
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        usage="%(prog)s [-h] [--preset NAME | --config CONFIG_JSON] [--section.field VALUE ...]",
-        allow_abbrev=False,  # --lr must not silently mean --lr_schedule
-        description=description or __doc__.split("\n\n")[0],
-        epilog="Every field is --section.field VALUE, or --field VALUE when its name is unique; "
-        "booleans take true/false, optional fields none, lists comma-separated values. "
-        "Defaults shown are those of the starting point (--preset or --config).",
-    )
-    parser.add_argument(
-        "--preset", default=argparse.SUPPRESS, metavar="NAME",
-        help=f"the starting point: one of {', '.join(sorted(PRESETS))} (default: "
-        f"{default_preset}; owt and lm1b are the paper's)",
-    )  # fmt: skip
-    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="CONFIG_JSON",
-                        help="start from a saved config.json (a run directory also works)")
-    leaves = _leaf_fields()
-    counts: dict[str, int] = {}
-    for _, name, _ in leaves:
-        counts[name] = counts.get(name, 0) + 1
-    hints = typing.get_type_hints(Config)
-    for section, name, hint in leaves:
-        conv, meta = _converter(hint)
-        flags = [f"--{section}.{name}"]
-        if counts[name] == 1 and name not in ("preset", "config", "help"):
-            flags.append(f"--{name}")
-        doc = field_docs(hints[section]).get(name, "")
-        value = _show(getattr(getattr(defaults, section), name))
-        help_text = f"{doc} (default: {value})" if doc else f"(default: {value})"
-        parser.add_argument(
-            *flags, dest=f"{section}.{name}", type=conv, metavar=meta, default=argparse.SUPPRESS,
-            help=help_text.replace("``", "").replace("%", "%%"),
-        )  # fmt: skip
-    return parser
+def _starting_point(
+    parser: argparse.ArgumentParser, argv: list[str], default_preset: str
+) -> tuple[Config, list[str]]:
+    """The config the command line starts from (its defaults, as ``--help`` shows them) and
+    the arguments for tyro (without ``--config``)."""
+    known, _ = parser.parse_known_args(argv)
+    if known.preset is not None and known.config is not None:
+        raise ValueError("give --preset or --config, not both")
+    resume = known.resume is not None and known.resume.lower() in ("1", "true", "yes", "on")
+    saved = Path(known.out_dir or "") / "config.json"
+    if known.config is not None:
+        cfg = load_config(known.config)
+    elif known.preset is None and resume and saved.is_file():
+        return load_config(saved), argv
+    else:
+        cfg = preset(known.preset or default_preset)
+    objective = known.objective or cfg.train.objective
+    teacher = known.teacher if known.teacher is not None else cfg.dcd.teacher
+    if objective == "dcd" and teacher and known.config is None:
+        cfg = replace(cfg, data=replace(load_teacher_config(teacher).data))
+    rest = [a for i, a in enumerate(argv) if a != "--config" and not a.startswith("--config=")
+            and not (i and argv[i - 1] == "--config")]  # fmt: skip
+    return cfg, rest
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -587,55 +551,50 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     ).validate()
 
 
-def _help_defaults(argv: Sequence[str] | None, default_preset: str) -> Config:
-    """The config a command line starts from, for the defaults its --help shows."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset")
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    try:
-        if known.config:
-            return load_config(known.config)
-        return preset(known.preset or default_preset)
-    except (ValueError, FileNotFoundError):
-        return preset(default_preset)  # the real parse reports the error
-
-
 def parse_args(
     argv: Sequence[str] | None = None, *, default_preset: str = "cpu-demo", prog: str | None = None,
     description: str | None = None,
 ) -> Config:  # fmt: skip
-    """Parse ``argv`` into a validated ``Config``; an unknown preset or field exits with an error.
+    """Parse ``argv`` into a validated ``Config`` with tyro: every field is a flag
+    ``--section.field VALUE`` described by its docstring, its default the starting point's.
 
-    With ``--train.resume true`` and neither ``--preset`` nor ``--config``, the run directory's
-    saved ``config.json`` is the starting point, so ``--train.out_dir DIR --train.resume true``
-    alone continues a run with the configuration it was started with.
+    The starting point is ``--preset NAME`` (default ``default_preset``) or ``--config
+    CONFIG_JSON``. With ``--train.resume true`` and neither, the run directory's saved
+    ``config.json`` is the starting point, so ``--train.out_dir DIR --train.resume true`` alone
+    continues a run with the configuration it was started with.
 
     A DCD run (``--train.objective dcd --dcd.teacher RUN``) takes its data section (source,
     tokenizer, sequence length, split) from the teacher's saved config, unless ``--config`` is
     given; explicit ``--data.*`` flags still override it. A teacher that is not a uniform-state
-    run is an error.
+    run is an error. An unknown preset, field or value exits with an error naming it.
     """
-    parser = build_parser(prog, description, defaults=_help_defaults(argv, default_preset),
-                          default_preset=default_preset)  # fmt: skip
-    ns = vars(parser.parse_args(argv))
-    preset_name, config_path = ns.pop("preset", None), ns.pop("config", None)
+    import tyro
+
+    argv = _dotted(sys.argv[1:] if argv is None else list(argv))
+    # The few flags that choose the starting point, read before tyro sees the rest.
+    pre = argparse.ArgumentParser(
+        prog=prog, add_help=False, allow_abbrev=False,
+        usage="%(prog)s [-h] [--preset NAME | --config CONFIG_JSON] [--section.field VALUE ...]",
+    )  # fmt: skip
+    for flag in ("--preset", "--config", "--train.out_dir", "--train.resume",
+                 "--train.objective", "--dcd.teacher"):  # fmt: skip
+        pre.add_argument(flag, dest=flag.rpartition(".")[2].lstrip("-"))
     try:
-        if preset_name is not None and config_path is not None:
-            raise ValueError("give --preset or --config, not both")
-        saved = Path(ns.get("train.out_dir", "")) / "config.json"
-        from_saved = False
-        if config_path is not None:
-            cfg = load_config(config_path)
-        elif preset_name is None and ns.get("train.resume") and saved.is_file():
-            cfg, from_saved = load_config(saved), True
-        else:
-            cfg = preset(preset_name or default_preset)
-        objective = ns.get("train.objective", cfg.train.objective)
-        teacher = ns.get("dcd.teacher", cfg.dcd.teacher)
-        if objective == "dcd" and teacher and config_path is None and not from_saved:
-            cfg = replace(cfg, data=replace(load_teacher_config(teacher).data))
-        return apply_overrides(cfg, ns)
+        start, rest = _starting_point(pre, argv, default_preset)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        pre.error(str(err))
+    description = (description or __doc__.split("\n\n")[0]) + (
+        f" The starting point is --preset (one of {', '.join(sorted(PRESETS))}; default "
+        f"{default_preset}; owt and lm1b are the paper's) or --config CONFIG_JSON (a saved "
+        "config.json or its run directory); the defaults shown are its values. Booleans take "
+        "true/false, optional fields none, lists comma-separated values; a field whose name is "
+        "unique may also be given as --field VALUE."
+    )
+    cfg = tyro.cli(Config, default=start, args=rest, prog=prog, description=description,
+                   use_underscores=True, config=(tyro.conf.FlagConversionOff,),
+                   registry=_registry())  # fmt: skip
+    try:
+        return cfg.validate()
+    except ValueError as err:
+        pre.error(str(err))
         raise  # unreachable: parser.error exits

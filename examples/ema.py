@@ -1,72 +1,59 @@
-"""An exponential moving average of a model's parameters (the weights the paper evaluates)."""
+"""The exponential moving average of a model's weights (the weights the paper evaluates):
+``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``.
+
+``ema.module`` is a copy of the model holding the average; validation and sampling run it, and
+a distiller's teacher is refreshed from it. Under FSDP2 that copy is sharded like the model
+(``examples.distributed.wrap_model(ema.module, ...)``), so the average costs each rank its
+shard only.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-__all__ = ["EMA"]
+__all__ = ["build_ema", "ema_state_dict", "load_ema_state_dict", "update_ema"]
 
 
-class EMA:
-    """shadow <- decay * shadow + (1 - decay) * param after every optimizer step.
+def build_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """ema <- decay * ema + (1 - decay) * param after every ``update_ema``, starting at the
+    model's current weights (build it before wrapping the model in DDP or FSDP)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema.requires_grad_(False)
+    # AveragedModel copies the weights at its first update and averages after that: this first
+    # update makes every optimizer step an EMA step, from the initial weights on.
+    ema.update_parameters(model)
+    return ema
 
-    The shadow copies live on the parameters' device, in float32 (or the parameters' dtype if
-    wider). Under FSDP2 they are sharded exactly like the parameters.
-    """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        params = dict(model.named_parameters())
-        self.shadow = [
-            params[n].detach().clone().to(torch.promote_types(params[n].dtype, torch.float32))
-            for n in self.names
-        ]
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """One EMA step towards ``model``'s parameters (both sharded alike under FSDP2)."""
+    _reshard(model)
+    _reshard(ema.module)
+    ema.update_parameters(model)
 
-    def _params(self, model: nn.Module) -> list[torch.Tensor]:
-        _reshard(model)
-        params = dict(model.named_parameters())
-        return [params[n] for n in self.names]
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        pairs = zip(self._params(model), self.shadow, strict=True)
-        params = [p.detach().to(s.dtype) for p, s in pairs]
-        torch._foreach_lerp_(self.shadow, params, 1.0 - self.decay)
+def ema_state_dict(ema: AveragedModel) -> dict[str, torch.Tensor]:
+    """``{parameter name: full CPU tensor}`` of the average (gathers FSDP2 shards)."""
+    _reshard(ema.module)
+    return {n: _full(p) for n, p in ema.module.named_parameters()}
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        for p, s in zip(self._params(model), self.shadow, strict=True):
-            p.copy_(s.to(p.dtype))
 
-    @contextlib.contextmanager
-    def swapped_in(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Temporarily load the EMA weights into ``model`` (e.g. for validation)."""
-        backup = [p.detach().clone() for p in self._params(model)]
-        self.copy_to(model)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self._params(model), backup, strict=True):
-                    p.copy_(b)
+@torch.no_grad()
+def load_ema_state_dict(ema: AveragedModel, state: dict[str, torch.Tensor]) -> None:
+    """Load ``ema_state_dict``'s output (each rank takes its shard under FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: _full(s) for n, s in zip(self.names, self.shadow, strict=True)}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = [n for n in self.names if n not in state]
-        if missing:
-            raise ValueError(f"EMA state lacks parameters {missing[:5]}")
-        for n, s in zip(self.names, self.shadow, strict=True):
-            _load_into(s, state[n])
+    _reshard(ema.module)
+    missing = [n for n, _ in ema.module.named_parameters() if n not in state]
+    if missing:
+        raise ValueError(f"EMA state lacks parameters {missing[:5]}")
+    options = StateDictOptions(full_state_dict=True, strict=False)  # parameters only
+    set_model_state_dict(ema.module, state, options=options)
 
 
 def _reshard(model: nn.Module) -> None:
@@ -82,13 +69,3 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     """A plain CPU tensor of the whole value (gathers an FSDP2 DTensor shard)."""
     full = getattr(t, "full_tensor", None)
     return (full() if full is not None else t).detach().cpu()
-
-
-def _load_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    if hasattr(dst, "device_mesh"):  # DTensor: take this rank's shard of the full value
-        from torch.distributed.tensor import distribute_tensor
-
-        src = distribute_tensor(src.to(dst.device), dst.device_mesh, dst.placements)
-        dst.to_local().copy_(src.to_local())
-    else:
-        dst.copy_(src.to(dst.device, dst.dtype))

@@ -85,7 +85,8 @@ class Objective(Protocol):
     def phase(self, step: int) -> str: ...
 
     def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """Called after every optimizer step; ``step`` is that step's 0-based index."""
+        """Called after every optimizer step; ``step`` is that step's 0-based index, ``ema``
+        the weights' ``AveragedModel``."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -303,15 +304,9 @@ class DCDObjective:
         return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
 
     def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """``step``: the 0-based index of the optimizer step just taken."""
-        distiller = self._require_distiller()
-        if not distiller.end_of_round(step):
-            return
-        if self.refresh_from == "ema":
-            with ema.swapped_in(model):  # the EMA weights, loaded into the student's module
-                distiller.maybe_refresh(step, model, model)
-        else:
-            distiller.maybe_refresh(step, model)
+        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
+        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
+        self._require_distiller().maybe_refresh(step, model, ema)
 
     def state_dict(self) -> dict[str, Any]:
         return self._require_distiller().state_dict()
@@ -381,15 +376,9 @@ class SDTTObjective:
         return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
 
     def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """``step``: the 0-based index of the optimizer step just taken."""
-        distiller = self._require_distiller()
-        if not distiller.end_of_round(step):
-            return
-        if self.refresh_from == "ema":
-            with ema.swapped_in(model):  # the EMA weights, loaded into the student's module
-                distiller.maybe_refresh(step, model, model)
-        else:
-            distiller.maybe_refresh(step, model)
+        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
+        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
+        self._require_distiller().maybe_refresh(step, model, ema)
 
     def state_dict(self) -> dict[str, Any]:
         return self._require_distiller().state_dict()

@@ -31,16 +31,20 @@ from torch import Tensor, nn
 from examples import distributed as D
 from examples.checkpoint import (
     CHECKPOINT_FILE,
+    SHARDS_PREFIX,
     atomic_write,
     capture_rng_state,
     check_compatible,
     load_checkpoint,
+    load_sharded,
+    remove_stale_shards,
     restore_rng_state,
     save_checkpoint,
+    save_sharded,
 )
 from examples.config import Config, ModelConfig, load_config, load_teacher_config, parse_args
 from examples.data import BatchIterator, Rows, masked_validation_batches, prepare_data
-from examples.ema import EMA
+from examples.ema import build_ema, ema_state_dict, load_ema_state_dict, update_ema
 from examples.metrics import MetricsLogger
 from examples.objectives import Objective, build_objective
 from examples.tokenizer import TextTokenizer, load_tokenizer
@@ -237,27 +241,8 @@ def evaluate_bound(
 
 
 # --- state dicts under DDP / FSDP ---------------------------------------------------------------
-
-
-def _model_state(model: nn.Module, fsdp: bool) -> dict[str, Tensor]:
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=opts)
-    return {k: v.detach().cpu() for k, v in D.unwrap(model).state_dict().items()}
-
-
-def _optim_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict:
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(model, optimizer, options=opts)
-    return optimizer.state_dict()
+# A sharded run (FSDP2) saves with DCP (``save_sharded``); these read the full state dicts of a
+# checkpoint written by ``torch.save`` into a DDP or an FSDP2 model.
 
 
 def _load_model_state(model: nn.Module, state: dict[str, Tensor], fsdp: bool) -> None:
@@ -454,14 +439,16 @@ def train(
     iterator = BatchIterator(data.train, micro, seed=tc.seed, rank=info.rank, world_size=world)
     noise = torch.Generator(device=device).manual_seed(tc.seed * 1009 + 7 * info.rank + 1)
 
-    model = D.wrap_model(model, info, fsdp=tc.fsdp)
-    if tc.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
     # DCD runs its own schedule: rounds x steps_per_round steps at its own lr and EMA decay.
     distilling = tc.objective == "dcd"
     lr = cfg.dcd.lr if distilling else tc.lr
     total_steps = cfg.dcd.rounds * cfg.dcd.steps_per_round if distilling else tc.steps
-    ema = EMA(D.unwrap(model) if not tc.fsdp else model, cfg.dcd.ema if distilling else tc.ema)
+    ema = build_ema(model, cfg.dcd.ema if distilling else tc.ema)  # a copy, sharded like model
+    model = D.wrap_model(model, info, fsdp=tc.fsdp)
+    if tc.fsdp:
+        D.wrap_model(ema.module, info, fsdp=True)
+    if tc.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr,
         betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=tc.weight_decay,
@@ -476,9 +463,25 @@ def train(
     step, elapsed_before = 0, 0.0
     if state is not None:
         check_compatible(state["meta"], meta, where=str(ckpt_path))
-        _load_model_state(model, state["model"], tc.fsdp)
-        ema.load_state_dict(state["ema"])
-        _load_optim_state(model, optimizer, state["optimizer"], tc.fsdp)
+        if "shards" in state:  # each rank reads its own shards
+            from torch.distributed.checkpoint.state_dict import (
+                get_model_state_dict,
+                get_state_dict,
+                set_model_state_dict,
+                set_state_dict,
+            )
+
+            model_state, optim_state = get_state_dict(model, optimizer)
+            tensors = {"model": model_state, "optimizer": optim_state,
+                       "ema": get_model_state_dict(ema.module)}  # fmt: skip
+            load_sharded(run_dir, state["shards"], tensors)
+            set_state_dict(model, optimizer, model_state_dict=tensors["model"],
+                           optim_state_dict=tensors["optimizer"])  # fmt: skip
+            set_model_state_dict(ema.module, tensors["ema"])
+        else:
+            _load_model_state(model, state["model"], tc.fsdp)
+            load_ema_state_dict(ema, state["ema"])
+            _load_optim_state(model, optimizer, state["optimizer"], tc.fsdp)
         scheduler.load_state_dict(state["scheduler"])
         iterator.load_state_dict(state["data"])
         objective.load_state_dict(state["objective"])
@@ -507,12 +510,28 @@ def train(
 
     def save(at_step: int, elapsed: float) -> None:
         rng = D.all_gather_objects({"global": capture_rng_state(), "noise": noise.get_state()})
+        if tc.fsdp:  # every rank writes its shards; nothing is gathered
+            from torch.distributed.checkpoint.state_dict import (
+                get_model_state_dict,
+                get_state_dict,
+            )
+
+            token = D.all_gather_objects(os.urandom(4).hex())[0]  # rank 0's, on every rank
+            shards = f"{SHARDS_PREFIX}{at_step:08d}-{token}"
+            model_state, optim_state = get_state_dict(model, optimizer)
+            save_sharded(run_dir, shards, {"model": model_state, "optimizer": optim_state,
+                                           "ema": get_model_state_dict(ema.module)})  # fmt: skip
+            tensors: dict[str, Any] = {"shards": shards}
+        else:
+            tensors = {
+                "model": {k: v.detach().cpu() for k, v in D.unwrap(model).state_dict().items()},
+                "ema": ema_state_dict(ema),
+                "optimizer": optimizer.state_dict(),
+            }
         payload = {
             "step": at_step,
             "meta": meta,
-            "model": _model_state(model, tc.fsdp),
-            "ema": ema.state_dict(),
-            "optimizer": _optim_state(model, optimizer, tc.fsdp),
+            **tensors,
             "scheduler": scheduler.state_dict(),
             "data": iterator.state_dict(),
             "objective": objective.state_dict(),
@@ -521,15 +540,14 @@ def train(
         }
         if info.is_main:
             save_checkpoint(ckpt_path, payload)
+            remove_stale_shards(run_dir, keep=tensors.get("shards"))
         D.barrier()
 
     def validate(at_step: int) -> dict[str, Any]:
-        inner = model if tc.fsdp else D.unwrap(model)
-        with ema.swapped_in(inner):
-            res = evaluate_bound(
-                objective, inner, data.val, batch_size=micro, max_sequences=tc.eval_sequences,
-                seed=tc.seed + 12345, device=device, precision=tc.precision, info=info,
-            )  # fmt: skip
+        res = evaluate_bound(  # on the EMA weights
+            objective, ema.module, data.val, batch_size=micro, max_sequences=tc.eval_sequences,
+            seed=tc.seed + 12345, device=device, precision=tc.precision, info=info,
+        )  # fmt: skip
         res["step"] = at_step
         logger.log("val", at_step, nelbo=res["nelbo"], ppl=res["ppl"], tokens=res["tokens"],
                    **res["terms"])  # fmt: skip
@@ -572,10 +590,10 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.update(D.unwrap(model) if not tc.fsdp else model)
+            update_ema(ema, D.unwrap(model))
             step += 1
             steps_this_run += 1
-            objective.after_step(step - 1, D.unwrap(model) if not tc.fsdp else model, ema)
+            objective.after_step(step - 1, D.unwrap(model), ema)
 
             mean_loss = float(D.all_reduce_mean(total_loss))
             result.losses.append(mean_loss)
