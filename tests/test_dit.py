@@ -341,6 +341,85 @@ def test_from_pretrained_errors(tmp_path):
         DiT.from_pretrained(tmp_path)
 
 
+# ----------------------------------------------------------------------------- output padding
+def test_the_output_projection_is_padded_and_the_logits_are_exactly_k():
+    from discdiff.models.dit import padded_rows
+
+    assert padded_rows(50257) == 50304 and padded_rows(128) == 128 and padded_rows(K) == 128
+    model = make()
+    assert model.final.linear.weight.shape == (128, 32) and model.final.linear.bias.shape == (128,)
+    logits = model(ids(), sigmas())
+    assert logits.shape == (B, L, K)
+    weight, bias = model.final.linear.weight, model.final.linear.bias
+    full = F.linear(model.hidden_states(ids(), sigmas()), weight, bias)  # all 128 rows
+    torch.testing.assert_close(logits, full[..., :K])
+    # Tied weights share the (K, h) embedding: no padding there.
+    tied = make(tie_weights=True)
+    assert tied.final.linear.weight.shape == (K, 32) and tied.final.padding_rows == 0
+    assert tied(ids(), sigmas()).shape == (B, L, K)
+    with torch.device("meta"):
+        gpt2 = DiT.from_preset("small", vocab_size=50257)
+    assert gpt2.final.linear.weight.shape == (50304, 768)
+    assert gpt2.param_count().output == 768 + 50257 + 50257 * 768  # padding rows not counted
+
+
+def test_padding_rows_never_reach_the_logits_nor_get_a_gradient():
+    model = make().train()
+    with torch.no_grad():
+        model.final.linear.weight[K:] = 1e6  # whatever they hold
+        model.final.linear.bias[K:] = float("nan")
+    logits = model(ids(), sigmas())
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, make().train()(ids(), sigmas()))
+    logits.square().mean().backward()
+    assert torch.all(model.final.linear.weight.grad[K:] == 0)
+    assert torch.all(model.final.linear.bias.grad[K:] == 0)
+
+
+def test_blockwise_projection_over_padded_rows_equals_linear_over_k_rows():
+    torch.manual_seed(0)
+    k, rows = 5000, 5120
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    weight = torch.randn(rows, 16, requires_grad=True)
+    bias = torch.randn(rows, requires_grad=True)
+    upstream = torch.randn(2, 5, k)
+    got = vocab_projection(x, weight, bias, k)
+    assert got.shape == (2, 5, k) and got.stride(-2) == rows  # the layout of the full product
+    grads = torch.autograd.grad(got, (x, weight, bias), upstream)
+    expected = F.linear(x, weight[:k], bias[:k])
+    expected_grads = torch.autograd.grad(expected, (x, weight, bias), upstream)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_unpadded_checkpoints_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    model = make()
+    with torch.no_grad():
+        model.final.linear.weight[K:] = 0.0  # what an unpadded checkpoint implies
+        model.final.linear.bias[K:] = 0.0
+    old = {n: t.clone() for n, t in model.state_dict().items()}
+    old["final.linear.weight"] = old["final.linear.weight"][:K].clone()
+    old["final.linear.bias"] = old["final.linear.bias"][:K].clone()
+    # A state dict with K rows (older checkpoints, converted reference weights) loads, padded.
+    fresh = make(seed=5)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh(ids(), sigmas()), model(ids(), sigmas()))
+    assert torch.equal(fresh.final.linear.weight[K:], torch.zeros(128 - K, 32))
+    # So does a directory written before the padding (K rows in model.safetensors).
+    model.save_pretrained(tmp_path)
+    save_file(old, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    loaded = DiT.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(ids(), sigmas()), model(ids(), sigmas()))
+    # A directory written now round-trips bit for bit, padding rows included.
+    model.save_pretrained(tmp_path / "new")
+    again = DiT.from_pretrained(tmp_path / "new")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(),
+                                                  strict=True))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- errors
 def test_input_errors():
     model = make()

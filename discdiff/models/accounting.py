@@ -17,7 +17,8 @@ __all__ = ["ParamCount", "flops_per_token", "num_parameters", "param_count"]
 
 @dataclass(frozen=True)
 class ParamCount:
-    """Parameter counts of a DiT by part (tied weights counted once, in ``embedding``).
+    """Parameter counts of a DiT by part (tied weights counted once, in ``embedding``; the output
+    projection's padding rows, never read, not counted).
 
     ``conditioning``: sigma embedder and every adaLN modulation layer (applied once per sequence).
     ``blocks``: per-token parameters of the transformer blocks (norms, attention, MLP).
@@ -39,10 +40,15 @@ def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
+def _padding(model: DiT) -> int:
+    """Parameters in the output projection's padding rows (weight and bias)."""
+    return model.final.padding_rows * (model.config.hidden_size + 1)
+
+
 def num_parameters(model: DiT, exclude_embedding: bool = False) -> int:
-    """Number of distinct parameters (tied weights once); optionally without the input
-    embedding."""
-    total = _count(model)
+    """Number of distinct parameters (tied weights once, padding rows not at all); optionally
+    without the input embedding."""
+    total = _count(model) - _padding(model)
     return total - model.embed.weight.numel() if exclude_embedding else total
 
 
@@ -52,9 +58,10 @@ def param_count(model: DiT) -> ParamCount:
     conditioning = _count(model.sigma_map) + _count(model.final.adaLN_modulation) + modulation
     blocks = sum(_count(block) for block in model.blocks) - modulation
     embedding = model.embed.weight.numel()
-    output = _count(model.final.norm) + model.final.linear.bias.numel()
+    k = model.config.vocab_size
+    output = _count(model.final.norm) + k  # the bias's K entries
     if not model.config.tie_weights:
-        output += model.final.linear.weight.numel()
+        output += k * model.config.hidden_size
     total = num_parameters(model)
     assert total == embedding + conditioning + blocks + output
     return ParamCount(total, embedding, conditioning, blocks, output)

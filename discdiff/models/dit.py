@@ -13,6 +13,14 @@ K ``vocab_size``; h ``hidden_size``; H ``n_heads``; D = h / H the head size; c `
 
 At initialisation every block is the identity on the residual stream and the logits are zero.
 
+The output projection has ``padded_rows(K)`` rows, K rounded up to a multiple of 128 (50257 ->
+50304), so that its GEMMs run on aligned rows; the rows past K are never read: ``forward``
+returns exactly K logits (a view of the padded product), ``output_projection`` gives K rows,
+and a state dict with K rows (older checkpoints, converted reference weights) loads, padded
+with zeros. With ``tie_weights`` the projection is the (K, h) embedding and is not padded.
+The DiT also offers ``discdiff.denoise.FusedHead`` (``hidden_states``, ``output_projection``),
+through which the diffusion losses fuse the output layer with the loss.
+
 The causal twin (``causal=True``: the autoregressive baseline and evaluator LM) has no noise
 conditioning at all: no sigma embedder and no adaLN layers, plain pre-LayerNorm residual blocks
 (``x += Attn(LN(x))``), causal attention and an optional KV cache for decoding. ``sigma`` is
@@ -30,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from discdiff.models import accounting
@@ -56,7 +64,24 @@ from discdiff.typing import (
     typechecked,
 )
 
-__all__ = ["PRESETS", "DiT", "DiTBlock", "DiTConfig", "FinalLayer", "TimestepEmbedder"]
+__all__ = [
+    "OUTPUT_ROW_MULTIPLE",
+    "PRESETS",
+    "DiT",
+    "DiTBlock",
+    "DiTConfig",
+    "FinalLayer",
+    "TimestepEmbedder",
+    "padded_rows",
+]
+
+OUTPUT_ROW_MULTIPLE = 128
+"""The output projection's rows are padded to a multiple of this (aligned GEMM rows)."""
+
+
+def padded_rows(vocab_size: int) -> int:
+    """``vocab_size`` rounded up to a multiple of ``OUTPUT_ROW_MULTIPLE``."""
+    return -(-vocab_size // OUTPUT_ROW_MULTIPLE) * OUTPUT_ROW_MULTIPLE
 
 
 def sinusoidal_embedding(sigma: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -142,9 +167,9 @@ class DiTBlock(nn.Module):
         y = self._attend(
             _modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend, padding_mask
         )
-        x = x + gate_a * self.dropout(y)
+        x = torch.addcmul(x, gate_a, self.dropout(y))  # x + gate_a * y, one pass
         y = self.mlp(_modulate(self.norm2(x), shift_m, scale_m))  # (B, L, h)
-        return x + gate_m * self.dropout(y)
+        return torch.addcmul(x, gate_m, self.dropout(y))
 
     def _attend(
         self,
@@ -168,13 +193,19 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """LayerNorm, adaLN shift/scale (zero-init; none in causal mode), Linear(h, K) zero-init."""
+    """LayerNorm, adaLN shift/scale (zero-init; none in causal mode), Linear(h, K) zero-init.
+
+    The Linear has ``padded_rows(K)`` output rows unless the weights are tied (see the module
+    docstring); only the first K are ever read.
+    """
 
     def __init__(self, config: DiTConfig):
         super().__init__()
         h = config.hidden_size
+        self.vocab_size = config.vocab_size
+        rows = config.vocab_size if config.tie_weights else padded_rows(config.vocab_size)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=False)
-        self.linear = nn.Linear(h, config.vocab_size)
+        self.linear = nn.Linear(h, rows)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.adaLN_modulation: nn.Linear | None = None
@@ -182,14 +213,51 @@ class FinalLayer(nn.Module):
             self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * h)
             nn.init.zeros_(self.adaLN_modulation.weight)
             nn.init.zeros_(self.adaLN_modulation.bias)
+        self.register_load_state_dict_pre_hook(_pad_loaded_rows)
 
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+    @property
+    def padding_rows(self) -> int:
+        """Rows of the projection past the K classes (0 when tied)."""
+        return self.linear.bias.shape[0] - self.vocab_size
+
+    def modulated(self, x: Tensor, c: Tensor | None) -> Tensor:
+        """The projection's input (B, L, h): LN(x) * (1 + scale) + shift."""
         x = self.norm(x)  # (B, L, h)
         if self.adaLN_modulation is not None:
             assert c is not None
             shift, scale = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)  # (B, 1, h) each
             x = _modulate(x, shift, scale)
-        return vocab_projection(x, self.linear.weight, self.linear.bias)  # (B, L, K)
+        return x
+
+    def projection(self) -> tuple[Tensor, Tensor]:
+        """The projection's first K rows: weight (K, h) and bias (K,), views of the parameters."""
+        k = self.vocab_size
+        return self.linear.weight[:k], self.linear.bias[:k]
+
+    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+        weight, bias = self.linear.weight, self.linear.bias
+        return vocab_projection(self.modulated(x, c), weight, bias, self.vocab_size)  # (B, L, K)
+
+
+def _pad_loaded_rows(
+    module: FinalLayer, state: dict[str, Tensor], prefix: str, *args: Any
+) -> None:
+    """Load-state-dict pre-hook: a projection stored with K rows gets the padding rows (zeros)."""
+    rows = module.linear.bias.shape[0]
+    for name in ("linear.weight", "linear.bias"):
+        value = state.get(prefix + name)
+        if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == module.vocab_size:
+            if rows > value.shape[0]:
+                pad = value.new_zeros((rows - value.shape[0], *value.shape[1:]))
+                state[prefix + name] = torch.cat([value, pad])
+
+
+def pad_output_rows(state: dict[str, Tensor], model: DiT) -> dict[str, Tensor]:
+    """``state`` with the output projection padded as ``model`` holds it (a K-row projection,
+    as older checkpoints and converted reference weights store it, gets zero rows)."""
+    out = dict(state)
+    _pad_loaded_rows(model.final, out, "final.")
+    return out
 
 
 class DiT(nn.Module):
@@ -201,6 +269,10 @@ class DiT(nn.Module):
     Logits are in the parameters' dtype (float32 for a float32 model), or in the autocast dtype
     (e.g. bfloat16) when called under ``torch.autocast``; losses should upcast as they need.
     The residual stream stays in the parameters' dtype under autocast.
+
+    Also a ``discdiff.denoise.FusedHead``: ``hidden_states`` (the input of the output
+    projection) and ``output_projection`` (its K rows), for losses fused with the output layer.
+    The output projection's parameters hold ``padded_rows(K)`` rows (see the module docstring).
     """
 
     def __init__(self, config: DiTConfig):
@@ -277,7 +349,8 @@ class DiT(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         padding_mask: Bool[Tensor, "b l"] | None = None,
-    ) -> Logits:
+        return_hidden: bool = False,
+    ) -> Logits | Float[Tensor, "b l h"]:
         """Logits (B, L, K) of the clean token at every position.
 
         z_t: ids (B, L), probabilities (B, L, K) (embedded as p @ E) or a bag (ids, weights) of
@@ -287,7 +360,8 @@ class DiT(nn.Module):
         padded one, so the logits at real positions are those of the real tokens alone (to
         rounding); the logits at padded positions are finite but meaningless. The diffusion
         objects pass it as conditioning: ``loss(model, x_0, cond={"padding_mask": mask})``.
-        Masked attention runs on SDPA (see ``discdiff.models.attention``).
+        Masked attention runs on SDPA (see ``discdiff.models.attention``). return_hidden: give
+        the input of the output projection (B, L, h) instead of the logits (``hidden_states``).
         """
         x = self.embed_input(z_t)  # (B, L, h)
         b, n, _ = x.shape
@@ -316,10 +390,27 @@ class DiT(nn.Module):
         )
         for block in self.blocks:
             x = block(x, c, rope, kv_cache, self.attention_backend, padding_mask)  # (B, L, h)
-        logits = self.final(x, c)  # (B, L, K)
+        out = self.final.modulated(x, c) if return_hidden else self.final(x, c)  # (B, L, h | K)
         if kv_cache is not None:
             kv_cache.advance(n)
-        return logits
+        return out
+
+    def hidden_states(
+        self, z_t: Tokens | Probs | Bag, sigma: Times | None = None, **cond: Any
+    ) -> Tensor:
+        """The input of the output projection (B, L, h), after the final norm and adaLN
+        modulation: ``self(z_t, sigma, **cond) == hidden @ weight.T + bias`` with
+        ``weight, bias = self.output_projection()`` (``discdiff.denoise.FusedHead``).
+
+        It runs the module's ``__call__`` (``forward(..., return_hidden=True)``), so hooks
+        (FSDP) and an in-place ``model.compile()`` apply as to a plain call.
+        """
+        return self(z_t, sigma, **cond, return_hidden=True)
+
+    def output_projection(self) -> tuple[Tensor, Tensor]:
+        """The output projection's K rows: weight (K, h) and bias (K,), views of the live
+        parameters (no padding rows)."""
+        return self.final.projection()
 
     # Sizes and persistence live in their own modules; these methods delegate.
     def param_count(self) -> ParamCount:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from discdiff.models.config import DiTConfig
-from discdiff.models.dit import DiT
+from discdiff.models.dit import DiT, pad_output_rows
 
 __all__ = ["CONFIG_NAME", "MODEL_TYPE", "WEIGHTS_NAME", "load_pretrained", "save_pretrained"]
 
@@ -26,7 +26,8 @@ MODEL_TYPE = "discdiff.DiT"
 def save_pretrained(model: DiT, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
-    Tied weights are stored once (under ``embed.weight``).
+    Tied weights are stored once (under ``embed.weight``). The output projection is stored as
+    the model holds it, padding rows included (a file with K rows loads too).
     """
     from safetensors.torch import save_file
 
@@ -74,6 +75,7 @@ def load_pretrained(
     if len(dtypes) == 1:
         model = model.to(dtype=dtypes.pop())
     model = model.to(device)
+    state = pad_output_rows(state, model)  # files written before the padding hold K rows
     _check_state(model.state_dict(), state, directory)
     model.load_state_dict(state)
     return model

@@ -22,7 +22,7 @@ def _autocast_on(device_type: str) -> bool:
 
 
 class _VocabProjection(torch.autograd.Function):
-    """x @ W^T + b for a wide W (K, h), computed in blocks of W's rows on the CPU.
+    """x @ W[:K]^T + b[:K] for a wide W (R, h), computed in blocks of W's rows on the CPU.
 
     One MKL GEMM writing a (N, K) row-major output with K ~ 50k runs ~30 % below its usual rate
     (measured: tiny, N = 256, K = 50258, one thread); blocks of a few hundred vocabulary rows keep
@@ -31,44 +31,56 @@ class _VocabProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, k: int) -> Tensor:
         ctx.save_for_backward(x, weight)
-        k, h = weight.shape
+        ctx.k = k
+        rows, h = weight.shape
         flat = x.reshape(-1, h)  # (N, h)
-        out = flat.new_empty(flat.shape[0], k)  # (N, K)
+        out = flat.new_empty(flat.shape[0], rows)  # (N, R): the layout of the full product
         block = max(256, min(1024, 2**17 // h))  # ~0.5 MB of float32 weights
         for start in range(0, k, block):
             end = min(start + block, k)
             torch.addmm(bias[start:end], flat, weight[start:end].t(), out=out[:, start:end])
-        return out.view(*x.shape[:-1], k)
+        return out.view(*x.shape[:-1], rows)[..., :k]
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        k, h = weight.shape
+        k = ctx.k
+        rows, h = weight.shape
         flat_grad = grad.reshape(-1, k)  # (N, K)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(flat_grad, weight).view(x.shape)
+            grad_x = torch.mm(flat_grad, weight[:k]).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(flat_grad.t(), x.reshape(-1, h))
+            grad_w = weight.new_zeros(rows, h)  # the padding rows get no gradient
+            torch.mm(flat_grad.t(), x.reshape(-1, h), out=grad_w[:k])
         if ctx.needs_input_grad[2]:
-            grad_b = flat_grad.sum(0)
-        return grad_x, grad_w, grad_b
+            grad_b = torch.zeros_like(weight[:, 0])
+            grad_b[:k] = flat_grad.sum(0)
+        return grad_x, grad_w, grad_b, None
 
 
-def vocab_projection(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``F.linear(x, weight, bias)``, x (..., h), weight (K, h), bias (K,) -> (..., K).
+def vocab_projection(
+    x: Tensor, weight: Tensor, bias: Tensor, vocab_size: int | None = None
+) -> Tensor:
+    """``F.linear(x, weight, bias)[..., :vocab_size]``: x (..., h), weight (R, h), bias (R,) ->
+    (..., K), K = ``vocab_size`` (default R). Rows of ``weight`` past K are padding.
 
-    On the CPU outside autocast and compile, for K >= 4096 and one dtype, computed blockwise.
+    The product runs over all R rows, whose count is a multiple of 128 in the DiT: aligned GEMM
+    rows, and the K logits are a view of it (row stride R). On the CPU outside autocast and
+    compile, for K >= 4096 and one dtype, it is computed blockwise over the first K rows only,
+    into a buffer of the same layout.
     """
+    k = weight.shape[0] if vocab_size is None else vocab_size
     if (
         x.device.type != "cpu"
         or torch.compiler.is_compiling()
         or _autocast_on("cpu")
         or not (x.dtype == weight.dtype == bias.dtype)
-        or weight.shape[0] < 4096
+        or k < 4096
     ):
-        return F.linear(x, weight, bias)
-    return _VocabProjection.apply(x, weight, bias)
+        out = F.linear(x, weight, bias)
+        return out if k == weight.shape[0] else out[..., :k]
+    return _VocabProjection.apply(x, weight, bias, k)

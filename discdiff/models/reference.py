@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from discdiff.models import DiT, DiTConfig
+from discdiff.models.dit import pad_output_rows
 
 __all__ = [
     "INFO_NAME",
@@ -563,8 +564,8 @@ def load_reference(path: str | Path, weights: str = "ema", **overrides: Any) -> 
     """
     ref = read_reference(path, weights)
     config, sources = infer_config(ref, **overrides)
-    converted = convert_state_dict(ref.state)
     model = DiT(config)
+    converted = pad_output_rows(convert_state_dict(ref.state), model)  # K rows -> padded
     _check_complete(converted, model, ref.prefix)
     dtypes = {t.dtype for t in converted.values() if t.is_floating_point()}
     if len(dtypes) == 1:
