@@ -147,24 +147,11 @@ def _model(sizes: Sizes, device: torch.device) -> DiT:
 
 
 def head_parts(model: DiT, z_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(hidden (B, L, D), weight (K, D), bias (K,)): the DiT up to its output projection.
-
-    Uses ``model.hidden_states(z_t, sigma)`` and ``model.output_projection`` when the model
-    offers them; otherwise runs the model with its vocabulary projection replaced by the
-    identity, so that it returns the projection's input.
-    """
-    if hasattr(model, "hidden_states") and hasattr(model, "output_projection"):
-        weight, bias = model.output_projection
-        return model.hidden_states(z_t, sigma), weight, bias
-    import discdiff.models.dit as dit_module
-
-    original = dit_module.vocab_projection
-    dit_module.vocab_projection = lambda x, weight, bias: x
-    try:
-        hidden = model(z_t, sigma)
-    finally:
-        dit_module.vocab_projection = original
-    return hidden, model.final.linear.weight, model.final.linear.bias
+    """(hidden (B, L, D), weight (K, D), bias (K,)): the DiT up to its output projection, through
+    its ``discdiff.denoise.FusedHead`` methods (what the diffusion losses fuse with)."""
+    hidden = model.hidden_states(z_t, sigma)
+    weight, bias = model.output_projection()
+    return hidden, weight, bias
 
 
 def _loss_inputs(b: int, length: int, k: int, device: torch.device, seed: int = 0):

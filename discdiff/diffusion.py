@@ -7,6 +7,12 @@ Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the plain di
 Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the discrete signal level;
 ``dalpha_dt`` its time derivative; ``sigma = -log(alpha_t)`` the noise level handed to the
 denoiser, shape (B,). Losses are per token, (B, L): callers mask padding and reduce.
+
+Training losses (``loss``, ``discrete_loss``) of a denoiser that offers
+``discdiff.denoise.FusedHead`` (the DiT does) are computed from its last hidden state and output
+projection (``discdiff.losses.fused``): the (B, L, K) logits are never held, and the result
+equals the loss of the logits to rounding. ``fused=False`` takes the logits. The validation
+bounds (``nelbo``) always take the logits.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from torch import Tensor
 
 from discdiff import config, losses, processes, samplers
 from discdiff.curriculum import GaussianCurriculum
-from discdiff.denoise import denoise, noise_level
+from discdiff.denoise import Head, denoise, denoise_head, has_fused_head, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
@@ -175,6 +181,26 @@ class UniformDiffusion:
         sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
         return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
+    def _denoise_head(
+        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
+    ) -> Head:
+        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
+        return denoise_head(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
+
+    def _nelbo_of(
+        self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
+        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, fused: bool,
+    ) -> Tensor:  # fmt: skip
+        """The uniform NELBO of the denoiser's output at ``z_in`` (tokens, or the curriculum's
+        relaxed input), fused with its output layer where it offers one."""
+        if fused and has_fused_head(denoiser):
+            head = self._denoise_head(denoiser, z_in, alpha_t, cond)
+            return losses.fused_linear_uniform_nelbo(
+                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias
+            )
+        logits = self._denoise(denoiser, z_in, alpha_t, cond)
+        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
+
     def loss(
         self,
         denoiser: Denoiser,
@@ -184,21 +210,23 @@ class UniformDiffusion:
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
+        fused: bool = True,
     ) -> Tensor:
         """The training loss per token (B, L) at training step ``step``.
 
         Uses the curriculum while it is active, the discrete process otherwise. ``t`` (B,) fixes
         the times; by default they are antithetic over the batch (``AntitheticTimes`` makes
         them antithetic over a data-parallel global batch). ``cond`` is the denoiser's keyword
-        conditioning.
+        conditioning. ``fused``: from the denoiser's hidden state and output projection when it
+        offers them (``FusedHead``), never holding the logits; False: from its logits.
         """
         _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():  # checked at the door: the layers below trust their inputs
             if self.curriculum is not None and self.curriculum.active(step):
-                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond)
-            return self._discrete_loss(denoiser, x_0, t, generator, cond)
+                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, fused)
+            return self._discrete_loss(denoiser, x_0, t, generator, cond, fused)
 
     def discrete_loss(
         self,
@@ -208,12 +236,14 @@ class UniformDiffusion:
         *,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
+        fused: bool = True,
     ) -> Tensor:
-        """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L)."""
+        """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L);
+        ``fused`` as in ``loss``."""
         _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
-            return self._discrete_loss(denoiser, x_0, t, generator, cond)
+            return self._discrete_loss(denoiser, x_0, t, generator, cond, fused)
 
     def _discrete_loss(
         self,
@@ -222,13 +252,13 @@ class UniformDiffusion:
         t: Tensor,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
+        fused: bool,
     ) -> Tensor:
         t = t.to(torch.promote_types(t.dtype, torch.float32))
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.uniform_corrupt(x_0, alpha_t, self.vocab_size, generator=generator)
-        logits = self._denoise(denoiser, z_t, alpha_t, cond)
-        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
+        return self._nelbo_of(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, fused)
 
     def _curriculum_loss(
         self,
@@ -238,6 +268,7 @@ class UniformDiffusion:
         step: int,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
+        fused: bool,
     ) -> Tensor:
         assert self.curriculum is not None and self.curriculum_schedule is not None
         schedule, tau = self.curriculum_schedule, self.curriculum.tau_at(step)
@@ -256,8 +287,7 @@ class UniformDiffusion:
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
             relaxed, z_t = Bag(bag.ids, bag.weights), bag.z_t
-        logits = self._denoise(denoiser, relaxed, alpha_t, cond)
-        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
+        return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, fused)
 
     @torch.no_grad()
     def nelbo(
@@ -279,7 +309,9 @@ class UniformDiffusion:
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
             # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
-            diffusion = (1 - self.eps) * self._discrete_loss(denoiser, x_0, t, generator, cond)
+            diffusion = (1 - self.eps) * self._discrete_loss(
+                denoiser, x_0, t, generator, cond, fused=False
+            )
             one = torch.ones(x_0.shape[0], 1, device=x_0.device)
             prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
             alpha_eps = self.schedule.alpha(one * self.eps)
@@ -364,6 +396,12 @@ class MaskedDiffusion:
         sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
         return denoise(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
 
+    def _denoise_head(
+        self, denoiser: Any, z_t: Tensor, alpha_t: Tensor, cond: Mapping[str, Any] | None
+    ) -> Head:
+        sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
+        return denoise_head(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
+
     def loss(
         self,
         denoiser: Denoiser,
@@ -373,14 +411,15 @@ class MaskedDiffusion:
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
+        fused: bool = True,
     ) -> Tensor:
         """The continuous-time masked NELBO integrand per token (B, L); ``step`` (>= 0) does
-        not change it (the signature matches ``UniformDiffusion.loss``)."""
+        not change it (the signature matches ``UniformDiffusion.loss``, ``fused`` too)."""
         _check_x0(x_0, self.vocab_size)
         _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
-            return self._loss(denoiser, x_0, t, generator, cond)
+            return self._loss(denoiser, x_0, t, generator, cond, fused)
 
     def _loss(
         self,
@@ -389,10 +428,17 @@ class MaskedDiffusion:
         t: Tensor,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
+        fused: bool,
     ) -> Tensor:
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.masked_corrupt(x_0, alpha_t, self.mask_id, generator=generator)
+        if fused and has_fused_head(denoiser):
+            head = self._denoise_head(denoiser, z_t, alpha_t, cond)
+            return losses.fused_linear_masked_nelbo(
+                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, self.mask_id,
+                bias=head.bias,
+            )  # fmt: skip
         logits = self._denoise(denoiser, z_t, alpha_t, cond)
         return losses.masked_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id)
 
@@ -410,7 +456,7 @@ class MaskedDiffusion:
         _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
-            diffusion = (1 - self.eps) * self._loss(denoiser, x_0, t, generator, cond)
+            diffusion = (1 - self.eps) * self._loss(denoiser, x_0, t, generator, cond, False)
             one = torch.ones(x_0.shape[0], 1, device=x_0.device)
             prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
             alpha_eps = self.schedule.alpha(one * self.eps)

@@ -136,8 +136,9 @@ class TrainConfig:
     """auto (bf16 autocast on CUDA, float32 on CPU), fp32 or bf16 (CUDA only)."""
     fsdp: bool = False
     """Shard the model with FSDP2 under torchrun (else DDP)."""
-    compile: bool = False
-    """torch.compile the model."""
+    compile: bool | None = None
+    """torch.compile the model, in place (none: on CUDA, not on the CPU, where compiling takes
+    longer than a short run saves)."""
     log_every: int = 50
     """Steps between rows of train_log.csv (and TensorBoard)."""
     eval_every: int = 10_000

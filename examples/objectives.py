@@ -188,28 +188,45 @@ class MDLMObjective(_DiffusionObjective):
 
 
 class ARObjective(_Stateless):
-    """Next-token prediction with a causal DiT: logits at i predict token i + 1."""
+    """Next-token prediction with a causal DiT: logits at i predict token i + 1.
+
+    ``fused``: the training loss of a model that offers ``discdiff.denoise.FusedHead`` (the DiT)
+    is computed from its last hidden state and output projection, never holding the logits
+    (``fused_linear_cross_entropy``); the bound always takes the logits.
+    """
 
     name = "ar"
     causal = True
     uses_times = False
 
-    def __init__(self, vocab_size: int, bos_id: int) -> None:
+    def __init__(self, vocab_size: int, bos_id: int, *, fused: bool = True) -> None:
         self.vocab_size = self.model_vocab_size = vocab_size
         self.bos_id = bos_id
+        self.fused = fused
 
     def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
-        from discdiff.losses import ar_loss
-
         del step, t, generator
+        return self._nll(model, x_0, mask, self.fused)
+
+    def _nll(self, model: nn.Module, x_0: Tensor, mask: Tensor | None, fused: bool) -> Tensor:
+        from discdiff.denoise import denoise_head, has_fused_head
+        from discdiff.losses import ar_loss, fused_linear_cross_entropy
+
+        inputs, targets = x_0[:, :-1], x_0[:, 1:]
         cond = _cond(None if mask is None else mask[:, :-1])
-        return ar_loss(model(x_0[:, :-1], **(cond or {})), x_0[:, 1:])
+        if fused and has_fused_head(model):
+            sigma: Any = None  # the causal model has no noise level
+            head = denoise_head(model, inputs, sigma, vocab_size=self.model_vocab_size,
+                                cond=cond, role="model")  # fmt: skip
+            return fused_linear_cross_entropy(head.hidden, head.weight, targets, bias=head.bias)
+        return ar_loss(model(inputs, **(cond or {})), targets)
 
     def token_mask(self, mask: Tensor) -> Tensor:
         return mask[:, 1:]  # the loss at i scores token i + 1
 
     def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
-        nll = self.loss(model, x_0, step=0, t=None, generator=generator, mask=mask)
+        del generator
+        nll = self._nll(model, x_0, mask, fused=False)
         aligned = None if mask is None else self.token_mask(mask)
         return Bound(nll, {"nll": nll}, "exact next-token NLL (no bound: the AR likelihood)",
                      aligned)  # fmt: skip

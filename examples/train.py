@@ -426,7 +426,8 @@ def train(
     meta = model_meta(model, tokenizer.vocab_size, tc.objective,
                       None if teacher is not None else cfg.model, causal=objective.causal,
                       model_vocab_size=objective.model_vocab_size)  # fmt: skip
-    num_parameters = sum(p.numel() for p in model.parameters())
+    counted = getattr(model, "num_parameters", None)  # a DiT leaves out its padding rows
+    num_parameters = counted() if callable(counted) else sum(p.numel() for p in model.parameters())
 
     world = info.world_size
     micro = tc.micro_batch if tc.micro_batch is not None else tc.batch_size // world
@@ -447,8 +448,11 @@ def train(
     model = D.wrap_model(model, info, fsdp=tc.fsdp)
     if tc.fsdp:
         D.wrap_model(ema.module, info, fsdp=True)
-    if tc.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+    compile_model = tc.compile if tc.compile is not None else device.type == "cuda"
+    if compile_model:
+        # In place (nn.Module.compile): the module keeps its methods and parameter names, so a
+        # fused loss's hidden_states call runs the compiled forward too, as DDP's forward does.
+        D.unwrap(model).compile()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr,
         betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=tc.weight_decay,

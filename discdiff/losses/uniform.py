@@ -170,8 +170,11 @@ class _UniformNelboCore(torch.autograd.Function):
 
         beta, small = series_split(alpha, k)
         # Whether any row needs the series form. On the CPU the test costs nothing and spares
-        # the O(K) sum of g; on an accelerator it would be a host sync, so the sum always runs.
-        series = bool(small.any()) if dev.type == "cpu" else True
+        # the O(K) sum of g; on an accelerator it would be a host sync (and under
+        # torch.compile a graph break), so there the sum always runs.
+        series = True
+        if dev.type == "cpu" and not torch.compiler.is_compiling():
+            series = bool(small.any())
         beta_c = beta.to(cdt).view(n, 1)
         beta_small = torch.where(small, beta, 0.0).to(cdt).view(n, 1)
 
