@@ -202,6 +202,39 @@ def test_step_law_matches_the_three_part_mixture(backend):
     assert _chi2_pvalue(anc[0], law1, groups) > 1e-3
 
 
+def test_the_samplers_step_dispatches_to_the_kernel_as_on_cuda(monkeypatch):
+    # On CUDA without top-k / top-p the samplers' uniform step runs the kernel; here the
+    # dispatch is forced and the kernel runs under the interpreter: same law as the library's.
+    from discdiff.kernels import step as kernel_step
+    from discdiff.samplers import steps, uniform_ancestral_step
+
+    calls = []
+    original = kernel_step.triton_step
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
+    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    k, per = 5, 3000
+    logits, z, a_s, a_t, kap, groups = _configurations(k, per, seed=13)
+    gen = torch.Generator().manual_seed(9)
+    draws = uniform_ancestral_step(logits, z, a_s, a_t, kappa=kap, generator=gen)
+    assert calls
+    law = _exact_law(logits[0], z[0], a_s[0, :, None], a_t[0, :, None], kap[0, :, None])
+    assert _chi2_pvalue(draws[0], law, groups) > 1e-3
+    # Float levels, as the loops pass them, and kappa None (ancestral).
+    anc = steps._uniform_step(logits, z, 0.7, 0.4, None, None, None, gen)
+    law = _exact_law(logits[0], z[0], torch.full((z.numel(), 1), 0.7, dtype=F64),
+                     torch.full((z.numel(), 1), 0.4, dtype=F64), None)  # fmt: skip
+    assert _chi2_pvalue(anc[0], law, groups) > 1e-3
+    # With a filter the library's own path runs.
+    calls.clear()
+    uniform_ancestral_step(logits, z, a_s, a_t, top_k=3, generator=gen)
+    assert not calls
+
+
 def test_the_exponential_race_draws_softmax_across_many_blocks():
     # alpha_t = 0, alpha_s = 1: every draw is the x̂ draw. K = 200 in blocks of 16 classes
     # exercises the float32 screening of later blocks; logits spread over ~15 nats (a tail).

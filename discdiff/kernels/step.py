@@ -147,12 +147,30 @@ def uniform_ancestral_step(
     z = z_t.reshape(-1).to(torch.int64).contiguous()
     flat = logits.reshape(b * length, k)
     if use_triton(logits, backend):
-        from discdiff.kernels import _triton
-
-        if flat.stride(-1) != 1:
-            flat = flat.contiguous()
-        out = torch.empty_like(z)
-        _triton.ancestral_step(flat, z, a_s, a_t, kap, _seed(generator, logits.device), out)
+        out = triton_step(flat, z, a_s, a_t, kap, generator)
     else:
         out = _torch_step(flat, z, a_s, a_t, kap, generator)
     return out.view(b, length)
+
+
+def triton_step(
+    logits: Tensor, z: Tensor, alpha_s: Tensor | float, alpha_t: Tensor | float,
+    kappa: Tensor | float | None, generator: torch.Generator | None,
+) -> Tensor:  # fmt: skip
+    """The Triton step on trusted inputs (no checks): logits (n, K), z (n,) int64, levels floats
+    or (n,) float64. What ``uniform_ancestral_step`` and the samplers' loops run on CUDA."""
+    from discdiff.kernels import _triton
+
+    n = logits.shape[0]
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    device = logits.device
+
+    def rows(level: Tensor | float) -> Tensor:
+        return torch.as_tensor(level, dtype=torch.float64, device=device).expand(n).contiguous()
+
+    kap = None if kappa is None else rows(kappa)
+    out = torch.empty(n, dtype=torch.int64, device=device)
+    seed = _seed(generator, device)
+    _triton.ancestral_step(logits, z.contiguous(), rows(alpha_s), rows(alpha_t), kap, seed, out)
+    return out

@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from discdiff.kernels._backend import triton_available
 from discdiff.samplers import levels as lv
 from discdiff.samplers.categorical import (
     ChunkLaw,
@@ -104,6 +105,11 @@ def _draw_where(
     return torch.where(chosen, law.draw(every, u_block, u_within), out)
 
 
+def _kernel_step(logits: Tensor) -> bool:
+    """Whether the uniform step runs the Triton kernel: CUDA logits, and Triton imports."""
+    return logits.is_cuda and triton_available()
+
+
 def _uniform_step(
     logits: Tensor,
     z_t: Tensor,
@@ -114,12 +120,21 @@ def _uniform_step(
     top_p: float | None,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,)."""
+    """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,).
+
+    On CUDA without top-k / nucleus filtering it runs ``discdiff.kernels``' Triton step (one
+    read of the logits; the same law, from its own random stream) when Triton imports.
+    """
     b, ln, k = logits.shape
     device = logits.device
     n = b * ln
     flat = logits.reshape(n, k)
     z_flat = z_t.reshape(n)
+    if top_k is None and top_p is None and _kernel_step(logits):
+        from discdiff.kernels.step import triton_step
+
+        z_s = triton_step(flat, z_flat.to(torch.int64), alpha_s, alpha_t, kappa, generator)
+        return z_s.reshape(b, ln)
     u_mix = uniforms(n, generator, device)
     noise = torch.randint(0, k, (n,), generator=generator, device=device)
     u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
@@ -163,7 +178,9 @@ def uniform_ancestral_step(
     ``discdiff.samplers.psi_posterior`` (checked by chi-square in the tests).
 
     Randomness, in order: a float64 uniform per token (component), a uniform token per token,
-    two float64 uniforms per token (the x_hat draw), whatever the component chosen.
+    two float64 uniforms per token (the x_hat draw), whatever the component chosen. On CUDA
+    without top-k / top-p (and Triton importable) the step is ``discdiff.kernels``' one pass
+    over the logits instead: the same law, drawn from a Philox stream seeded by ``generator``.
     """
     check_filters(top_k, top_p)
     b, ln, k = logits.shape
