@@ -122,6 +122,36 @@ def test_uniform_nelbo_half_logits():
     torch.testing.assert_close(g_tr.float(), g_pt.float(), rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_the_fused_head_runs_the_kernels_per_block(reduction):
+    # The fused output layer + loss takes the kernels for each block of rows on CUDA ("auto");
+    # under the interpreter "triton" forces them: the same loss and gradients as the PyTorch rows.
+    from discdiff.losses import fused_linear_uniform_nelbo
+
+    g = torch.Generator().manual_seed(4)
+    b, length, d, k = 2, 9, 16, 300
+    hidden = torch.randn(b, length, d, generator=g)
+    weight = 0.5 * torch.randn(k, d, generator=g)
+    bias = torch.randn(k, generator=g)
+    x_0 = torch.randint(0, k, (b, length), generator=g)
+    z_t = torch.where(torch.rand(b, length, generator=g) < 0.5, x_0,
+                      torch.randint(0, k, (b, length), generator=g))  # fmt: skip
+    alpha, dalpha = torch.tensor([[0.3], [1e-9]]), torch.full((b, 1), -1.0)  # a series row too
+    out = []
+    for backend in ("triton", "torch"):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+        loss = fused_linear_uniform_nelbo(leaves[0], leaves[1], x_0, z_t, alpha, dalpha,
+                                          bias=leaves[2], reduction=reduction, block_rows=5,
+                                          backend=backend)  # fmt: skip
+        w = torch.linspace(0.5, 1.5, loss.numel()).view(loss.shape)
+        grads = torch.autograd.grad((loss * w).sum(), leaves)
+        out.append((loss.detach(), grads))
+    (l_tr, g_tr), (l_pt, g_pt) = out
+    torch.testing.assert_close(l_tr, l_pt, rtol=2e-5, atol=2e-6 * float(l_pt.abs().max()))
+    for a, e in zip(g_tr, g_pt, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=2e-5 * float(e.abs().max()))
+
+
 # --- the ancestral / Ψ step: its law ------------------------------------------------------------
 
 

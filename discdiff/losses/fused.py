@@ -286,6 +286,19 @@ def _compute(logits: Tensor) -> Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def _uniform_kernel(hidden: Tensor, weight: Tensor, backend: str) -> Any:
+    """The Triton autograd function of the uniform NELBO's rows when ``backend`` picks it."""
+    from discdiff.kernels._backend import use_triton
+
+    if backend == "auto" and torch.float64 in (hidden.dtype, weight.dtype):
+        return None  # the kernels reduce in float32: float64 work stays on the PyTorch path
+    if not use_triton(hidden, backend):  # type: ignore[arg-type]
+        return None
+    from discdiff.kernels.nelbo import _TritonUniformNelbo
+
+    return _TritonUniformNelbo
+
+
 @typechecked
 def fused_linear_uniform_nelbo(
     hidden: Float[Tensor, "b l d"],
@@ -298,6 +311,7 @@ def fused_linear_uniform_nelbo(
     bias: Float[Tensor, " k"] | None = None,
     reduction: Reduction = "none",
     block_rows: int | None = None,
+    backend: Literal["auto", "torch", "triton"] = "auto",
 ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """``uniform_nelbo(hidden @ weight.T + bias, x_0, z_t, alpha_t, dalpha_t)``, block by block.
 
@@ -311,6 +325,10 @@ def fused_linear_uniform_nelbo(
             forward pass).
         block_rows: rows of the (B·L, K) logits per block (default: 16 MiB of float32 logits on
             the CPU, 128 MiB on an accelerator).
+        backend: the per-block loss: "auto" runs ``discdiff.kernels``' Triton kernels on CUDA
+            when Triton imports and the matmuls are not float64 (one read of a block forward,
+            one read and one write backward), the PyTorch path otherwise; "torch" or "triton"
+            force one ("triton" on the CPU needs the interpreter, as in ``discdiff.kernels``).
 
     Memory: one block of logits and one of their gradient at a time; nothing of size (B·L, K) is
     held. The per-row loss and gradient are ``discdiff.losses.uniform``'s closed forms.
@@ -340,9 +358,12 @@ def fused_linear_uniform_nelbo(
     x_f, z_f = x_0.reshape(-1, 1), z_t.reshape(-1, 1)
     alpha_f = alpha.reshape(-1).contiguous()
     inner = _chunks.chunk_rows(k, hidden.device)
+    kernel = _uniform_kernel(hidden, weight, backend)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         r = logits.shape[0]
+        if kernel is not None:  # the Triton kernels: d per row of a (r, K) block
+            return kernel.apply(logits, x_f[sl].view(r), z_f[sl].view(r), alpha_f[sl])
         d = _UniformNelboCore.apply(
             logits.unsqueeze(0), x_f[sl].view(1, r), z_f[sl].view(1, r), alpha_f[sl], inner
         )
