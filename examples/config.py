@@ -98,6 +98,10 @@ class DataConfig:
     """true: documents packed into full rows ("wrap"); false: one document per row, padded to
     seq_len, with a padding mask that keeps padding out of attention, loss and bound (the
     backbone must accept a ``padding_mask`` keyword, as the DiT does)."""
+    labels: str = ""
+    """Class labels for classifier-free guidance: genre (each play of the shakespeare corpus
+    its First Folio genre: comedy, history or tragedy), folder (each file of a directory source
+    its top-level folder) or empty (none). The DiT gets a label embedding; duo and mdlm only."""
 
 
 @dataclass
@@ -166,6 +170,9 @@ class TrainConfig:
     """Also log to TensorBoard (needs the tensorboard package)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    cond_dropout: float = 0.1
+    """With data.labels: the probability that a row's label is replaced by the null label in
+    training, so one model learns the conditional and the unconditional prediction."""
 
 
 @dataclass
@@ -304,6 +311,13 @@ class Config:
             raise ValueError("train.objective=sdtt needs --sdtt.teacher RUN_DIR (a trained MDLM)")
         if t.objective == "sdtt" and t.fsdp:
             raise ValueError("SDTT keeps a full copy of the teacher: use DDP, not FSDP, for it")
+        if self.data.labels not in ("", "genre", "folder"):
+            raise ValueError(f"data.labels: unknown value {self.data.labels!r} (genre, folder)")
+        if self.data.labels and t.objective not in ("duo", "mdlm"):
+            raise ValueError(f"data.labels trains a label-conditioned duo or mdlm model, not "
+                             f"train.objective={t.objective}")  # fmt: skip
+        if not 0.0 <= t.cond_dropout <= 1.0:
+            raise ValueError(f"train.cond_dropout must lie in [0, 1], got {t.cond_dropout}")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
         if t.progress_every is not None and t.progress_every < 1:
@@ -532,7 +546,8 @@ def _starting_point(
     objective = known.objective or cfg.train.objective
     teacher = known.teacher if known.teacher is not None else cfg.dcd.teacher
     if objective == "dcd" and teacher and known.config is None:
-        cfg = replace(cfg, data=replace(load_teacher_config(teacher).data))
+        # The teacher's data, without labels: a labelled teacher is distilled unconditionally.
+        cfg = replace(cfg, data=replace(load_teacher_config(teacher).data, labels=""))
     rest = [a for i, a in enumerate(argv) if a != "--config" and not a.startswith("--config=")
             and not (i and argv[i - 1] == "--config")]  # fmt: skip
     return cfg, rest

@@ -12,6 +12,9 @@ ordinary registry client), keep the tarball in a cache directory, and afterwards
 - ``milton``: the zero-shot corpus, never trained on: Paradise Lost, Paradise Regained and the
   prose Areopagitica. Same century and language, a different author, genre mix and spelling.
 
+``GENRES`` gives each play its First Folio genre (comedy, history, tragedy): the class labels
+of ``--data.labels genre``.
+
 The cache directory is ``$DISCDIFF_CACHE`` if set, else ``.cache/corpus`` under the repository.
 Texts are cleaned deterministically: Gutenberg headers and licence text (where present) are
 cut, line endings normalised, characters outside ASCII transliterated, runs of blank lines
@@ -34,6 +37,7 @@ from pathlib import Path
 
 __all__ = [
     "CORPORA",
+    "GENRES",
     "CorpusUnavailableError",
     "Document",
     "clean_text",
@@ -55,6 +59,32 @@ _MILTON_WORKS = (
     "paradise_regained_gut.txt",
     "areopagitica_gut.txt",
 )
+
+
+# The genre of each play (``--data.labels genre``), as the First Folio classes them: "Mr. William
+# Shakespeares Comedies, Histories, & Tragedies" (1623), its Catalogue page, transcribed e.g. at
+# https://en.wikisource.org/wiki/Author:William_Shakespeare_(1564-1616)/First_Folio (Troilus and
+# Cressida, left out of the Catalogue, is printed as "The Tragedie of Troylus and Cressida" at
+# the head of the Tragedies; Cymbeline is the Folio's last tragedy). The Folio holds neither
+# Pericles nor the poems: those documents have no genre (they train as unlabelled text).
+GENRES: dict[str, str] = {
+    **dict.fromkeys((
+        "tempest", "two_gentlemen_of_verona", "merry_wives_of_windsor", "measure_for_measure",
+        "comedy_of_errors", "much_ado_about_nothing", "loves_labours_lost",
+        "midsummer_nights_dream", "merchant_of_venice", "as_you_like_it", "taming_of_the_shrew",
+        "alls_well_that_ends_well", "twelfth_night", "winters_tale",
+    ), "comedy"),
+    **dict.fromkeys((
+        "john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
+        "henry_vi_part_2", "henry_vi_part_3", "richard_iii", "henry_viii",
+    ), "history"),
+    **dict.fromkeys((
+        "troilus_and_cressida", "coriolanus", "tragedy_of_titus_andronicus", "romeo_and_juliet",
+        "timon_of_athens", "julius_caesar", "macbeth", "hamlet", "lear", "othello",
+        "antony_and_cleopatra", "cymbeline",
+    ), "tragedy"),
+}  # fmt: skip
+"""Document name of the ``shakespeare`` corpus -> comedy, history or tragedy (14, 10, 12)."""
 
 
 class CorpusUnavailableError(RuntimeError):

@@ -19,6 +19,15 @@ pad id (the tokenizer's EOS id; which id fills the padding does not matter, it i
 and a padding mask marks the real tokens (``PaddedRows``; batches come as ``Batch(x_0, mask)``).
 A document longer than ``seq_len`` is cut into consecutive rows of ``seq_len`` tokens, the last
 one padded: no text is dropped, and ``info["split_documents"]`` counts the documents cut.
+
+Class labels (``labels=``, ``--data.labels``; for classifier-free guidance): ``genre`` gives
+each play of the ``shakespeare`` corpus its First Folio genre (``examples.corpus.GENRES``),
+``folder`` gives each document of a directory source the name of its top-level folder. Every
+row then carries one label (``LabelledRows``; batches come as ``Batch(x_0, mask, label)``):
+packed rows are packed per label, so a row spans documents of one label only (each label's
+stream loses its last partial row); an unpacked row is its document's. Documents without a
+label (the poems, files at the top of the directory) get the null label, id ``len(names)``,
+and train the unconditional prediction only.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +44,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from examples.corpus import CORPORA, Document, default_cache_dir, load_corpus
+from examples.corpus import CORPORA, GENRES, Document, default_cache_dir, load_corpus
 from examples.tokenizer import TextTokenizer, build_tokenizer
 
 __all__ = [
+    "LABELS",
     "Batch",
     "BatchIterator",
+    "LabelledRows",
     "PaddedRows",
     "PreparedData",
     "masked_validation_batches",
     "pack_documents",
     "pad_documents",
+    "document_labels",
     "prepare_data",
     "read_documents",
     "split_documents",
@@ -195,6 +207,65 @@ def split_documents(
     return train, val
 
 
+LABELS = ("genre", "folder")
+"""The ways to give documents class labels (``--data.labels``)."""
+
+
+def _genre(doc: Document) -> str | None:
+    return GENRES.get(doc.name)
+
+
+def _folder(doc: Document) -> str | None:
+    return doc.name.split("/")[0] if "/" in doc.name else None
+
+
+def document_labels(
+    kind: str, source: str, docs: Sequence[Document]
+) -> tuple[tuple[str, ...], Callable[[Document], int]]:
+    """The class names of ``kind`` labels and each document's label id (the null label,
+    ``len(names)``, for a document without one): ``genre``, the First Folio genre of a play of
+    the ``shakespeare`` corpus; ``folder``, a directory source's top-level folder."""
+    if kind == "genre" and source != "shakespeare":
+        raise ValueError(f"data.labels genre classes the plays of the shakespeare corpus, not "
+                         f"{source!r} (folder labels the files of a directory by folder)")
+    if kind == "folder" and not Path(source).is_dir():
+        raise ValueError(f"data.labels folder needs a directory source, got {source!r}")
+    if kind not in LABELS:
+        raise ValueError(f"data.labels must be one of {LABELS} or empty, got {kind!r}")
+    of = _genre if kind == "genre" else _folder
+    names = tuple(sorted({n for n in map(of, docs) if n is not None}))
+    if not names:
+        raise ValueError(f"data.labels {kind}: no document of {source!r} has a label")
+    index = {n: i for i, n in enumerate(names)}
+    return names, lambda d: index.get(of(d) or "", len(names))
+
+
+def _labelled_rows(
+    rows_of: Callable[..., Any], docs: Sequence[Document], label_of: Callable[[Document], int],
+    names: tuple[str, ...], tok: TextTokenizer, seq_len: int, what: str,
+) -> LabelledRows:  # fmt: skip
+    """Each label's documents made into rows apart (packed rows never mix labels), joined."""
+    parts, labels = [], []
+    for label in sorted({label_of(d) for d in docs}):
+        group = [d for d in docs if label_of(d) == label]
+        try:
+            rows = rows_of(group, tok, seq_len, what=what)
+        except ValueError:  # too little text of this label for one packed row
+            continue
+        parts.append(rows)
+        labels.append(np.full(len(rows), label, dtype=np.int64))
+    if not parts:
+        raise ValueError(f"the {what} has too little text of any one label for a sequence of "
+                         f"seq_len={seq_len}")  # fmt: skip
+    if isinstance(parts[0], PaddedRows):
+        joined: Any = PaddedRows(np.concatenate([p.ids for p in parts]),
+                                 np.concatenate([p.lengths for p in parts]), parts[0].pad_id,
+                                 sum(p.documents for p in parts))  # fmt: skip
+    else:
+        joined = np.concatenate(parts)
+    return LabelledRows(joined, np.concatenate(labels), names)
+
+
 def token_stream(docs: Iterable[Document], tokenizer: TextTokenizer) -> np.ndarray:
     """All documents as one int32 stream: ``[BOS] doc_0 [EOS] [BOS] doc_1 [EOS] ...``."""
     bos = np.array([tokenizer.bos_id], dtype=np.int32)
@@ -263,21 +334,44 @@ class PaddedRows:
         return float(1.0 - np.asarray(self.lengths, dtype=np.int64).sum() / total) if total else 0.0
 
 
-Rows = np.ndarray | PaddedRows
-"""Packed rows (an (N, L) array) or unpacked ``PaddedRows``."""
+@dataclass(frozen=True)
+class LabelledRows:
+    """Rows (packed or ``PaddedRows``) with one class label each: ``labels`` (N,) int64 in
+    [0, len(names)], ``len(names)`` the null label. Indexing gives the ids, like the rows."""
+
+    rows: np.ndarray | PaddedRows
+    labels: np.ndarray
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.rows.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.rows[index]
+
+
+Rows = np.ndarray | PaddedRows | LabelledRows
+"""Packed rows (an (N, L) array) or unpacked ``PaddedRows``, with labels or without."""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch of clean tokens ``x_0`` (B, L) int64 and its padding mask (B, L) bool, True at
-    real tokens (None for packed rows: every token is real)."""
+    """A batch of clean tokens ``x_0`` (B, L) int64, its padding mask (B, L) bool, True at
+    real tokens (None for packed rows: every token is real), and its class labels (B,) int64
+    (None without ``--data.labels``)."""
 
     x_0: Tensor
     mask: Tensor | None = None
+    label: Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        mask = None if self.mask is None else self.mask.to(device, non_blocking=non_blocking)
-        return Batch(self.x_0.to(device, non_blocking=non_blocking), mask)
+        mask, label = (None if t is None else t.to(device, non_blocking=non_blocking)
+                       for t in (self.mask, self.label))  # fmt: skip
+        return Batch(self.x_0.to(device, non_blocking=non_blocking), mask, label)
 
 
 def _document_rows(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
@@ -323,12 +417,18 @@ def _framed(tokenizer: TextTokenizer, ids: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PreparedData:
-    """A tokenizer and the splits: packed (N, L) int32 arrays, or ``PaddedRows`` unpacked."""
+    """A tokenizer and the splits: packed (N, L) int32 arrays, or ``PaddedRows`` unpacked
+    (``LabelledRows`` around either with labels)."""
 
     tokenizer: TextTokenizer
     train: Rows
     val: Rows
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The class names of a labelled run (empty without labels); id len(names) is null."""
+        return self.train.names if isinstance(self.train, LabelledRows) else ()
 
 
 def _pack_to_cache(
@@ -448,15 +548,19 @@ def prepare_data(
     cache_dir: str | Path | None = None,
     max_documents: int | None = None,
     packing: bool = True,
+    labels: str = "",
 ) -> PreparedData:
     """Read, split, tokenise and pack a source (``packing=False``: one padded document per row,
-    ``PaddedRows``; see the module docstring).
+    ``PaddedRows``; ``labels``: a class label per row, ``LabelledRows``; see the module
+    docstring).
 
     Local sources and built-in corpora are held in memory; a ``char`` tokenizer is built from
     their training split only (characters first seen in validation text become UNK).
     ``hf:`` sources are streamed document by document into a token file in the cache
     directory (tokenised once, then memory-mapped); they need a fixed-vocabulary tokenizer.
     """
+    if labels and source.startswith("hf:"):
+        raise ValueError(f"data.labels {labels!r} needs a local or built-in source, not {source!r}")
     if source.startswith("hf:"):
         if tokenizer == "char":
             raise ValueError(
@@ -487,20 +591,36 @@ def prepare_data(
         else:
             tok = tokenizer
         rows_of = pack_documents if packing else pad_documents
-        train = rows_of(train_docs, tok, seq_len, what=f"training split of {source!r}")
-        val = rows_of(val_docs, tok, seq_len, what=f"validation split of {source!r}")
+        what = f"training split of {source!r}", f"validation split of {source!r}"
+        if labels:
+            names, label_of = document_labels(labels, source, docs)
+            train = _labelled_rows(rows_of, train_docs, label_of, names, tok, seq_len, what[0])
+            val = _labelled_rows(rows_of, val_docs, label_of, names, tok, seq_len, what[1])
+        else:
+            train = rows_of(train_docs, tok, seq_len, what=what[0])
+            val = rows_of(val_docs, tok, seq_len, what=what[1])
         info = {"source": source, "train_documents": len(train_docs),
                 "val_documents": [d.name for d in val_docs][:50]}  # fmt: skip
     info.update({"train_sequences": int(train.shape[0]), "val_sequences": int(val.shape[0]),
                  "seq_len": seq_len, "vocab_size": tok.vocab_size, "packing": packing})  # fmt: skip
-    if isinstance(train, PaddedRows) and isinstance(val, PaddedRows):
+    if isinstance(train, LabelledRows) and isinstance(val, LabelledRows):
+        n = len(train.names) + 1  # the last: the null label
         info.update({
-            "pad_id": train.pad_id,
-            "train_padded_fraction": train.padded_fraction,
-            "val_padded_fraction": val.padded_fraction,
+            "labels": labels, "label_names": list(train.names),
+            "train_rows_per_label": np.bincount(train.labels, minlength=n).tolist(),
+            "val_rows_per_label": np.bincount(val.labels, minlength=n).tolist(),
+        })  # fmt: skip
+        train_rows, val_rows = train.rows, val.rows
+    else:
+        train_rows, val_rows = train, val
+    if isinstance(train_rows, PaddedRows) and isinstance(val_rows, PaddedRows):
+        info.update({
+            "pad_id": train_rows.pad_id,
+            "train_padded_fraction": train_rows.padded_fraction,
+            "val_padded_fraction": val_rows.padded_fraction,
             # rows beyond one per document: documents longer than seq_len were cut
-            "train_continuation_rows": len(train) - train.documents,
-            "val_continuation_rows": len(val) - val.documents,
+            "train_continuation_rows": len(train_rows) - train_rows.documents,
+            "val_continuation_rows": len(val_rows) - val_rows.documents,
         })  # fmt: skip
     return PreparedData(tok, train, val, info)
 
@@ -561,7 +681,7 @@ class BatchIterator:
         start = self.index * self.global_batch + self.rank * self.batch_size
         ids = self._permutation()[start : start + self.batch_size]
         self.index += 1
-        if isinstance(self.rows, PaddedRows):
+        if isinstance(self.rows, (PaddedRows, LabelledRows)):
             return _batch(self.rows, ids)
         if isinstance(self.rows, np.ndarray):
             return Batch(torch.as_tensor(np.asarray(self.rows[ids]), dtype=torch.long))
@@ -587,10 +707,12 @@ class BatchIterator:
 
 
 def _batch(rows: Rows, index: np.ndarray) -> Batch:
+    label = None
+    if isinstance(rows, LabelledRows):
+        label, rows = torch.as_tensor(rows.labels[index]), rows.rows
     x_0 = torch.as_tensor(np.asarray(rows[index]), dtype=torch.long)
-    if isinstance(rows, PaddedRows):
-        return Batch(x_0, torch.as_tensor(rows.mask(index)))
-    return Batch(x_0)
+    mask = torch.as_tensor(rows.mask(index)) if isinstance(rows, PaddedRows) else None
+    return Batch(x_0, mask, label)
 
 
 def masked_validation_batches(

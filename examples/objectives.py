@@ -19,6 +19,13 @@ token attends to a padded one; the backbone must accept that keyword), padded po
 whatever noisy token the process gives them, and ``token_mask(mask)`` is the mask aligned with
 the per-token loss (the AR loss is one shorter), which the loop uses to leave padding out of
 the mean; a ``Bound`` carries its own aligned ``mask`` for ``BoundMeter``.
+
+Class labels (``--data.labels``, Duo and MDLM): ``loss`` and ``bound`` take ``label`` (B,)
+int64 and pass it to the model as ``cond={"label": y}``. In training each label becomes the
+null label (id ``num_classes``) with probability ``--train.cond_dropout`` (``LabelDropout``,
+drawn from the training noise generator, so a resumed run draws the same), so that the one
+model also learns the unconditional prediction that classifier-free guidance needs; the
+validation bound is the conditional one, with every row's own label.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "Bound",
     "DCDObjective",
     "DuoObjective",
+    "LabelDropout",
     "MDLMObjective",
     "SDTTObjective",
     "Objective",
@@ -67,11 +75,12 @@ class Objective(Protocol):
     def loss(
         self, model: nn.Module, x_0: Tensor, *, step: int, t: Tensor | None,
         generator: torch.Generator | None, mask: Tensor | None = None,
+        label: Tensor | None = None,
     ) -> Tensor: ...  # fmt: skip
 
     def bound(
         self, model: nn.Module, x_0: Tensor, *, generator: torch.Generator | None,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, label: Tensor | None = None,
     ) -> Bound: ...  # fmt: skip
 
     def token_mask(self, mask: Tensor) -> Tensor:
@@ -94,9 +103,25 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _cond(mask: Tensor | None) -> dict[str, Tensor] | None:
-    """The model's conditioning for a padding mask (None when nothing is padded)."""
-    return None if mask is None else {"padding_mask": mask}
+def _cond(mask: Tensor | None, label: Tensor | None = None) -> dict[str, Tensor] | None:
+    """The model's conditioning for a padding mask and class labels (None: neither)."""
+    cond = {k: v for k, v in (("padding_mask", mask), ("label", label)) if v is not None}
+    return cond or None
+
+
+@dataclass(frozen=True)
+class LabelDropout:
+    """Classifier-free guidance's training: each row's label becomes the null label (id
+    ``num_classes``) with probability ``p``, drawn from ``generator`` (nothing drawn at p=0)."""
+
+    num_classes: int
+    p: float
+
+    def __call__(self, label: Tensor, generator: torch.Generator | None) -> Tensor:
+        if self.p == 0.0:
+            return label
+        drop = torch.rand(label.shape, generator=generator, device=label.device) < self.p
+        return torch.where(drop, torch.full_like(label, self.num_classes), label)
 
 
 class _Stateless:
@@ -129,14 +154,18 @@ class _DiffusionObjective(_Stateless):
     """An objective that delegates to a discdiff diffusion object held as ``self.diffusion``."""
 
     diffusion: Any
+    label_dropout: LabelDropout | None = None
+    """Set by ``build_objective`` for a labelled run."""
 
-    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
+    def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
+        if label is not None and self.label_dropout is not None:
+            label = self.label_dropout(label, generator)
         return self.diffusion.loss(
-            model, x_0, step=step, t=t, generator=generator, cond=_cond(mask)
+            model, x_0, step=step, t=t, generator=generator, cond=_cond(mask, label)
         )
 
-    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
-        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
+    def bound(self, model, x_0, *, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
+        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask, label))
         return _nelbo_bound(nelbo, mask)
 
     def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
@@ -405,9 +434,20 @@ class SDTTObjective:
 
 
 def build_objective(
+    cfg: Config, vocab_size: int, *, bos_id: int, teacher: nn.Module | None = None,
+    num_classes: int | None = None,
+) -> Objective:  # fmt: skip
+    """The objective named by ``cfg.train.objective`` for a tokenizer of ``vocab_size`` ids;
+    with ``num_classes`` (a labelled run) its training drops labels (``LabelDropout``)."""
+    objective = _objective(cfg, vocab_size, bos_id=bos_id, teacher=teacher)
+    if num_classes is not None:
+        objective.label_dropout = LabelDropout(num_classes, cfg.train.cond_dropout)  # type: ignore[attr-defined]
+    return objective
+
+
+def _objective(
     cfg: Config, vocab_size: int, *, bos_id: int, teacher: nn.Module | None = None
 ) -> Objective:
-    """The objective named by ``cfg.train.objective`` for a tokenizer of ``vocab_size`` ids."""
     kind = cfg.train.objective
     if kind == "duo":
         d = cfg.duo

@@ -43,7 +43,7 @@ from examples.checkpoint import (
     save_sharded,
 )
 from examples.config import Config, ModelConfig, load_config, load_teacher_config, parse_args
-from examples.data import BatchIterator, Rows, masked_validation_batches, prepare_data
+from examples.data import Batch, BatchIterator, Rows, masked_validation_batches, prepare_data
 from examples.ema import build_ema, ema_state_dict, load_ema_state_dict, update_ema
 from examples.metrics import MetricsLogger
 from examples.objectives import Objective, build_objective
@@ -107,11 +107,17 @@ def factory_kwargs(mcfg: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(mcfg: ModelConfig, vocab_size: int, *, causal: bool = False) -> nn.Module:
+def build_model(
+    mcfg: ModelConfig, vocab_size: int, *, causal: bool = False, num_classes: int | None = None
+) -> nn.Module:
     """A ``discdiff.models.DiT`` from the config's preset and overrides, or, with
     ``mcfg.factory = "package.module:function"``, ``function(vocab_size, causal,
     **factory_kwargs(mcfg))``: any ``nn.Module`` with the denoiser's call signature
-    ``model(z_t, sigma, **cond) -> logits (B, L, vocab_size)`` (see examples/README.md)."""
+    ``model(z_t, sigma, **cond) -> logits (B, L, vocab_size)`` (see examples/README.md).
+    ``num_classes``: the DiT's label embedding (``--data.labels``)."""
+    if mcfg.factory and num_classes is not None:
+        raise ValueError("data.labels conditions the DiT on class labels; a --model.factory "
+                         "backbone takes no num_classes: leave out one of them")  # fmt: skip
     if mcfg.factory:
         model = resolve_factory(mcfg.factory)(vocab_size, causal, **factory_kwargs(mcfg))
         if not isinstance(model, nn.Module):
@@ -125,6 +131,8 @@ def build_model(mcfg: ModelConfig, vocab_size: int, *, causal: bool = False) -> 
     names = {"hidden": "hidden_size", "blocks": "n_blocks", "heads": "n_heads",
              "cond_dim": "cond_dim", "dropout": "dropout"}  # fmt: skip
     overrides = {names[k]: v for k, v in asdict(mcfg).items() if k in names and v is not None}
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
     return DiT.from_preset(mcfg.preset, vocab_size=vocab_size, causal=causal, **overrides)
 
 
@@ -187,10 +195,10 @@ def model_meta(
     }
 
 
-def _mask_kw(mask: Tensor | None) -> dict[str, Tensor]:
-    """``mask=`` for an objective only when there is padding, so packed runs call objectives
-    (and backbones) exactly as before."""
-    return {} if mask is None else {"mask": mask}
+def _batch_kw(batch: Batch) -> dict[str, Tensor]:
+    """``mask=`` and ``label=`` for an objective only when the batch has padding or labels, so
+    other runs call objectives (and backbones) exactly as before."""
+    return {k: v for k, v in (("mask", batch.mask), ("label", batch.label)) if v is not None}
 
 
 def _mean_loss(objective: Objective, per_token: Tensor, mask: Tensor | None) -> Tensor:
@@ -227,7 +235,7 @@ def evaluate_bound(
         ):
             batch = batch.to(device)
             with autocast(device, precision):
-                bound = objective.bound(model, batch.x_0, generator=gen, **_mask_kw(batch.mask))
+                bound = objective.bound(model, batch.x_0, generator=gen, **_batch_kw(batch))
             description = bound.description
             meter.update(bound.terms, mask=getattr(bound, "mask", None))  # padding left out
             batches += 1
@@ -398,9 +406,10 @@ def train(
         cfg.data.source, tokenizer=tok_arg, tokenizer_files=cfg.data.tokenizer_files,
         seq_len=cfg.data.seq_len, val_fraction=cfg.data.val_fraction,
         split_seed=cfg.data.split_seed, cache_dir=cfg.data.cache_dir,
-        max_documents=cfg.data.max_documents, packing=cfg.data.packing,
+        max_documents=cfg.data.max_documents, packing=cfg.data.packing, labels=cfg.data.labels,
     )  # fmt: skip
     tokenizer = data.tokenizer
+    num_classes = len(data.label_names) or None  # a labelled run's DiT embeds the labels
 
     # Model and objective. DCD: the student starts from the teacher's (EMA) weights.
     torch.manual_seed(tc.seed)
@@ -414,14 +423,15 @@ def train(
             )
         teacher = teacher_run.model.to(device)
     objective = build_objective(cfg, tokenizer.vocab_size, bos_id=tokenizer.bos_id,
-                                teacher=teacher)  # fmt: skip
+                                teacher=teacher, num_classes=num_classes)  # fmt: skip
     if teacher is not None:
         from discdiff.models import DiT
 
         model: nn.Module = DiT(teacher.config)
         model.load_state_dict(teacher.state_dict())
     else:
-        model = build_model(cfg.model, objective.model_vocab_size, causal=objective.causal)
+        model = build_model(cfg.model, objective.model_vocab_size, causal=objective.causal,
+                            num_classes=num_classes)  # fmt: skip
     model = model.to(device)
     meta = model_meta(model, tokenizer.vocab_size, tc.objective,
                       None if teacher is not None else cfg.model, causal=objective.causal,
@@ -583,7 +593,7 @@ def train(
                 with ctx:
                     with autocast(device, tc.precision):
                         per_token = objective.loss(model, x_0, step=step, t=t, generator=noise,
-                                                   **_mask_kw(mask))  # fmt: skip
+                                                   **_batch_kw(batch))  # fmt: skip
                     loss = _mean_loss(objective, per_token, mask) / accum
                     loss.backward()
                 total_loss += loss.detach()

@@ -26,6 +26,9 @@ class DiTConfig:
     of sigma. ``rotary_base``: base of the rotary frequencies. Rotary embeddings need no maximum
     sequence length. ``tie_weights`` shares the output projection's weight with the input
     embedding (the output projection is then not zero-initialised, only its bias).
+    ``num_classes``: class labels the (non-causal) model is conditioned on, for classifier-free
+    guidance: a label embedding of ``num_classes + 1`` rows (the last one the null label) is
+    added to the noise-level conditioning (None: no labels).
     """
 
     vocab_size: int
@@ -40,6 +43,7 @@ class DiTConfig:
     frequency_dim: int = 256
     rotary_base: float = 10000.0
     layer_norm_eps: float = 1e-5
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         check_vocab_size(self.vocab_size)
@@ -62,6 +66,13 @@ class DiTConfig:
             raise ValueError(f"rotary_base must exceed 1, got {self.rotary_base}")
         if self.layer_norm_eps <= 0.0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.num_classes is not None:
+            n = self.num_classes
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"num_classes must be a positive integer or None, got {n!r}")
+            if self.causal:
+                raise ValueError("num_classes needs a diffusion DiT: the causal twin has no "
+                                 "conditioning to add a label embedding to")  # fmt: skip
 
     @property
     def head_dim(self) -> int:

@@ -284,6 +284,10 @@ class DiT(nn.Module):
         self.sigma_map = (
             None if config.causal else TimestepEmbedder(config.cond_dim, config.frequency_dim)
         )
+        self.label_embed: nn.Embedding | None = None  # classifier-free guidance's class labels
+        if config.num_classes is not None:  # row num_classes: the null label
+            self.label_embed = nn.Embedding(config.num_classes + 1, config.cond_dim)
+            nn.init.normal_(self.label_embed.weight, std=0.02)
         self.blocks = nn.ModuleList(DiTBlock(config, i) for i in range(config.n_blocks))
         self.final = FinalLayer(config)
         if config.tie_weights:
@@ -350,6 +354,7 @@ class DiT(nn.Module):
         kv_cache: KVCache | None = None,
         padding_mask: Bool[Tensor, "b l"] | None = None,
         return_hidden: bool = False,
+        label: Tensor | None = None,
     ) -> Logits | Float[Tensor, "b l h"]:
         """Logits (B, L, K) of the clean token at every position.
 
@@ -362,6 +367,9 @@ class DiT(nn.Module):
         objects pass it as conditioning: ``loss(model, x_0, cond={"padding_mask": mask})``.
         Masked attention runs on SDPA (see ``discdiff.models.attention``). return_hidden: give
         the input of the output projection (B, L, h) instead of the logits (``hidden_states``).
+        label: (B,) int64 class labels of a model with ``num_classes``, in [0, num_classes]
+        (num_classes, or no label at all, is the null label: the unconditional prediction); its
+        embedding is added to sigma's. The samplers pass it as ``cond={"label": y}``.
         """
         x = self.embed_input(z_t)  # (B, L, h)
         b, n, _ = x.shape
@@ -376,7 +384,13 @@ class DiT(nn.Module):
             if sigma.shape != (b,):
                 raise ValueError(f"sigma must have shape (B,) = ({b},), got {tuple(sigma.shape)}")
             check_finite(sigma, "sigma")
-            c = F.silu(self.sigma_map(sigma))  # (B, c)
+            c = self.sigma_map(sigma)  # (B, c)
+            if self.label_embed is not None:
+                c = c + self.label_embed(self._labels(label, b, c.device))
+            c = F.silu(c)
+        if label is not None and self.label_embed is None:
+            raise ValueError("label given, but this DiT has no label embedding: build it with "
+                             "DiTConfig(num_classes=...) (a diffusion DiT, not the causal twin)")
         offset = 0
         if kv_cache is not None:
             if not self.config.causal:
@@ -394,6 +408,17 @@ class DiT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(n)
         return out
+
+    def _labels(self, label: Tensor | None, b: int, device: torch.device) -> Tensor:
+        """(B,) int64 labels for the label embedding; None is the null label for all rows."""
+        null = self.config.num_classes
+        assert null is not None
+        if label is None:
+            return torch.full((b,), null, dtype=torch.long, device=device)
+        if label.shape != (b,):
+            raise ValueError(f"label must have shape (B,) = ({b},), got {tuple(label.shape)}")
+        check_tokens(label, null + 1, "label")
+        return label.long()
 
     def hidden_states(
         self, z_t: Tokens | Probs | Bag, sigma: Times | None = None, **cond: Any
