@@ -205,7 +205,11 @@ class FinalLayer(nn.Module):
         self.vocab_size = config.vocab_size
         rows = config.vocab_size if config.tie_weights else padded_rows(config.vocab_size)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=False)
-        self.linear = nn.Linear(h, rows)
+        self.linear = nn.Linear(h, config.vocab_size)  # the random stream of an unpadded layer
+        if rows > config.vocab_size:  # zero-initialised anyway: padding draws no random numbers
+            self.linear.weight = nn.Parameter(torch.zeros(rows, h))
+            self.linear.bias = nn.Parameter(torch.zeros(rows))
+            self.linear.out_features = rows
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         self.adaLN_modulation: nn.Linear | None = None
