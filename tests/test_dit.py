@@ -363,6 +363,22 @@ def test_the_output_projection_is_padded_and_the_logits_are_exactly_k():
     assert gpt2.param_count().output == 768 + 50257 + 50257 * 768  # padding rows not counted
 
 
+def test_padding_draws_no_random_numbers(monkeypatch):
+    # Seeded inits (and every draw after them: dropout, data) are those of an unpadded model.
+    from discdiff.models import dit as dit_module
+
+    config = DiTConfig(vocab_size=K, hidden_size=32, n_blocks=2, n_heads=4, cond_dim=16)
+    states = []
+    for pad in (True, False):
+        if not pad:
+            monkeypatch.setattr(dit_module, "padded_rows", lambda k: k)
+        torch.manual_seed(0)
+        model = DiT(config)
+        assert model.final.linear.weight.shape[0] == (128 if pad else K)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
+
+
 def test_padding_rows_never_reach_the_logits_nor_get_a_gradient():
     model = make().train()
     with torch.no_grad():
