@@ -13,9 +13,11 @@ with _warnings.catch_warnings():
     import torch as _torch  # noqa: F401
 
 from discdiff.curriculum import GaussianCurriculum
+from discdiff.denoise import FusedHead
 from discdiff.diffusion import NELBO, MaskedDiffusion, UniformDiffusion
 from discdiff.distill import DCDistiller
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
+from discdiff.metrics import BoundMeter
 from discdiff.schedules import (
     CosineSchedule,
     GammaSchedule,
@@ -34,9 +36,11 @@ __all__ = [
     "AlphaWindow",
     "AntitheticTimes",
     "Bag",
+    "BoundMeter",
     "CosineSchedule",
     "DCDistiller",
     "Denoiser",
+    "FusedHead",
     "DualSchedule",
     "GammaSchedule",
     "GaussianArgmaxTransform",

@@ -93,3 +93,10 @@ def test_persistence_round_trips_num_classes_and_loads_old_models(tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     loaded = DiT.from_pretrained(tmp_path / "old")
     assert loaded.config.num_classes is None and loaded.label_embed is None
+
+
+def test_parameter_counts_include_the_label_embedding():
+    labelled, plain = _dit(num_classes=3), _dit()
+    extra = labelled.label_embed.weight.numel()
+    assert labelled.param_count().conditioning == plain.param_count().conditioning + extra
+    assert labelled.param_count().total == plain.param_count().total + extra

@@ -20,7 +20,8 @@ class ParamCount:
     """Parameter counts of a DiT by part (tied weights counted once, in ``embedding``; the output
     projection's padding rows, never read, not counted).
 
-    ``conditioning``: sigma embedder and every adaLN modulation layer (applied once per sequence).
+    ``conditioning``: sigma embedder, label embedding and every adaLN modulation layer (applied
+    once per sequence).
     ``blocks``: per-token parameters of the transformer blocks (norms, attention, MLP).
     ``output``: final norm and output projection (its weight only when untied).
     """
@@ -55,7 +56,8 @@ def num_parameters(model: DiT, exclude_embedding: bool = False) -> int:
 def param_count(model: DiT) -> ParamCount:
     """Parameters of ``model`` by part; see ``ParamCount``."""
     modulation = sum(_count(block.adaLN_modulation) for block in model.blocks)
-    conditioning = _count(model.sigma_map) + _count(model.final.adaLN_modulation) + modulation
+    conditioning = (_count(model.sigma_map) + _count(getattr(model, "label_embed", None))
+                    + _count(model.final.adaLN_modulation) + modulation)  # fmt: skip
     blocks = sum(_count(block) for block in model.blocks) - modulation
     embedding = model.embed.weight.numel()
     k = model.config.vocab_size

@@ -40,8 +40,9 @@ def guided_logits(logits_c: Tensor, logits_u: Tensor, gamma: float) -> Tensor:
 
     What the tails take their argmax / mode of under guidance.
     """
-    c = torch.log_softmax(logits_c.float() if logits_c.dtype != torch.float64 else logits_c, -1)
-    u = torch.log_softmax(logits_u.float() if logits_u.dtype != torch.float64 else logits_u, -1)
+    dtype = torch.float64 if torch.float64 in (logits_c.dtype, logits_u.dtype) else torch.float32
+    c = torch.log_softmax(logits_c, -1, dtype=dtype)  # no separate full-size dtype copy
+    u = torch.log_softmax(logits_u, -1, dtype=dtype)
     if gamma == 1.0:
         return c
     if gamma == 0.0:
