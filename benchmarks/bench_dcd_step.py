@@ -10,7 +10,7 @@ KL(p_student || p_teacher), and its backward into the student.
 
 - ours: ``DCDistiller.loss`` (the pair from three scalars per token, never the (B, L, K) noise;
   a KL whose backward recomputes the softmaxes chunk by chunk).
-- baseline: SPEC §6 written straight down: eps ~ N(0, I_K) drawn as a (B, L, K) float32
+- baseline: Concepts §6 written straight down: eps ~ N(0, I_K) drawn as a (B, L, K) float32
   tensor, w_t = alpha_tilde_t x + sigma_tilde_t eps and w_s likewise, z = argmax of each, and
   the KL from dense log_softmax tensors that autograd keeps for backward.
 
@@ -72,7 +72,7 @@ def make_distiller(student: nn.Module, vocab_size: int = K_GPT2) -> DCDistiller:
 def baseline_loss(
     distiller: DCDistiller, student: nn.Module, x_0: Tensor, generator: torch.Generator
 ) -> Tensor:
-    """SPEC §6 straight down: dense Gaussian noise, two argmaxes, a dense KL. (B, L)."""
+    """Concepts §6 straight down: dense Gaussian noise, two argmaxes, a dense KL. (B, L)."""
     k = distiller.vocab_size
     dt = distiller.dt(0)
     t = antithetic_times(x_0.shape[0], eps=dt + distiller.eps, generator=generator,

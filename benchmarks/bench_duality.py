@@ -1,10 +1,10 @@
-"""Accuracy and speed of the duality transform T (SPEC §2, issue 2 item 4).
+"""Accuracy and speed of the duality transform T (Concepts §2, issue 2 item 4).
 
     python -m benchmarks.bench_duality                          # the accuracy/speed table
     pytest benchmarks/bench_duality.py --benchmark-enable       # timings via pytest-benchmark
 
 Targets: |T - T_ref| <= 1e-9 over alpha_tilde in [0, 1] against adaptive quadrature
-(scipy.integrate.quad of SPEC §2's own integral, in log-space, float64); dT/d alpha_tilde within
+(scipy.integrate.quad of Concepts §2's own integral, in log-space, float64); dT/d alpha_tilde within
 1e-8 of its largest value; monotone on a dense grid; T(T.inverse(alpha)) = alpha to 1e-9; a new
 K built in well under 1 s on one core; vectorised evaluation. The reference implementation of
 Duo reaches 1.7e-5 (value) and up to 4 % (derivative) with tables that take hours to build.
@@ -49,7 +49,7 @@ def _reference_integral(vocab_size: int, nu: float, moment: int) -> float:
 
 
 def reference_transform(vocab_size: int, alpha_tilde: float) -> tuple[float, float]:
-    """(T, dT/d alpha_tilde) at one point, straight from SPEC §2 by scipy.integrate.quad."""
+    """(T, dT/d alpha_tilde) at one point, straight from Concepts §2 by scipy.integrate.quad."""
     if alpha_tilde >= 1.0:
         return 1.0, 0.0
     nu = alpha_tilde / math.sqrt(1.0 - alpha_tilde**2)

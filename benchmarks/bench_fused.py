@@ -13,7 +13,7 @@ One training step's head on the CPU: hidden (B, L, D) = (4, 256, 768), weight (K
 - fused: ``fused_linear_uniform_nelbo(..., reduction="mean")`` (gradient formed in the forward
   pass) and ``reduction="none"`` followed by ``.mean()`` (the backward recomputes the logits).
 
-Targets (SPEC §8c): peak extra memory <= 0.25x the materialised path's, time <= 1.2x, results
+Targets (Concepts §3): peak extra memory <= 0.25x the materialised path's, time <= 1.2x, results
 equal to float64 rounding (1e-10) and to 2e-5 in float32. Memory is the peak resident set
 (``getrusage``) of a fresh subprocess per implementation above a baseline that already holds the
 inputs and buffers the size of the three gradients (which every implementation must produce).

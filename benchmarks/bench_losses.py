@@ -4,7 +4,7 @@
     pytest benchmarks/bench_losses.py --benchmark-enable       # timings via pytest-benchmark
 
 Both implementations run on the same inputs: B = 4, L = 256, K = 50257 (GPT-2), float32, forward
-plus backward. The naive one is the library's reference, SPEC §3 written straight down
+plus backward. The naive one is the library's reference, Concepts §3 written straight down
 (``discdiff.losses.reference.uniform_nelbo_reference``): it materialises x̂, x̄ and x̄_θ as
 (B, L, K) tensors and lets autograd keep what it needs. Targets: peak extra memory
 <= 0.3x, time <= 0.5x, values equal to 1e-10 relative in float64 and 1e-5 in float32.

@@ -6,7 +6,7 @@
 
 "Overhead per step" is everything a reverse step does except the denoiser call: it starts from
 the logits (B, L, K) and ends with z_s. The baseline is the straightforward float64 step: x_hat
-= softmax(logits) in float64, the (B, L, K) posterior of SPEC §5 in float64 (with one-hot
+= softmax(logits) in float64, the (B, L, K) posterior of Concepts §5 in float64 (with one-hot
 vectors, as written in the formula), then an exponential race (argmax of posterior / Exp(1)
 noise, the Gumbel-max trick) in float64; "lean f64" is the same law written for speed (in-place,
 one scatter). Both are run one sequence at a time (B = 1 slices, timings summed): a full-batch

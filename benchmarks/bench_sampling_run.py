@@ -12,7 +12,7 @@ and end with the paper's greedy tail: one more call at t_min whose argmax x_hat 
 
 - ours: ``discdiff.samplers.sample_uniform`` (the step as a three-part mixture, exact two-stage
   categorical draws, no (B, L, K) posterior);
-- baseline: the posterior of SPEC §5 as a (B, L, K) float64 tensor from x_hat = softmax(logits)
+- baseline: the posterior of Concepts §5 as a (B, L, K) float64 tensor from x_hat = softmax(logits)
   in float64 with one-hot vectors, then Gumbel-max in float64 (argmax(log q + G),
   G = -log(-log U)), as the reference code samples.
 
@@ -52,7 +52,7 @@ def _alpha(schedule: Schedule, t: float) -> float:
 
 def baseline_posterior_gumbel(logits: Tensor, z_t: Tensor, alpha_s: float, alpha_t: float,
                               generator: torch.Generator) -> Tensor:  # fmt: skip
-    """One reverse step: the float64 (B, L, K) posterior of SPEC §5, then float64 Gumbel-max."""
+    """One reverse step: the float64 (B, L, K) posterior of Concepts §5, then float64 Gumbel-max."""
     k = logits.shape[-1]
     x_hat = torch.softmax(logits.to(torch.float64), dim=-1)
     onehot = F.one_hot(z_t, k).to(torch.float64)

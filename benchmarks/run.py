@@ -104,7 +104,7 @@ def parse_duality(out: str) -> list[Row]:
     build = max(float(r[3]) for r in rows)
     monotone = all(r[4] == "yes" for r in rows)
     ks = ", ".join(r[0] for r in rows)
-    ref = "main; baseline: reference figure (SPEC §2)"
+    ref = "main; baseline: reference figure (Concepts §2)"
     return [
         Row("duality", f"max |T - T_quad|, worst of K = {ks}", "", value, 1.7e-5,
             target="<= 1e-09", met=value <= 1e-9, source=ref),

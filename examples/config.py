@@ -220,7 +220,7 @@ class DCDConfig:
 
 @dataclass
 class SDTTConfig:
-    """Self-distillation through time of an MDLM run (SPEC §8b; the paper's comparator). The
+    """Self-distillation through time of an MDLM run (Concepts §6; the paper's comparator). The
     paper distils for 7 rounds of 10k steps with m = 2 from T = 1024 (1024 -> 8 steps), the
     reverse KL, the teacher refreshed from the student's raw weights."""
 

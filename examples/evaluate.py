@@ -7,7 +7,7 @@
     python -m examples.evaluate models/duo --tokenizer-files vocab.json merges.txt  # converted
     python -m examples.evaluate runs/demo/duo --no-val --lm-eval TASKS --lm-eval-include DIR
 
-Metrics (SPEC §7):
+Metrics (Concepts §7):
 - validation perplexity: exp(sum NELBO / tokens) over the held-out split, an upper bound for
   diffusion models (terms: continuous-time diffusion loss over t in [eps, 1] + prior KL at t = 1
   + reconstruction at t = eps; one Monte Carlo time per sequence) and the exact perplexity for

@@ -4,11 +4,11 @@ An objective turns a batch of clean tokens into a per-token loss, gives a valida
 its terms, samples, and carries whatever state its phase needs in checkpoints:
 
 - ``DuoObjective``: ``UniformDiffusion`` with the Gaussian curriculum for the first
-  ``curriculum_end`` steps, then the plain discrete process (SPEC §3-4).
+  ``curriculum_end`` steps, then the plain discrete process (Concepts §3-4).
 - ``MDLMObjective``: ``MaskedDiffusion`` (absorbing state; the model has one extra id, the mask).
 - ``ARObjective``: a causal DiT and next-token cross-entropy (the baseline and the evaluator).
-- ``DCDObjective``: discrete consistency distillation of a trained Duo model (SPEC §6).
-- ``SDTTObjective``: self-distillation through time of a trained MDLM model (SPEC §8b).
+- ``DCDObjective``: discrete consistency distillation of a trained Duo model (Concepts §6).
+- ``SDTTObjective``: self-distillation through time of a trained MDLM model (Concepts §6).
 
 Strings are resolved to objects here, at the edge (``build_objective``); the library itself
 takes objects.

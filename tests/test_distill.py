@@ -1,4 +1,4 @@
-"""Discrete Consistency Distillation (SPEC §6): the shared-noise argmax pair, the per-token KL,
+"""Discrete Consistency Distillation (Concepts §6): the shared-noise argmax pair, the per-token KL,
 the round schedule, teacher refresh and checkpoints, bad input, and, on a Markov chain whose
 law is known exactly, that distillation makes few-step samples closer to the data law.
 
@@ -70,7 +70,7 @@ def test_argmax_pair_has_the_law_of_shared_noise_latents(vocab_size):
     x = torch.randint(0, k, (n, 1), generator=g)
     a_t, a_s = torch.full((n, 1), 0.3), torch.full((n, 1), 0.7)
     z_t, z_s = argmax_pair(x, a_t, a_s, k, generator=g)
-    # P(z = x) = alpha + (1 - alpha) / K with alpha = T(alpha_tilde) (SPEC §2)
+    # P(z = x) = alpha + (1 - alpha) / K with alpha = T(alpha_tilde) (Concepts §2)
     alpha = GaussianArgmaxTransform(k)(torch.tensor([0.3, 0.7], dtype=torch.float64))
     for z, a in ((z_t, alpha[0]), (z_s, alpha[1])):
         assert_binomial(int((z == x).sum()), n, float(a + (1 - a) / k))

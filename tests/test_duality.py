@@ -1,7 +1,7 @@
-"""The duality transform T (SPEC §2) checked three independent ways, plus its contract.
+"""The duality transform T (Concepts §2) checked three independent ways, plus its contract.
 
 1. K = 2 closed form T = 2 Phi(nu / sqrt 2) - 1.
-2. SPEC §2's integral by scipy's adaptive quadrature (the library integrates another form).
+2. Concepts §2's integral by scipy's adaptive quadrature (the library integrates another form).
 3. Monte-Carlo argmax frequencies of the Gaussian latent, within binomial bounds.
 """
 
@@ -27,7 +27,7 @@ def _nu(alpha_tilde: torch.Tensor) -> torch.Tensor:
 
 
 def _quad_reference(vocab_size: int, alpha_tilde: float) -> tuple[float, float]:
-    """(T, dT/d alpha_tilde) from SPEC §2 as written, by scipy.integrate.quad in log-space."""
+    """(T, dT/d alpha_tilde) from Concepts §2 as written, by scipy.integrate.quad in log-space."""
     from scipy import integrate, special
 
     m = vocab_size - 1
@@ -260,7 +260,7 @@ def test_dual_schedule_contract() -> None:
     torch.testing.assert_close(schedule.dalpha_tilde_dt(t), gamma.dalpha_tilde_dt(t))
     alpha = schedule.alpha(t)
     assert (alpha.diff() < 0).all()
-    # SPEC §4: the OWT window gives alpha in [0.049, 0.945] at K = 50257.
+    # Concepts §4: the OWT window gives alpha in [0.049, 0.945] at K = 50257.
     assert abs(alpha[0].item() - 0.945) < 5e-3 and abs(alpha[-1].item() - 0.049) < 5e-3
     with pytest.raises(ValueError, match="alpha"):
         schedule.inverse(torch.tensor([1.5]))

@@ -1,4 +1,4 @@
-"""The fused output layer + loss (SPEC §8c) equals the unfused path — logits = hidden @ W.T + b,
+"""The fused output layer + loss (Concepts §3) equals the unfused path — logits = hidden @ W.T + b,
 then the library's loss — in value and in the gradients of hidden, weight, bias and dalpha_t, to
 float64 rounding (1e-10) and to 2e-5 in float32; and it never saves anything of size (B·L, K)."""
 

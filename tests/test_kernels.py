@@ -156,7 +156,7 @@ def test_the_fused_head_runs_the_kernels_per_block(reduction):
 
 
 def _exact_law(logits, z, a_s, a_t, kappa):
-    """q(z_s | z_t, x̂) per row, dense over the K classes in float64 (SPEC §5 written down)."""
+    """q(z_s | z_t, x̂) per row, dense over the K classes in float64 (Concepts §5 written down)."""
     x_hat = torch.softmax(logits.to(F64), -1)
     k = x_hat.shape[-1]
     e_z = torch.nn.functional.one_hot(z, k).to(F64)

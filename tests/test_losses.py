@@ -1,4 +1,4 @@
-"""Laws of the losses (SPEC §3): the uniform NELBO against the reference formula (the SPEC written
+"""Laws of the losses (Concepts §3): the uniform NELBO against the reference formula (written
 straight down), its gradient, its continuous-time limit and the full bound on an exactly solvable
 case; the masked NELBO against its reference, AR loss, bound terms and the argument checks."""
 
@@ -344,7 +344,7 @@ def _uniform_bound(x_hat_of, eps: float) -> float:
 
 @pytest.mark.parametrize("eps", [1e-3, 0.05])
 def test_full_bound_on_an_exactly_solvable_case(eps):
-    """K = 3, L = 1, p = (0.6, 0.3, 0.1). Plugging x̂ into q(z_s | x̂) (SPEC §5) reproduces the
+    """K = 3, L = 1, p = (0.6, 0.3, 0.1). Plugging x̂ into q(z_s | x̂) (Concepts §5) reproduces the
     exact reverse rates q_t(j)/q_t(i) when x̂ = p itself (q_t(·|p) is the marginal q_t), so that
     is the exact denoiser here; then the bound exceeds the entropy by exactly KL(q_1 ‖ Uniform),
     1.9e-7 nats at α_1 = 1e-3, whatever ε. The Bayes posterior x̂ = p(x | z_t) is *not* exact in

@@ -1,5 +1,5 @@
 """Laws of the forward processes: marginals, corruption frequencies, the Gaussian-argmax duality,
-the relaxation, and the top-k latent's exactness (SPEC §1, §2, §4).
+the relaxation, and the top-k latent's exactness (Concepts §1, §2, §4).
 
 Statistical checks use fixed seeds and 5-sigma binomial bounds (or p-values below 1e-6), so they
 are deterministic and fail only on a real error.
@@ -31,7 +31,7 @@ LEVELS = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
 
 
 def argmax_prob(alpha_tilde: float, vocab_size: int) -> float:
-    """P(argmax w_t = x) = int phi(z - nu) Phi(z)^(K-1) dz, by adaptive quadrature (SPEC §2)."""
+    """P(argmax w_t = x) = int phi(z - nu) Phi(z)^(K-1) dz, by adaptive quadrature (Concepts §2)."""
     if alpha_tilde >= 1.0:
         return 1.0
     nu = alpha_tilde / math.sqrt(1.0 - alpha_tilde**2)

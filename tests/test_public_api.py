@@ -1,4 +1,4 @@
-"""Every exported name resolves, and the SPEC §9 contract works with its documented signatures:
+"""Every exported name resolves, and the Concepts §9 contract works with its documented signatures:
 the right shapes and dtypes on tiny inputs, float64 in giving float64 out."""
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def test_uniform_posterior_contract_is_bayes_rule(dtype):
     assert q.shape == (B, L, K) and q.dtype == dtype
     assert (q >= 0).all()
     torch.testing.assert_close(q.sum(-1), torch.ones(B, L, dtype=dtype))
-    # q(z_s | z_t, x) ∝ q(z_t | z_s) q(z_s | x), both uniform-state transitions (SPEC §1, §5).
+    # q(z_s | z_t, x) ∝ q(z_t | z_s) q(z_s | x), both uniform-state transitions (Concepts §1, §5).
     alpha_ts = alpha_t / alpha_s
     likelihood = alpha_ts * torch.nn.functional.one_hot(z_t, K).to(dtype) + (1 - alpha_ts) / K
     prior = alpha_s * probs + (1 - alpha_s) / K

@@ -5,7 +5,7 @@ K^L states. The other sampler test files import their helpers (chi-square, seeds
 What "exact denoiser" means. The plug-in posterior q(z_s | z_t, x_hat) ∝ q(z_t | z_s) q(z_s | x_hat)
 uses x_hat only through q_t(. | x_hat) = alpha_t x_hat + (1 - alpha_t) / K, and the true reverse
 process needs the ratios p_t(z with position l set to j) / p_t(z). Those are matched by the
-leave-one-out law x_hat^l = p(x^l | z_t^{-l}) (SPEC §5), the clean token at l given the *other*
+leave-one-out law x_hat^l = p(x^l | z_t^{-l}) (Concepts §5), the clean token at l given the *other*
 positions: for one position, x_hat = the data law itself. The same leave-one-out law is the exact
 masked denoiser at masked positions (unmasked positions are clean evidence). A prompt is clean
 context: its positions enter the likelihood with alpha = 1.
@@ -193,7 +193,7 @@ def uniform_chain(
 ) -> torch.Tensor:
     """The exact law of the uniform sampler (no tail) over the free positions' K^(free) states:
     z_1 uniform on the free positions, then one transition matrix per step from the explicit
-    posteriors; ``renoise="x_hat"`` is the pre-SPEC Ψ form kappa post + (1 - kappa)(alpha_s
+    posteriors; ``renoise="x_hat"`` is the older Ψ form kappa post + (1 - kappa)(alpha_s
     x_hat + (1 - alpha_s) / K), kept to measure how much worse it is."""
     k, length = oracle.k, oracle.length
     if mask is None:
@@ -337,7 +337,7 @@ def test_psi_re_noising_the_denoising_posterior_lands_near_the_law():
     """K = 3, L = 2 Markov law, its exact denoiser, 64 steps at kappa = 0.5, no tail.
 
     Exact chain laws (``python -m tests.test_samplers_laws``): TV to the data 0.0129 with the
-    SPEC form (forward of the denoising posterior), 0.0637 with the old form (forward of x_hat),
+    denoising-posterior form (forward of q0), 0.0637 with the old form (forward of x_hat),
     0.0043 for plain ancestral. The sampler's 20000 draws are that chain (chi-square), and their
     TV to the data, 0.012-0.017 over seeds 40-42 (Monte Carlo error ~0.008), stays below 0.035,
     which the old form's 0.064 could not."""
@@ -513,7 +513,7 @@ def _report() -> None:  # pragma: no cover - a measurement, run by hand
             for kappa, form in ((None, "posterior"), (0.5, "posterior"), (0.5, "x_hat"))
         ]
         print(f"Markov K=3 L=2, {n} steps, exact TV: ancestral {tv[0]:.4f}, "
-              f"Psi(0.5) SPEC {tv[1]:.4f}, Psi(0.5) old {tv[2]:.4f}")  # fmt: skip
+              f"Psi(0.5) q0 {tv[1]:.4f}, Psi(0.5) old {tv[2]:.4f}")  # fmt: skip
     grid = TimeGrid.build(SCHEDULE, 64, tail="none")
     spec = uniform_chain(oracle, grid, kappa=0.5)
     for seed in (40, 41, 42):

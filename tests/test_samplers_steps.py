@@ -47,7 +47,7 @@ def bayes_posterior(x_hat: torch.Tensor, i: int, a_s: float, a_t: float) -> torc
 
 
 def bayes_denoising_posterior(x_hat: torch.Tensor, i: int, a_t: float) -> torch.Tensor:
-    """q0(j) ∝ q(z_t = i | x = j) x_hat_j, x_hat the leave-one-out law (SPEC §5), one row."""
+    """q0(j) ∝ q(z_t = i | x = j) x_hat_j, x_hat the leave-one-out law (Concepts §5), one row."""
     q0 = transition(a_t, x_hat.numel())[:, i] * x_hat
     return q0 / q0.sum()
 
@@ -227,7 +227,7 @@ def test_psi_step_law(kappa):
     z_s = uniform_ancestral_step(
         p.log().expand(1, n, k), z_t, a_s, a_t, kappa=kappa, generator=gen(13)
     )
-    # SPEC §5: re-noise the denoising posterior q0 (not x_hat) to level s
+    # Concepts §5: re-noise the denoising posterior q0 (not x_hat) to level s
     post = uniform_posterior(p.expand(1, 1, k), z_t[:, :1], a_s, a_t)[0, 0]
     q0 = p * (a_t * (torch.arange(k) == 1) + (1 - a_t) / k)
     q0 = q0 / q0.sum()

@@ -48,7 +48,7 @@ CASES = [
     Case("geometric", GeometricSchedule(), 1.0, 0.0, 1e-3),
     # DCD at a small vocabulary: a wide window so that alpha_1 is small (distill.py docstring).
     Case("dual-K8-dcd", dual(8, -4.0, 5.0), 1.0, 0.017, 1e-3),
-    # Duo's OWT curriculum window: alpha in [0.049, 0.945] at K = 50257 (SPEC §4).
+    # Duo's OWT curriculum window: alpha in [0.049, 0.945] at K = 50257 (Concepts §4).
     Case("dual-K50257-owt", dual(50257, -3.55, -1.85), 0.945, 0.049, 1e-3),
 ]
 IDS = [c.name for c in CASES]

@@ -1,4 +1,4 @@
-"""Self-distillation through time (SPEC §8b): the teacher's target law against an explicit
+"""Self-distillation through time (Concepts §6): the teacher's target law against an explicit
 enumeration, the loss, rounds / refresh / checkpoints, bad input, and, on a Markov chain whose law
 is known exactly, that the distilled student samples closer to the law in few steps.
 

@@ -1,4 +1,4 @@
-"""Laws of the time sampling (SPEC §3): over every rank and accumulation step of one optimiser
+"""Laws of the time sampling (Concepts §3): over every rank and accumulation step of one optimiser
 step the times are exactly one point per stratum of the global batch, the offset u depends on
 (seed, step) alone, and bad arguments raise errors that name them."""
 

@@ -1,6 +1,6 @@
 """One uniform-state reverse step t -> s (ancestral, or Ψ with κ), never forming a (B, L, K) law.
 
-SPEC §5. With α_ts = α_t / α_s, i = z_t and x̂ = softmax(logits), the ancestral posterior is a
+Concepts §5. With α_ts = α_t / α_s, i = z_t and x̂ = softmax(logits), the ancestral posterior is a
 three-part mixture, normalised by N = Kα_t x̂_i + 1 - α_t:
 
     stay at z_t      (Kα_t x̂_i + α_ts - α_t) / N
@@ -118,7 +118,7 @@ def uniform_ancestral_step(
     generator: torch.Generator | None = None,
     backend: Backend = "auto",
 ) -> Int[Tensor, "b l"]:
-    """Draw z_s ~ q(z_s | z_t, x̂) for one reverse step t -> s (SPEC §5), x̂ = softmax(logits).
+    """Draw z_s ~ q(z_s | z_t, x̂) for one reverse step t -> s (Concepts §5), x̂ = softmax(logits).
 
     Args:
         logits: (B, L, K) denoiser output at (z_t, t).

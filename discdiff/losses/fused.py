@@ -1,4 +1,4 @@
-"""The output layer and the loss, fused (SPEC §8c): losses from the last hidden state.
+"""The output layer and the loss, fused (Concepts §3): losses from the last hidden state.
 
 A training step's largest tensors are the (B·L, K) logits and their gradient. The functions here
 take the last hidden state ``hidden`` (B, L, D) and the output projection (``weight`` (K, D),
