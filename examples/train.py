@@ -397,7 +397,8 @@ def train(
             f"{run_dir} already holds a checkpoint: pass --train.resume true to continue it, "
             "--train.overwrite true to start afresh, or another --train.out_dir"
         )
-    teacher_tokenizer = _dcd_teacher_tokenizer(cfg) if tc.objective == "dcd" else None
+    teacher_tokenizer = (_dcd_teacher_tokenizer(cfg) if tc.objective == "dcd" else
+                         load_tokenizer(cfg.sdtt.teacher) if tc.objective == "sdtt" else None)
     state = load_checkpoint(ckpt_path) if resuming else None
 
     # Data and tokenizer (a resumed run reuses the tokenizer it saved; DCD its teacher's).
@@ -414,11 +415,11 @@ def train(
     # Model and objective. DCD: the student starts from the teacher's (EMA) weights.
     torch.manual_seed(tc.seed)
     teacher = None
-    if tc.objective == "dcd":
-        teacher_run = load_trained(cfg.dcd.teacher, build_objective_too=False)
+    if tc.objective in ("dcd", "sdtt"):
+        teacher_run = load_trained(getattr(cfg, tc.objective).teacher, build_objective_too=False)
         if teacher_run.tokenizer.vocab_size != tokenizer.vocab_size:
             raise ValueError(
-                f"the DCD teacher {cfg.dcd.teacher} has vocabulary size "
+                f"the teacher {getattr(cfg, tc.objective).teacher} has vocabulary size "
                 f"{teacher_run.tokenizer.vocab_size}, this run's data has {tokenizer.vocab_size}"
             )
         teacher = teacher_run.model.to(device)
@@ -451,10 +452,11 @@ def train(
     noise = torch.Generator(device=device).manual_seed(tc.seed * 1009 + 7 * info.rank + 1)
 
     # DCD runs its own schedule: rounds x steps_per_round steps at its own lr and EMA decay.
-    distilling = tc.objective == "dcd"
-    lr = cfg.dcd.lr if distilling else tc.lr
-    total_steps = cfg.dcd.rounds * cfg.dcd.steps_per_round if distilling else tc.steps
-    ema = build_ema(model, cfg.dcd.ema if distilling else tc.ema)  # a copy, sharded like model
+    distilling = tc.objective in ("dcd", "sdtt")
+    dc = getattr(cfg, tc.objective) if distilling else None
+    lr = dc.lr if dc else tc.lr
+    total_steps = dc.rounds * dc.steps_per_round if dc else tc.steps
+    ema = build_ema(model, dc.ema if dc else tc.ema)  # a copy, sharded like model
     model = D.wrap_model(model, info, fsdp=tc.fsdp)
     if tc.fsdp:
         D.wrap_model(ema.module, info, fsdp=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from examples.replicate import main, sample_both_tails, steps_to_reach
+from examples.replicate import main, sample_tails, steps_to_reach
 from tests.helpers import make_corpus
 
 
@@ -27,6 +27,7 @@ def test_report_has_every_section(replication, capsys):
     report = (docs / "replication.md").read_text()
     for heading in ("## (a) Duo with and without the curriculum", "## (b) Perplexity",
                     "## (c) Few-step generation", "## (d) The paper beside this run",
+                    "## (e) The 8-step comparison, one factor at a time",
                     "## Configuration"):  # fmt: skip
         assert heading in report
     for name in summary["plots"]:
@@ -36,11 +37,25 @@ def test_report_has_every_section(replication, capsys):
     assert (out / "results.json").is_file()
     # every run trained, every model evaluated, both tails at every step count
     methods = [r["method"] for r in summary["perplexity"]]
-    assert methods == ["AR", "MDLM", "Duo", "Duo (no curriculum)", "Duo+DCD"]
+    assert methods == ["AR", "MDLM", "MDLM+SDTT", "Duo", "Duo (no curriculum)", "Duo+DCD"]
     assert all(r["val_ppl"] > 1 and r["zero_shot_ppl"] > 1 for r in summary["perplexity"])
-    gen = {(r["method"], r["steps"], r["tail"]) for r in summary["generation"]}
-    assert gen == {(m, s, t) for m in ("Duo", "Duo+DCD", "MDLM") for s in (8, 2)
-                   for t in ("greedy", "ancestral")}  # fmt: skip
+    gen = {(r["method"], r["steps"], r["tail"]): r for r in summary["generation"]}
+    uniform = {(m, s, t) for m in ("Duo", "Duo+DCD") for s in (8, 2)
+               for t in ("greedy", "map", "none")}  # fmt: skip
+    masked = {(m, s, t) for m in ("MDLM", "MDLM+SDTT") for s in (8, 2) for t in ("greedy", "none")}
+    assert set(gen) == uniform | masked
+    for (method, steps, tail), r in gen.items():
+        if (method, steps, tail) in uniform:
+            assert r["nfe"] == steps + (tail != "none")
+        else:  # the masked sampler's cache may skip calls
+            assert 1 <= r["nfe"] <= steps + (tail != "none")
+    assert "replication_frontier.png" in summary["plots"]
+    # the ablation: one row per factor, each with both models measured
+    factors = [r["factor"] for r in summary["ablation"]]
+    assert factors == ["none (section c)", "tail", "tail", "student schedule",
+                       "distillation length", "vocabulary"]  # fmt: skip
+    assert all(r["ratio"] > 0 for r in summary["ablation"])
+    assert summary["bpe"]["vocab_size"] > 256 and summary["bpe"]["chars_per_token"] > 1
     assert len(summary["curriculum"]["gradient_variance"]) == 2
     assert {r["claim"].split(":")[0] for r in summary["verdicts"]} >= {
         "curriculum", "validation PPL ordering"}
@@ -52,22 +67,41 @@ def test_tables_are_in_the_report_as_printed(replication):
     # the printed tables are the report's tables: spot-check a row of each
     ar = summary["perplexity"][0]
     assert f"| AR | {ar['val_ppl']:.3f} | exact |" in report
-    row = summary["generation"][0]
-    assert f"| {row['method']} | {row['steps']} | {row['tail']} | {row['gen_ppl']:.3f} |" in report
+    for row in summary["generation"]:
+        assert (f"| {row['method']} | {row['tail']} | {row['steps']} | {row['nfe']} | "
+                f"{row['gen_ppl']:.3f} |") in report  # fmt: skip
+    # the paper's Tables 5 and 7 beside ours
+    assert "| Duo+DCD | greedy | 36.5 / 5.19 | 69.6 / 5.30 |" in report
+    assert "| MDLM+SDTT | greedy | 36.9 / 5.39 | 193.1 / 5.58 |" in report
 
 
-def test_greedy_variant_equals_library_greedy_tail(replication):
+def test_tails_equal_the_library_tails(replication):
+    """Greedy is taken from the MAP run's tail call: the same samples as tail="greedy"."""
     from examples.train import load_trained
 
     _, out, _ = replication
-    for name in ("duo", "mdlm", "dcd"):
+    for name in ("duo", "mdlm", "dcd", "sdtt"):
         run = load_trained(out / name)
-        greedy, ancestral, _ = sample_both_tails(run, 4, 3, batch_size=3, seed=5)
-        gen = torch.Generator().manual_seed(5)
-        library = run.objective.sample(run.model, 3, run.config.data.seq_len, 4, greedy_tail=True,
-                         generator=gen)  # fmt: skip
-        assert torch.equal(greedy, library)
-        assert ancestral.shape == greedy.shape
+        tails = ("greedy", "none") if name in ("mdlm", "sdtt") else ("greedy", "map", "none")
+        got = sample_tails(run, 4, 3, batch_size=2, seed=5, tails=tails)
+        assert list(got) == list(tails)
+        for tail in tails:
+            gen = torch.Generator().manual_seed(5)
+            length = run.config.data.seq_len
+            library = torch.cat([run.objective.sample(run.model, n, length, 4, tail=tail,
+                                                      generator=gen) for n in (2, 1)])
+            assert torch.equal(got[tail].samples, library), (name, tail)
+        if name == "duo":
+            assert got["greedy"].nfe == got["map"].nfe == 5 and got["none"].nfe == 4
+            assert got["greedy"].wall_s == got["map"].wall_s
+
+
+def test_masked_runs_have_no_map_tail(replication):
+    from examples.train import load_trained
+
+    _, out, _ = replication
+    with pytest.raises(ValueError, match="map"):
+        sample_tails(load_trained(out / "mdlm"), 2, 2, batch_size=2, seed=0, tails=("map",))
 
 
 def test_steps_to_reach_interpolates():
