@@ -83,7 +83,7 @@ QUICK_MODEL = {"model.hidden": 32, "model.blocks": 2, "model.heads": 2, "model.c
                "sample.batch_size": 8}  # fmt: skip
 
 LABELS = {"duo": "Duo", "dcd": "Duo+DCD", "mdlm": "MDLM", "sdtt": "MDLM+SDTT", "ar": "AR"}
-# The tails each model samples with (SPEC §5): greedy is the paper's; MAP and none only for the
+# The tails each model samples with (Concepts §5): greedy is the paper's; MAP and none only for the
 # uniform-state models (for the masked ones MAP is greedy).
 TAILS = {"duo": ("greedy", "map", "none"), "dcd": ("greedy", "map"), "mdlm": ("greedy",),
          "sdtt": ("greedy",)}  # fmt: skip

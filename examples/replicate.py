@@ -14,9 +14,9 @@ Shakespeare character corpus (``examples.corpus``; Milton for zero-shot), seeds 
     the diffusion models, exact for AR) on the held-out works and zero-shot on Milton;
 (c) distils Duo with DCD and MDLM with SDTT and measures generative perplexity (under the AR
     model) and sample entropy against the network calls (NFE) for Duo, Duo+DCD, MDLM and
-    MDLM+SDTT with each tail (greedy, MAP, none; SPEC §5), plots the frontier of gen. PPL
+    MDLM+SDTT with each tail (greedy, MAP, none; Concepts §5), plots the frontier of gen. PPL
     against entropy and puts the paper's Tables 5 and 7 beside ours;
-(d) puts the paper's figures (SPEC §8, orientation only) beside ours with a verdict per claim;
+(d) puts the paper's figures (orientation only) beside ours with a verdict per claim;
 (e) ablates the 8-step comparison Duo+DCD vs MDLM+SDTT: the tail, the student's sampling
     schedule (log-linear vs its gamma-window), the length of the distillation rounds, and the
     vocabulary (the whole pipeline again on a BPE tokenizer trained offline on the training
@@ -139,13 +139,13 @@ SCALES = {
     ),
 }  # fmt: skip
 
-# The paper's figures (SPEC §8; OWT, GPT-2 tokenizer, L = 1024; orientation only).
+# The paper's figures (the paper's figures; OWT, GPT-2 tokenizer, L = 1024; orientation only).
 PAPER = {
     "val_ppl": {"AR": 17.5, "MDLM": 23.2, "Duo": 25.2},
     "curriculum_speedup": 2.0,
 }
 # Generative perplexity / entropy (GPT-2 Large evaluator, float64 sampling) at 1024 and 8 steps
-# (SPEC §8, the paper's Tables 5 and 7): (method, tail) -> {steps: (gen. PPL, entropy or None)}.
+# (the paper's Tables 5 and 7): (method, tail) -> {steps: (gen. PPL, entropy or None)}.
 # "none" is the paper's "ancestral" row (no greedy tail).
 PAPER_GEN = {
     ("Duo", "greedy"): {1024: (77.7, 5.55), 8: (198.3, 5.57)},
@@ -170,7 +170,7 @@ ABLATION_RUNS = {
     "dcd_long": "Duo+DCD", "sdtt_long": "MDLM+SDTT", "bpe_duo": "Duo", "bpe_ar": "AR",
     "bpe_mdlm": "MDLM", "bpe_dcd": "Duo+DCD", "bpe_sdtt": "MDLM+SDTT",
 }  # fmt: skip
-# The paper's Gaussian windows at K = 50257 (SPEC §4, §6), carried to another K in alpha.
+# The paper's Gaussian windows at K = 50257 (Concepts §4, §6), carried to another K in alpha.
 PAPER_WINDOWS = {"duo": (-3.55, -1.85), "dcd": (-4.0, -1.0)}
 PAPER_VOCAB = 50257
 
@@ -326,7 +326,7 @@ def sample_tails(
     run: Any, steps: int, num_samples: int, *, batch_size: int, seed: int,
     tails: Sequence[str] = ("greedy", "map", "none"),
 ) -> dict[str, TailSamples]:  # fmt: skip
-    """Samples of a diffusion run in ``steps`` steps for each of ``tails`` (SPEC §5), seeded.
+    """Samples of a diffusion run in ``steps`` steps for each of ``tails`` (Concepts §5), seeded.
 
     Greedy and MAP share one trajectory and one tail call: the run samples with ``tail="map"``
     and the greedy output is ``greedy_tail`` of the same call's logits (from the callback), which
@@ -766,7 +766,7 @@ def _pair(ppl: float, entropy: float | None) -> str:
 
 def paper_table(rows: Sequence[dict[str, Any]], many: int) -> list[dict[str, Any]]:
     """The paper's gen. PPL / entropy at 1024 and 8 steps beside ours at ``many`` and 8 steps,
-    with the factor by which the perplexity grows from many steps to 8 (SPEC §8)."""
+    with the factor by which the perplexity grows from many steps to 8 (the paper's figures)."""
     ours = {(r["method"], r["tail"], r["steps"]): r for r in rows}
     table = []
     for (method, tail), paper in PAPER_GEN.items():
@@ -881,7 +881,7 @@ def _far_below(ours: float, other: float, entropy_gap: float) -> str:
 
 def verdicts(speedup: float | None, ppl: dict[str, float], gen: dict[tuple[str, int, str], dict],
              refs: Sequence[dict], gen_steps: Sequence[int]) -> list[dict[str, str]]:  # fmt: skip
-    """One row per claim of SPEC §8: the paper's figure, ours, and whether they agree."""
+    """One row per claim of the paper: the paper's figure, ours, and whether they agree."""
     out = []
     if speedup is None:
         ours, verdict = "the curriculum run never reached the target", "disagrees"
@@ -1229,14 +1229,14 @@ def report_from_raw(
         ("paper_8", "paper, 8 steps"), ("paper_ratio", "paper, 8 / 1024"),
         ("ours_many", f"ours, {max(scale.gen_steps)} steps"), ("ours_8", "ours, 8 steps"),
         ("ours_ratio", f"ours, 8 / {max(scale.gen_steps)}")])  # fmt: skip
-    _say("\nThe paper's Tables 5 and 7 (SPEC §8; gen. PPL / entropy) beside ours")
+    _say("\nThe paper's Tables 5 and 7 (the paper's figures; gen. PPL / entropy) beside ours")
     _say(paper_md)
 
     # (d) paper vs ours ------------------------------------------------------------------------
     ppl_by = {RUNS[n]: results[f"bounds_{n}"]["val"]["ppl"] for n in ("ar", "mdlm", "duo")}
     gen_by = {(r["method"], r["steps"], r["tail"]): r for r in gen_rows}
     verdict_rows = verdicts(speedup, ppl_by, gen_by, refs, scale.gen_steps)
-    verdict_md = markdown_table(verdict_rows, [("claim", "claim"), ("paper", "paper (SPEC §8)"),
+    verdict_md = markdown_table(verdict_rows, [("claim", "claim"), ("paper", "paper"),
                                                ("ours", "ours"), ("verdict", "verdict")])
     _say("\n(d) The paper's figures (OWT, GPT-2 tokens, L=1024, ~170M parameters; orientation "
          "only) beside ours")
@@ -1410,7 +1410,7 @@ def render_report(
         f"{scale.num_samples} samples of {scale.seq_len} characters per row, generative "
         "perplexity under the AR model above (the same tokenizer, so ids are scored directly), "
         "entropy = mean per-sample unigram entropy of the token ids in nats (the real-text row "
-        "gives the scale), NFE = denoiser calls per sample. Tails (SPEC §5): **greedy** = N "
+        "gives the scale), NFE = denoiser calls per sample. Tails (Concepts §5): **greedy** = N "
         "ancestral steps on linspace(1, 1e-5, N + 1), then one more call at t = 1e-5 whose "
         "argmax x_hat is the output (the paper's protocol, N + 1 calls); **map** = the same "
         "call, the mode of the denoising posterior q(z_0 | z_t, x_hat) (keeps each token's own "
@@ -1441,7 +1441,7 @@ def render_report(
         "",
         _map_line(summary["generation"], summary["vocab_size"]),
         "",
-        "The paper's Tables 5 and 7 (SPEC §8: OWT, GPT-2 Large evaluator; gen. PPL / entropy) "
+        "The paper's Tables 5 and 7 (OWT, GPT-2 Large evaluator; gen. PPL / entropy) "
         f"beside ours at {max(scale.gen_steps)} and 8 steps, and the factor by which the "
         "perplexity grows when the steps shrink:",
         "",
@@ -1453,7 +1453,7 @@ def render_report(
         "",
         "## (d) The paper beside this run",
         "",
-        "Paper figures from SPEC §8 (OWT, GPT-2 tokenizer, L = 1024, ~170M-parameter DiT, "
+        "Paper figures (OWT, GPT-2 tokenizer, L = 1024, ~170M-parameter DiT, "
         "1M steps of 512 x 1024 tokens; taken from secondary summaries, orientation only). "
         "Verdicts are computed by the command from the numbers above.",
         "",
