@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from examples.checkpoint import load_checkpoint
 from examples.train import load_trained, train
-from tests.test_examples_train import make_corpus, tiny_config
+from tests.helpers import make_corpus, tiny_config
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ from examples.data import LabelledRows, document_labels, prepare_data, read_docu
 from examples.guidance import format_table, guided_samples, main
 from examples.objectives import LabelDropout
 from examples.train import load_trained, train
-from tests.test_examples_train import tiny_config
+from tests.helpers import tiny_config
 
 LETTERS = {"comedy": "abcde", "tragedy": "vwxyz", None: "klmno"}  # disjoint alphabets
 

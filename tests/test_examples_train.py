@@ -15,34 +15,11 @@ import torch
 import torch.multiprocessing as mp
 
 from examples.checkpoint import CheckpointMismatchError, load_checkpoint
-from examples.config import Config, apply_overrides, preset
 from examples.metrics import read_csv
 from examples.train import lr_multiplier, train
+from tests.helpers import make_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_corpus(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    words = "to be or not that is the question whether tis nobler in mind suffer".split()
-    for i in range(12):
-        starts = [(i + j) % len(words) for j in range(60)]
-        lines = [" ".join(words[k : k + 5]) for k in starts]
-        (directory / f"doc{i:02d}.txt").write_text(f"Document {i}.\n" + "\n".join(lines) + "\n")
-    return directory
-
-
-def tiny_config(data: Path, out: Path, **overrides) -> Config:
-    values = {
-        "data.source": str(data), "data.seq_len": 32, "data.val_fraction": 0.2,
-        "model.hidden": 32, "model.blocks": 2, "model.heads": 2, "model.cond_dim": 16,
-        "model.dropout": 0.1, "train.steps": 6, "train.batch_size": 4, "train.warmup": 2,
-        "train.log_every": 1, "train.eval_every": 3, "train.eval_sequences": 8,
-        "train.ckpt_every": 2, "train.out_dir": str(out), "train.progress": False,
-        "train.tensorboard": False, "train.device": "cpu", "duo.curriculum_end": 4,
-    }  # fmt: skip
-    values.update(overrides)
-    return apply_overrides(preset("cpu-demo"), values)
 
 
 @pytest.fixture(scope="module")
