@@ -46,6 +46,8 @@ class GuidanceRow:
     """Share of the samples the per-label unigram classifier assigns to ``label``."""
     nll: float
     """Mean NLL per token (nats) of the samples under ``label``'s unigram model."""
+    example: str = ""
+    """The first sample, decoded."""
 
 
 def unigram_log_probs(rows: LabelledRows, vocab_size: int) -> Tensor:
@@ -111,7 +113,8 @@ def guided_samples(
             scores = log_p[:, x].sum(-1)  # (C, N): each label's log-likelihood of each sample
             hit = (scores.argmax(0) == c).double().mean().item()
             nll = (-scores[c] / length).mean().item()
-            out.append(GuidanceRow(name, float(gamma), num_samples, hit, nll))
+            text = run.tokenizer.decode(x[0].tolist())
+            out.append(GuidanceRow(name, float(gamma), num_samples, hit, nll, text))
     return out
 
 

@@ -20,7 +20,9 @@ Shakespeare character corpus (``examples.corpus``; Milton for zero-shot), seeds 
 (e) ablates the 8-step comparison Duo+DCD vs MDLM+SDTT: the tail, the student's sampling
     schedule (log-linear vs its gamma-window), the length of the distillation rounds, and the
     vocabulary (the whole pipeline again on a BPE tokenizer trained offline on the training
-    split).
+    split);
+(f) trains Duo once more with a class label per document (the play's genre; label dropout) and
+    samples it with classifier-free guidance at several scales (``examples.guidance``).
 
 Jobs run in parallel worker processes (``--workers``, one torch thread each), each as soon as
 the runs it reads are trained, the longest first. Every table is printed to stdout as it is made and
@@ -105,6 +107,10 @@ class Scale:
     grad_draws: int
     grad_batch: int
     grad_taus: tuple[float, ...]
+    guidance_steps: int = 32
+    """(f): sampling steps of the guided samples."""
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    """(f): the guidance scales gamma (0: unconditional, 1: conditional, above: sharpened)."""
 
 
 SCALES = {
@@ -135,7 +141,8 @@ SCALES = {
         dcd_lr=1e-3, dcd_T=8, sdtt_rounds=2, sdtt_steps_per_round=2, sdtt_lr=1e-3, sdtt_T=8,
         gen_steps=(8, 2), long_steps_per_round=3, bpe_vocab=300, bpe_steps=(8, 2), num_samples=8,
         sample_batch=8,
-        grad_draws=3, grad_batch=2, grad_taus=(1e-3,),
+        grad_draws=3, grad_batch=2, grad_taus=(1e-3,), guidance_steps=4,
+        guidance_scales=(0.0, 2.0),
     ),
 }  # fmt: skip
 
@@ -170,6 +177,9 @@ ABLATION_RUNS = {
     "dcd_long": "Duo+DCD", "sdtt_long": "MDLM+SDTT", "bpe_duo": "Duo", "bpe_ar": "AR",
     "bpe_mdlm": "MDLM", "bpe_dcd": "Duo+DCD", "bpe_sdtt": "MDLM+SDTT",
 }  # fmt: skip
+# Section (f): Duo trained with a class label per document (the play's genre) and label dropout,
+# sampled with classifier-free guidance.
+GUIDED_RUN = "duo_labels"
 # The paper's Gaussian windows at K = 50257 (Concepts §4, §6), carried to another K in alpha.
 PAPER_WINDOWS = {"duo": (-3.55, -1.85), "dcd": (-4.0, -1.0)}
 PAPER_VOCAB = 50257
@@ -188,6 +198,8 @@ def run_label(name: str) -> str:
     """How tables name a run: ``RUNS``' labels, the ablation's with what they change."""
     if name in RUNS:
         return RUNS[name]
+    if name == GUIDED_RUN:
+        return "Duo (with labels)"
     what = "BPE" if name.startswith("bpe_") else "longer rounds"
     return f"{ABLATION_RUNS[name]} ({what})"
 
@@ -195,7 +207,16 @@ def run_label(name: str) -> str:
 def _objective(name: str) -> str:
     """The objective of a run: ``bpe_dcd`` -> dcd, ``sdtt_long`` -> sdtt, ``duo_plain`` -> duo."""
     base = name.removeprefix("bpe_").removesuffix("_long")
-    return "duo" if base == "duo_plain" else base
+    return "duo" if base in ("duo_plain", GUIDED_RUN) else base
+
+
+def label_kind(data: str) -> str:
+    """The class labels section (f) trains with: the genre of each play of the shakespeare
+    corpus, a directory's top-level folders, or none ("": the section is skipped)."""
+    if data == "shakespeare":
+        return "genre"
+    path = Path(data)
+    return "folder" if path.is_dir() and any(p.is_dir() for p in path.iterdir()) else ""
 
 
 def build_config(
@@ -236,6 +257,8 @@ def build_config(
     prefix = "bpe_" if name.startswith("bpe_") else ""
     if objective in TEACHERS:
         values[f"{objective}.teacher"] = str(out / (prefix + TEACHERS[objective]))
+    if name == GUIDED_RUN:
+        values.update({"data.labels": label_kind(data), "train.cond_dropout": 0.1})
     if name.endswith("_long"):
         values[f"{objective}.steps_per_round"] = s.long_steps_per_round
     if prefix:
@@ -412,6 +435,17 @@ def _generation_job(
     return generation_rows(run, AREvaluator(load_trained(evaluator_dir)), gen_steps,
                            num_samples=num_samples, batch_size=batch_size, seed=seed,
                            label=label)  # fmt: skip
+
+
+def _guidance_job(run_dir: str, scales: Sequence[float], num_samples: int, steps: int,
+                  batch_size: int) -> list[dict[str, Any]]:  # fmt: skip
+    """``examples.guidance.guided_samples`` of the labelled run: per label and scale, the share
+    of samples a per-label unigram classifier assigns to the label asked for."""
+    from examples.guidance import guided_samples
+
+    rows = guided_samples(run_dir, scales=scales, num_samples=num_samples, steps=steps,
+                          batch_size=batch_size)  # fmt: skip
+    return [asdict(r) for r in rows]
 
 
 def _bpe_job(
@@ -1043,6 +1077,8 @@ def _tasks(scale: Scale, out: Path, configs: dict[str, Any], *, data: str,
     bpe = [n for n in ABLATION_RUNS if n.startswith("bpe_")] if scale.bpe_vocab else []
     names = ["duo", "ar", "mdlm", "duo_plain", *bpe[:1], "dcd", "sdtt", *bpe[1:],
              *(["sdtt_long", "dcd_long"] if long else [])]  # fmt: skip
+    if label_kind(data):
+        names.insert(names.index("dcd"), GUIDED_RUN)
     tasks = [train(n) for n in names]
     if bpe:
         tasks.insert(names.index(bpe[0]), _Task("bpe", _bpe_job, (
@@ -1063,6 +1099,10 @@ def _tasks(scale: Scale, out: Path, configs: dict[str, Any], *, data: str,
             tasks.append(_Task(f"gen_{name}", _generation_job, (
                 str(out / name), str(out / "bpe_ar"), scale.bpe_steps, *gen,
                 ABLATION_RUNS[name]), (f"train_{name}", "train_bpe_ar")))  # fmt: skip
+    if label_kind(data):
+        tasks.append(_Task("guidance", _guidance_job, (
+            str(out / GUIDED_RUN), scale.guidance_scales, scale.num_samples,
+            scale.guidance_steps, scale.sample_batch), (f"train_{GUIDED_RUN}",)))  # fmt: skip
     tasks.append(_Task("refs", _reference_job, (ev, *gen), ("train_ar",)))
     if bpe:
         tasks.append(_Task("refs_bpe", _reference_job, (str(out / "bpe_ar"), *gen),
@@ -1146,8 +1186,9 @@ def report_from_raw(
     out, docs = Path(out), Path(docs)
     docs.mkdir(parents=True, exist_ok=True)
     scale_values = dict(raw["scale"])
-    for key in ("gen_steps", "grad_taus"):
-        scale_values[key] = tuple(scale_values[key])
+    for key in ("gen_steps", "grad_taus", "bpe_steps", "guidance_scales"):
+        if key in scale_values:
+            scale_values[key] = tuple(scale_values[key])
     scale = Scale(**scale_values)
     configs = {n: config_from_dict(c) for n, c in raw["configs"].items()}
     jobs, results, machine = raw["jobs"], raw["results"], raw["machine"]
@@ -1267,6 +1308,20 @@ def report_from_raw(
     else:
         bpe_md = ""
 
+    # (f) guidance -----------------------------------------------------------------------------
+    guidance_rows = results.get("guidance") or []
+    guidance_md = ""
+    if guidance_rows:
+        guidance_md = markdown_table(
+            [{**r, "gamma": f"{r['scale']:g}"} for r in guidance_rows],
+            [("label", "label asked for"), ("gamma", "gamma"), ("samples", "samples"),
+             ("hit_rate", "assigned to the label"), ("nll", "unigram NLL (nats/token)")],
+        )  # fmt: skip
+        _say(f"\n(f) Classifier-free guidance: Duo with labels, {scale.guidance_steps} steps, "
+             f"{scale.num_samples} samples per row, scored by a per-label unigram classifier "
+             "fitted on the training rows")  # fmt: skip
+        _say(guidance_md)
+
     plots = write_plots(docs, jobs, scale, ppl_rows, gen_rows, refs, zero_shot)
     wall = raw["measured_s"] + time.perf_counter() - t_start
     summary = {
@@ -1277,15 +1332,15 @@ def report_from_raw(
                        "gradient_variance": grad_rows},
         "perplexity": ppl_rows, "generation": gen_rows, "references": refs,
         "verdicts": verdict_rows, "ablation": ablation_rows, "decay": decay_rows,
-        "bpe": results.get("bpe"), "plots": plots,
+        "bpe": results.get("bpe"), "guidance": guidance_rows, "plots": plots,
         "vocab_size": results["bounds_duo"]["vocab_size"],
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_report(
         summary, scale=scale, configs=configs, cur_md=cur_md, curve_md=curve_md,
         grad_md=grad_md, ppl_md=ppl_md, gen_md=gen_md, paper_md=paper_md, verdict_md=verdict_md,
-        ablation_md=ablation_md, decay_md=decay_md, bpe_md=bpe_md, speedup=speedup,
-        zero_shot=zero_shot, data=data,
+        ablation_md=ablation_md, decay_md=decay_md, bpe_md=bpe_md, guidance_md=guidance_md,
+        speedup=speedup, zero_shot=zero_shot, data=data,
     )  # fmt: skip
     (docs / "replication.md").write_text(report)
     _say(f"\nDone in {wall / 60:.1f} min ({machine['cpu']}, {workers} x {threads} thread(s)): "
@@ -1307,8 +1362,8 @@ def _samples_block(rows: Sequence[dict[str, Any]], refs: Sequence[dict[str, Any]
 def render_report(
     summary: dict[str, Any], *, scale: Scale, configs: dict[str, Any], cur_md: str,
     curve_md: str, grad_md: str, ppl_md: str, gen_md: str, paper_md: str, verdict_md: str,
-    ablation_md: str, decay_md: str, bpe_md: str, speedup: float | None, zero_shot: str,
-    data: str,
+    ablation_md: str, decay_md: str, bpe_md: str, guidance_md: str, speedup: float | None,
+    zero_shot: str, data: str,
 ) -> str:  # fmt: skip
     m = summary["machine"]
     cfg = configs["duo"]
@@ -1480,6 +1535,7 @@ def render_report(
           if bpe_md else []),
         _ablation_line(summary),
         "",
+        *(_guidance_section(summary, scale, configs, guidance_md) if guidance_md else []),
         "## Configuration",
         "",
         "Scale (`examples/replicate.py`, `SCALES[" + repr(scale.name) + "]`):",
@@ -1491,7 +1547,8 @@ def render_report(
         "Resolved `examples.config.Config` of the Duo run (the others differ only in "
         "`train.objective`, `train.out_dir`, `duo.curriculum_end` = 0 for the run without "
         "curriculum, `dcd.teacher` / `sdtt.teacher` for the distillations, `steps_per_round` "
-        "for the longer rounds, and for the BPE runs `data.tokenizer json` with the trained "
+        "for the longer rounds, `data.labels` and `train.cond_dropout` for the run with labels, "
+        "and for the BPE runs `data.tokenizer json` with the trained "
         "`tokenizer.json`, `data.seq_len` and the Gaussian windows carried to its vocabulary; "
         "`raw.json` holds every run's config):",
         "",
@@ -1597,6 +1654,50 @@ def _ablation_line(summary: dict[str, Any]) -> str:
                     "few-step sampler." if similar else "."))  # fmt: skip
     text += (" Not tried: a larger model (the CPU budget) and the paper's 1024-token sequences.")
     return text
+
+
+def _guidance_section(summary: dict[str, Any], scale: Scale, configs: dict[str, Any],
+                      guidance_md: str) -> list[str]:  # fmt: skip
+    """Section (f): the guided samples' table, what it shows (computed) and a sample per cell."""
+    rows = summary["guidance"]
+    cfg = configs.get(GUIDED_RUN)
+    kind = cfg.data.labels if cfg is not None else "genre"
+    dropout = cfg.train.cond_dropout if cfg is not None else 0.1
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    what = ("the First Folio genre of its play" if kind == "genre"
+            else "the top-level folder of its file")  # fmt: skip
+    mean = {}
+    for r in rows:
+        mean.setdefault(r["scale"], []).append(r["hit_rate"])
+    shares = ", ".join(f"gamma {g:g}: {sum(v) / len(v):.2f}" for g, v in mean.items())
+    lines = [
+        "## (f) Classifier-free guidance",
+        "",
+        f"Duo trained as in section (c) (no distillation), each training row carrying one "
+        f"label, {what} ({', '.join(labels)}), replaced by the null label with probability "
+        f"{dropout:g} (`--data.labels {kind} --train.cond_dropout {dropout:g}`). Sampled with "
+        f"`cond={{\"label\": y}}`, `uncond={{\"label\": null}}` and `guidance_scale` gamma "
+        f"(0: the unconditional model, 1: the conditional one, above 1: sharpened towards y; "
+        f"Concepts §5), {scale.guidance_steps} steps, greedy tail, the same seed in every "
+        f"cell, {scale.num_samples} samples per row (`examples.guidance.guided_samples`). "
+        "Scored by a transparent classifier: one add-one smoothed unigram model per label, "
+        "fitted on that label's training rows; a sample is assigned to the label under whose "
+        f"model it is most likely (chance: {1 / len(labels):.2f}); the NLL is per token under "
+        "the asked label's model (lower: closer to its word choice).",
+        "",
+        guidance_md,
+        "",
+        f"Share of samples assigned to the label asked for, averaged over the labels: {shares}.",
+        "",
+        "First sample of each cell (newlines shown as ` / `):",
+        "",
+        "```",
+        *[f"{r['label']} @ gamma {r['scale']:g}: " + r["example"].replace("\n", " / ")[:100]
+          for r in rows],
+        "```",
+        "",
+    ]  # fmt: skip
+    return lines
 
 
 def _honest_line(summary: dict[str, Any], speedup: float | None) -> str:

@@ -13,6 +13,10 @@ from tests.helpers import make_corpus
 def replication(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replicate")
     corpus = make_corpus(tmp / "corpus")
+    for label, words in (("comedy", "merry jest wit love"), ("tragedy", "grief blood death woe")):
+        (corpus / label).mkdir()  # folder labels for section (f)
+        for i in range(3):
+            (corpus / label / f"{label}{i}.txt").write_text(f"{words} {i}\n" * 60)
     zero_shot = tmp / "zero_shot.txt"
     zero_shot.write_text("A different text that none of the models trained on.\n" * 20)
     out, docs = tmp / "runs", tmp / "docs"
@@ -28,6 +32,7 @@ def test_report_has_every_section(replication, capsys):
     for heading in ("## (a) Duo with and without the curriculum", "## (b) Perplexity",
                     "## (c) Few-step generation", "## (d) The paper beside this run",
                     "## (e) The 8-step comparison, one factor at a time",
+                    "## (f) Classifier-free guidance",
                     "## Configuration"):  # fmt: skip
         assert heading in report
     for name in summary["plots"]:
@@ -57,6 +62,11 @@ def test_report_has_every_section(replication, capsys):
     assert all(r["ratio"] > 0 for r in summary["ablation"])
     assert summary["bpe"]["vocab_size"] > 256 and summary["bpe"]["chars_per_token"] > 1
     assert len(summary["curriculum"]["gradient_variance"]) == 2
+    # (f): a guided cell per label and scale, with its sample
+    guided = summary["guidance"]
+    assert [(r["label"], r["scale"]) for r in guided] == [
+        (label, gamma) for label in ("comedy", "tragedy") for gamma in (0.0, 2.0)]
+    assert all(0 <= r["hit_rate"] <= 1 and r["nll"] > 0 and r["example"] for r in guided)
     assert {r["claim"].split(":")[0] for r in summary["verdicts"]} >= {
         "curriculum", "validation PPL ordering"}
 
