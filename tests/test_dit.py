@@ -400,7 +400,7 @@ def test_blockwise_projection_over_padded_rows_equals_linear_over_k_rows():
     bias = torch.randn(rows, requires_grad=True)
     upstream = torch.randn(2, 5, k)
     got = vocab_projection(x, weight, bias, k)
-    assert got.shape == (2, 5, k) and got.stride(-2) == rows  # the layout of the full product
+    assert got.shape == (2, 5, k) and got.is_contiguous()  # what softmax wants on the CPU
     grads = torch.autograd.grad(got, (x, weight, bias), upstream)
     expected = F.linear(x, weight[:k], bias[:k])
     expected_grads = torch.autograd.grad(expected, (x, weight, bias), upstream)

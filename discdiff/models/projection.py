@@ -27,7 +27,9 @@ class _VocabProjection(torch.autograd.Function):
     One MKL GEMM writing a (N, K) row-major output with K ~ 50k runs ~30 % below its usual rate
     (measured: tiny, N = 256, K = 50258, one thread); blocks of a few hundred vocabulary rows keep
     the weight block in cache. Same result bit for bit: every logit is the same length-h dot
-    product. The backward is the plain one (its GEMMs already run at full rate).
+    product. The output is a contiguous (N, K) buffer: a view with row stride R would make the
+    CPU softmax / cross-entropy that follow copy it. The backward is the plain one (its GEMMs
+    already run at full rate).
     """
 
     @staticmethod
@@ -36,12 +38,12 @@ class _VocabProjection(torch.autograd.Function):
         ctx.k = k
         rows, h = weight.shape
         flat = x.reshape(-1, h)  # (N, h)
-        out = flat.new_empty(flat.shape[0], rows)  # (N, R): the layout of the full product
+        out = flat.new_empty(flat.shape[0], k)  # (N, K), contiguous
         block = max(256, min(1024, 2**17 // h))  # ~0.5 MB of float32 weights
         for start in range(0, k, block):
             end = min(start + block, k)
             torch.addmm(bias[start:end], flat, weight[start:end].t(), out=out[:, start:end])
-        return out.view(*x.shape[:-1], rows)[..., :k]
+        return out.view(*x.shape[:-1], k)
 
     @staticmethod
     @once_differentiable
@@ -71,7 +73,7 @@ def vocab_projection(
     The product runs over all R rows, whose count is a multiple of 128 in the DiT: aligned GEMM
     rows, and the K logits are a view of it (row stride R). On the CPU outside autocast and
     compile, for K >= 4096 and one dtype, it is computed blockwise over the first K rows only,
-    into a buffer of the same layout.
+    into a contiguous (..., K) buffer.
     """
     k = weight.shape[0] if vocab_size is None else vocab_size
     if (
