@@ -45,6 +45,8 @@ from examples.evaluate import (  # noqa: E402
     sample_entropy,
     zero_shot_perplexity,
 )
+from examples.jobs import Task, run_tasks  # noqa: E402
+from examples.replicate import markdown_table, plot_frontier, pyplot  # noqa: E402
 from examples.train import load_trained, train  # noqa: E402
 
 __all__ = ["main", "run_demo"]
@@ -104,21 +106,7 @@ def _config(base: Config, name: str, out: Path, overrides: dict[str, Any]) -> Co
     return apply_overrides(base, values)
 
 
-def _markdown(rows: list[dict[str, Any]], headers: list[tuple[str, str]]) -> str:
-    lines = ["| " + " | ".join(h for _, h in headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
-    for r in rows:
-        cells = []
-        for key, _ in headers:
-            v = r.get(key, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _plot(gen_rows: list[dict[str, Any]], references: dict[str, float], path: Path) -> None:
-    from examples.replicate import plot_frontier, pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     refs = [{"method": f"{name} ({references[f'{key}_gen_ppl']:.2f})",
@@ -195,16 +183,14 @@ def _train_all(base: Config, out: Path, budgets: dict[str, dict[str, Any]], *, w
                threads: int, deadline: float | None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every model, ``workers`` at a time in ``ORDER`` (the students after their teachers), each
     capped at its share of the training window when ``deadline`` (a perf_counter time) is set."""
-    from examples.replicate import _executor, _run_tasks, _Task
-
-    window = None if deadline is None else deadline - time.perf_counter()
+    window = 0.0 if deadline is None else deadline - time.perf_counter()
 
     def args(name: str) -> Any:
         cfg = asdict(_config(base, name, out, budgets[name]))
 
         def at_start(done: dict[str, Any]) -> tuple[Any, ...]:
             del done
-            if deadline is None or window is None:
+            if deadline is None:
                 return name, cfg, None
             left = deadline - time.perf_counter()
             return name, cfg, max(10.0, min(CAPS[name] * window, left))
@@ -223,13 +209,9 @@ def _train_all(base: Config, out: Path, budgets: dict[str, dict[str, Any]], *, w
              f"{r['tokens_per_s']:,.0f} tokens/s{capped}; {r['num_parameters'] / 1e6:.2f}M "
              "parameters")  # fmt: skip
 
-    tasks = [_Task(f"train_{n}", _train_stage, args(n),
-                   (f"train_{TEACHERS[n]}",) if n in TEACHERS else ()) for n in ORDER]
-    pool = _executor(workers, threads)
-    try:
-        done = _run_tasks(pool, max(workers, 1), tasks, report)
-    finally:
-        pool.shutdown()
+    tasks = [Task(f"train_{n}", _train_stage, args(n),
+                  (f"train_{TEACHERS[n]}",) if n in TEACHERS else ()) for n in ORDER]
+    done = run_tasks(tasks, workers=workers, threads=threads, on_done=report)
     return {k.removeprefix("train_"): v for k, v in done.items()}
 
 
@@ -286,7 +268,7 @@ def run_demo(
                    ("train_steps", "steps"), ("train_s", "train s"), ("params_M", "params (M)")]
     if zs:
         val_headers.insert(3, ("zero_shot_ppl", f"zero-shot PPL ({zs})"))
-    val_md = _markdown(val_rows, val_headers)
+    val_md = markdown_table(val_rows, val_headers)
     _say(val_md)
 
     # --- few-step generation --------------------------------------------------------------------
@@ -336,7 +318,7 @@ def run_demo(
     table_rows = gen_rows + [{"method": "real text (validation)", "tail": "-", "steps": "-",
                               "nfe": "-", "gen_ppl": references["data_gen_ppl"],
                               "entropy": references["data_entropy"], "wall_s": "-"}]
-    gen_md = _markdown(table_rows, gen_headers)
+    gen_md = markdown_table(table_rows, gen_headers)
     _say(f"\nFew-step generation: {n} samples of {base.data.seq_len} characters per row; "
          f"generative perplexity under the AR model ({evaluator.name}); entropy = mean per-sample "
          "unigram entropy of the token ids (nats); NFE = denoiser calls per sample; tail: greedy "

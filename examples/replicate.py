@@ -36,13 +36,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from examples.jobs import Task, run_tasks
 
 __all__ = [
     "SCALES",
@@ -50,6 +51,7 @@ __all__ = [
     "TailSamples",
     "generation_rows",
     "main",
+    "markdown_table",
     "plot_frontier",
     "pyplot",
     "run_replication",
@@ -278,10 +280,6 @@ def build_config(
 
 
 # --- jobs (run in worker processes) -------------------------------------------------------------
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def _train_job(cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -742,37 +740,30 @@ def write_plots(
     plt = pyplot()
     names = []
 
+    def save(fig: Any, title: str, name: str) -> None:
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(docs / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     _plot_curriculum(axes[0], axes[1], jobs, scale.curriculum_end)
-    fig.suptitle("(a) Duo with vs without the Gaussian curriculum")
-    fig.tight_layout()
-    fig.savefig(docs / "replication_curriculum.png", dpi=110)
-    plt.close(fig)
-    names.append("replication_curriculum.png")
+    save(fig, "(a) Duo with vs without the Gaussian curriculum", "replication_curriculum.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     _plot_perplexity(ax, ppl_table, zero_shot)
-    fig.suptitle("(b) Validation and zero-shot perplexity")
-    fig.tight_layout()
-    fig.savefig(docs / "replication_perplexity.png", dpi=110)
-    plt.close(fig)
-    names.append("replication_perplexity.png")
+    save(fig, "(b) Validation and zero-shot perplexity", "replication_perplexity.png")
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     plot_frontier(ax, gen_rows, refs)
-    fig.suptitle("(c) Few-step generation: gen. PPL vs entropy across NFE (labels = NFE)")
-    fig.tight_layout()
-    fig.savefig(docs / "replication_frontier.png", dpi=110)
-    plt.close(fig)
-    names.append("replication_frontier.png")
+    save(fig, "(c) Few-step generation: gen. PPL vs entropy across NFE (labels = NFE)",
+         "replication_frontier.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     _plot_generation(axes[0], axes[1], gen_rows, refs)
-    fig.suptitle("(c) Few-step generation against the network calls (NFE)")
-    fig.tight_layout()
-    fig.savefig(docs / "replication_generation.png", dpi=110)
-    plt.close(fig)
-    names.append("replication_generation.png")
+    save(fig, "(c) Few-step generation against the network calls (NFE)",
+         "replication_generation.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     _plot_curriculum(axes[0], None, jobs, scale.curriculum_end)
@@ -781,11 +772,8 @@ def write_plots(
     axes[1].set_title("(b) perplexity", fontsize=10)
     plot_frontier(axes[2], gen_rows, refs)
     axes[2].set_title("(c) gen. PPL vs entropy (labels = NFE)", fontsize=10)
-    fig.suptitle("discdiff: CPU-scale replication of Duo on Shakespeare (characters)")
-    fig.tight_layout()
-    fig.savefig(docs / "replication_overview.png", dpi=110)
-    plt.close(fig)
-    names.append("replication_overview.png")
+    save(fig, "discdiff: CPU-scale replication of Duo on Shakespeare (characters)",
+         "replication_overview.png")
     return names
 
 
@@ -991,125 +979,67 @@ def verdicts(speedup: float | None, ppl: dict[str, float], gen: dict[tuple[str, 
 # --- the pipeline -------------------------------------------------------------------------------
 
 
-class _InlineExecutor:
-    """A ProcessPoolExecutor stand-in that runs jobs at submission (``--workers 1``)."""
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        f: Future = Future()
-        f.set_result(fn(*args))
-        return f
-
-    def shutdown(self) -> None:
-        pass
-
-
-def _executor(workers: int, threads: int) -> Any:
-    if workers <= 1:
-        torch.set_num_threads(threads)
-        return _InlineExecutor()
-    import multiprocessing
-
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _Task:
-    key: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] | Callable[[dict[str, Any]], tuple[Any, ...]]
-    """The arguments, or a function of the finished tasks' results that gives them."""
-    after: tuple[str, ...] = ()
-    """Keys of the tasks whose outputs this one reads (it starts once they are done)."""
-
-
-def _run_tasks(
-    pool: Any, slots: int, tasks: Sequence[_Task], on_done: Callable[[str, Any], None]
-) -> dict[str, Any]:
-    """Run ``tasks`` at most ``slots`` at a time, each as soon as the tasks it comes after are
-    done, the earlier in the list first; returns {key: result}."""
-    done: dict[str, Any] = {}
-    pending = list(tasks)
-    running: dict[Future, str] = {}
-    while pending or running:
-        for task in list(pending):
-            if len(running) >= slots:
-                break
-            if all(k in done for k in task.after):
-                pending.remove(task)
-                args = task.args(done) if callable(task.args) else task.args
-                running[pool.submit(task.fn, *args)] = task.key
-        if not running:
-            raise RuntimeError(f"tasks wait on tasks that do not exist: {pending}")
-        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in finished:
-            key = running.pop(future)
-            done[key] = future.result()
-            on_done(key, done[key])
-    return done
-
-
 def _tasks(scale: Scale, out: Path, configs: dict[str, Any], *, data: str,
-           zero_shot: str) -> list[_Task]:  # fmt: skip
+           zero_shot: str) -> list[Task]:  # fmt: skip
     """Every job of the replication, longest first: training (the distillations after their
     teachers; the BPE runs after their tokenizer), then sampling (after the AR evaluator too),
     gradient variances and bounds."""
     ev, few = str(out / "ar"), (8 if 8 in scale.gen_steps else min(scale.gen_steps),)
     gen = (scale.num_samples, scale.sample_batch, 0)
 
-    def train(name: str) -> _Task:
+    def train(name: str) -> Task:
         prefix = "bpe_" if name.startswith("bpe_") else ""
         obj = _objective(name)
         after = (f"train_{prefix}{TEACHERS[obj]}",) if obj in TEACHERS else ()
         if not prefix:
             cfg = configs.get(name) or build_config(scale, name, out, data=data,
                                                     zero_shot=zero_shot)  # fmt: skip
-            return _Task(f"train_{name}", _train_job, (asdict(cfg),), after)
+            return Task(f"train_{name}", _train_job, (asdict(cfg),), after)
 
         def args(done: dict[str, Any]) -> tuple[Any, ...]:
             cfg = build_config(scale, name, out, data=data, zero_shot=zero_shot,
                                bpe=done["bpe"])  # fmt: skip
             return (asdict(cfg),)
 
-        return _Task(f"train_{name}", _train_job, args, (*after, "bpe"))
+        return Task(f"train_{name}", _train_job, args, (*after, "bpe"))
 
-    long = scale.long_steps_per_round > 0
+    long, labelled = scale.long_steps_per_round > 0, bool(label_kind(data))
     bpe = [n for n in ABLATION_RUNS if n.startswith("bpe_")] if scale.bpe_vocab else []
     names = ["duo", "ar", "mdlm", "duo_plain", *bpe[:1], "dcd", "sdtt", *bpe[1:],
              *(["sdtt_long", "dcd_long"] if long else [])]  # fmt: skip
-    if label_kind(data):
+    if labelled:
         names.insert(names.index("dcd"), GUIDED_RUN)
     tasks = [train(n) for n in names]
     if bpe:
-        tasks.insert(names.index(bpe[0]), _Task("bpe", _bpe_job, (
+        tasks.insert(names.index(bpe[0]), Task("bpe", _bpe_job, (
             data, str(out / "bpe" / "tokenizer.json"), scale.bpe_vocab,
             configs["duo"].data.val_fraction, configs["duo"].data.split_seed)))  # fmt: skip
     for name in ("duo", "dcd", "mdlm", "sdtt"):
-        tasks.append(_Task(f"gen_{name}", _generation_job, (
+        tasks.append(Task(f"gen_{name}", _generation_job, (
             str(out / name), ev, scale.gen_steps, *gen, RUNS[name]),
             (f"train_{name}", "train_ar")))  # fmt: skip
-    tasks.append(_Task("gen_dcd_window", _generation_job, (
+    tasks.append(Task("gen_dcd_window", _generation_job, (
         str(out / "dcd"), ev, few, *gen, RUNS["dcd"], True), ("train_dcd", "train_ar")))
     for name in (["dcd_long", "sdtt_long"] if long else []):
-        tasks.append(_Task(f"gen_{name}", _generation_job, (
+        tasks.append(Task(f"gen_{name}", _generation_job, (
             str(out / name), ev, few, *gen, ABLATION_RUNS[name]),
             (f"train_{name}", "train_ar")))  # fmt: skip
     for name in bpe:
         if name != "bpe_ar":
-            tasks.append(_Task(f"gen_{name}", _generation_job, (
+            tasks.append(Task(f"gen_{name}", _generation_job, (
                 str(out / name), str(out / "bpe_ar"), scale.bpe_steps, *gen,
                 ABLATION_RUNS[name]), (f"train_{name}", "train_bpe_ar")))  # fmt: skip
-    if label_kind(data):
-        tasks.append(_Task("guidance", _guidance_job, (
+    if labelled:
+        tasks.append(Task("guidance", _guidance_job, (
             str(out / GUIDED_RUN), scale.guidance_scales, scale.num_samples,
             scale.guidance_steps, scale.sample_batch), (f"train_{GUIDED_RUN}",)))  # fmt: skip
-    tasks.append(_Task("refs", _reference_job, (ev, *gen), ("train_ar",)))
+    tasks.append(Task("refs", _reference_job, (ev, *gen), ("train_ar",)))
     if bpe:
-        tasks.append(_Task("refs_bpe", _reference_job, (str(out / "bpe_ar"), *gen),
+        tasks.append(Task("refs_bpe", _reference_job, (str(out / "bpe_ar"), *gen),
                            ("train_bpe_ar",)))  # fmt: skip
-    tasks.append(_Task("gradvar", _gradvar_job, (str(out / "duo"), scale, 0), ("train_duo",)))
+    tasks.append(Task("gradvar", _gradvar_job, (str(out / "duo"), scale, 0), ("train_duo",)))
     for name in RUNS:
-        tasks.append(_Task(f"bounds_{name}", _bounds_job, (
+        tasks.append(Task(f"bounds_{name}", _bounds_job, (
             str(out / name), scale.final_sequences, scale.sample_batch), (f"train_{name}",)))
     return tasks
 
@@ -1154,12 +1084,8 @@ def run_replication(
     _say(f"training Duo, AR, MDLM, Duo without curriculum ({scale.steps} steps each), then DCD "
          "and SDTT, and the ablation's runs; sampling as soon as a model and its evaluator are "
          "ready ...")  # fmt: skip
-    pool = _executor(workers, threads)
-    try:
-        tasks = _tasks(scale, out, configs, data=data, zero_shot=zero_shot)
-        done = _run_tasks(pool, max(workers, 1), tasks, report)
-    finally:
-        pool.shutdown()
+    tasks = _tasks(scale, out, configs, data=data, zero_shot=zero_shot)
+    done = run_tasks(tasks, workers=workers, threads=threads, on_done=report)
     jobs = {k[len("train_"):]: v for k, v in done.items() if k.startswith("train_")}
     results = {k: v for k, v in done.items() if not k.startswith("train_")}
     for name in jobs:
@@ -1660,9 +1586,8 @@ def _guidance_section(summary: dict[str, Any], scale: Scale, configs: dict[str, 
                       guidance_md: str) -> list[str]:  # fmt: skip
     """Section (f): the guided samples' table, what it shows (computed) and a sample per cell."""
     rows = summary["guidance"]
-    cfg = configs.get(GUIDED_RUN)
-    kind = cfg.data.labels if cfg is not None else "genre"
-    dropout = cfg.train.cond_dropout if cfg is not None else 0.1
+    cfg = configs[GUIDED_RUN]
+    kind, dropout = cfg.data.labels, cfg.train.cond_dropout
     labels = list(dict.fromkeys(r["label"] for r in rows))
     what = ("the First Folio genre of its play" if kind == "genre"
             else "the top-level folder of its file")  # fmt: skip
