@@ -4,7 +4,8 @@
   float64 tensor), with top-k / nucleus filtering;
 - ``posterior``: the reverse-process laws as the paper writes them (explicit, the reference);
 - ``steps``: one reverse step of each process (the uniform one a three-part mixture, with the
-  Ψ corrector) and the tails that end a sample (greedy, MAP);
+  Ψ corrector);
+- ``tails``: the tails that end a sample (greedy, MAP) on the filtered, guided x_hat;
 - ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
 - ``guidance``: classifier-free guidance, the per-token geometric mixture of two transitions;
 - ``grid``: the time grid of a run and its tail (greedy, MAP, none), NFE;
@@ -23,12 +24,8 @@ from discdiff.samplers.loops import (
     uniform_loop,
 )
 from discdiff.samplers.posterior import denoising_posterior, psi_posterior, uniform_posterior
-from discdiff.samplers.steps import (
-    greedy_tail,
-    map_tail,
-    masked_ancestral_step,
-    uniform_ancestral_step,
-)
+from discdiff.samplers.steps import masked_ancestral_step, uniform_ancestral_step
+from discdiff.samplers.tails import greedy_tail, map_tail
 
 __all__ = [
     "T_MIN",

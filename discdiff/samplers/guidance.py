@@ -15,6 +15,10 @@ never (B, L, K)) and draws exactly from their renormalised geometric mixture.
 For the masked process both transitions keep an unmasked token and give a masked one the mask
 with the same probability 1 - p, so the guided law of a masked token is: stay masked with
 weight 1 - p, unmask to j with weight p x_c[j]^gamma x_u[j]^(1 - gamma).
+
+With top-k / nucleus filtering the two laws can share no class (nuclei that do not overlap):
+the geometric mixture is then empty. Such a token follows the conditional law alone (gamma = 1)
+at that step, in the steps and in the tails alike (``discdiff.samplers.tails``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from discdiff.samplers.categorical import (
     uniforms,
 )
 from discdiff.samplers.steps import uniform_mixture, unmask_probability
+from discdiff.samplers.tails import guided_log_weights
 
 __all__ = ["guided_logits", "guided_masked_step", "guided_uniform_step"]
 
@@ -43,12 +48,9 @@ def guided_logits(logits_c: Tensor, logits_u: Tensor, gamma: float) -> Tensor:
     dtype = torch.float64 if torch.float64 in (logits_c.dtype, logits_u.dtype) else torch.float32
     c = torch.log_softmax(logits_c, -1, dtype=dtype)  # no separate full-size dtype copy
     u = torch.log_softmax(logits_u, -1, dtype=dtype)
-    if gamma == 1.0:
-        return c
-    if gamma == 0.0:
-        return u
-    # A class impossible under either side stays impossible (and (-inf) * 0 is never formed).
-    return torch.where(torch.isinf(c) | torch.isinf(u), -torch.inf, gamma * c + (1 - gamma) * u)
+    # A class impossible under either side stays impossible (and (-inf) * 0 is never formed);
+    # disjoint supports fall back to the conditional side.
+    return guided_log_weights(c, u, gamma)
 
 
 def _transition_log(
@@ -101,7 +103,7 @@ def guided_uniform_step(
         for flat in (flat_c, flat_u):
             w = softmax_weights(flat[sl], exclude=None, top_k=top_k, top_p=top_p)
             logs.append(_transition_log(w, ChunkLaw.of(w, block, "logits"), z, a_s, a_t, kap, k))
-        log_q = guided_logits(logs[0], logs[1], gamma)
+        log_q = guided_log_weights(logs[0], logs[1], gamma)
         weights = torch.exp(log_q - log_q.amax(-1, keepdim=True))
         law = ChunkLaw.of(weights, block, "the guided transition")
         local = torch.arange(weights.shape[0], device=device)
@@ -127,7 +129,8 @@ def guided_masked_step(
 
     A masked token unmasks with probability p S / (1 - p + p S), S = sum_j x_c^gamma x_u^(1-gamma),
     drawing from x_c^gamma x_u^(1 - gamma) (mask class excluded); unmasked tokens behave as in
-    the unguided step (both predictions agree on them). Randomness: three float64 uniforms per
+    the unguided step (both predictions agree on them). A token whose two filtered laws share no
+    class follows the conditional one (module docstring). Randomness: three float64 uniforms per
     token.
     """
     b, ln, k = logits_c.shape
@@ -150,7 +153,7 @@ def guided_masked_step(
             w = softmax_weights(flat[sl], exclude=mask_id, top_k=top_k, top_p=top_p)
             total = w.sum(-1, keepdim=True, dtype=torch.float64)
             logs.append(torch.log(w.to(torch.float64) / total))
-        log_g = guided_logits(logs[0], logs[1], gamma)  # log of x_c^gamma x_u^(1-gamma)
+        log_g = guided_log_weights(logs[0], logs[1], gamma)  # log x_c^gamma x_u^(1-gamma)
         top = log_g.amax(-1, keepdim=True)
         weights = torch.exp(log_g - top)
         law = ChunkLaw.of(weights, block, "the guided prediction")

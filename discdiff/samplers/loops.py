@@ -27,7 +27,8 @@ from discdiff.denoise import denoise, noise_level
 from discdiff.samplers.categorical import check_filters
 from discdiff.samplers.grid import Tail, TimeGrid
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
-from discdiff.samplers.steps import _masked_step, _uniform_step, greedy_tail, map_tail
+from discdiff.samplers.steps import _masked_step, _uniform_step
+from discdiff.samplers.tails import greedy_tail, map_tail
 from discdiff.schedules import Schedule
 from discdiff.typing import (
     Denoiser,
@@ -176,10 +177,16 @@ def _uniform_loop(
     if tail == "none":
         return z
     t_end, a_end = grid.t[-1], grid.alpha[-1]
-    logits = predict.shown(*predict(z, a_end))
-    z = clamp(greedy_tail(logits) if tail == "greedy" else map_tail(logits, z, a_end))
+    logits, uncond = predict(z, a_end)
+    guided = {} if uncond is None else {"uncond": uncond, "guidance_scale": predict.gamma}
+    if tail == "greedy":
+        z_0 = greedy_tail(logits, top_k=top_k, top_p=top_p, **guided)
+    else:
+        z_0 = map_tail(logits, z, a_end, top_k=top_k, top_p=top_p, **guided)
+    z = clamp(z_0)
     if callback is not None:
-        callback(StepRecord(grid.steps, t_end, 0.0, z, logits, predict.calls))
+        callback(StepRecord(grid.steps, t_end, 0.0, z, predict.shown(logits, uncond),
+                            predict.calls))  # fmt: skip
     return z
 
 
@@ -266,10 +273,13 @@ def _masked_loop(
         return z
     if pred is None:
         pred = predict(z, grid.alpha[-1] if time_conditioned else 1.0)
-    logits = predict.shown(*pred)
-    z = torch.where(z == mask_id, greedy_tail(logits, exclude=mask_id), z)
+    logits, uncond = pred
+    guided = {} if uncond is None else {"uncond": uncond, "guidance_scale": predict.gamma}
+    z_0 = greedy_tail(logits, exclude=mask_id, top_k=top_k, top_p=top_p, **guided)
+    z = torch.where(z == mask_id, z_0, z)
     if callback is not None:
-        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, logits, predict.calls))
+        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, predict.shown(logits, uncond),
+                            predict.calls))  # fmt: skip
     return z
 
 

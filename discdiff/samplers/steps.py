@@ -1,4 +1,4 @@
-"""One reverse step of each process, and the tails that end a few-step sample.
+"""One reverse step of each process (the tails that end a sample: ``discdiff.samplers.tails``).
 
 Notation (Concepts §5): K vocabulary size; a step goes from time t to s < t with signal levels
 alpha_t <= alpha_s; alpha_ts = alpha_t / alpha_s; x_hat = softmax(logits) after top-k / nucleus
@@ -12,8 +12,6 @@ check their arguments; the sampling loops call the unchecked kernels (``_uniform
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from jaxtyping import Float, Int
@@ -31,7 +29,6 @@ from discdiff.samplers.categorical import (
 )
 from discdiff.typing import (
     check_count,
-    check_range,
     check_tokens,
     checks_enabled,
     reject_if,
@@ -39,8 +36,6 @@ from discdiff.typing import (
 )
 
 __all__ = [
-    "greedy_tail",
-    "map_tail",
     "masked_ancestral_step",
     "uniform_ancestral_step",
     "uniform_mixture",
@@ -305,49 +300,3 @@ def masked_ancestral_step(
         )
     z = z_t.to(logits.device)
     return _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
-
-
-@typechecked
-def greedy_tail(logits: Float[Tensor, "b l k"], exclude: int | None = None) -> Int[Tensor, "b l"]:
-    """argmax x_hat per token (B, L), class ``exclude`` (the mask) left out: the paper's tail.
-
-    It ignores each token's own evidence (x_hat is the leave-one-out law): see ``map_tail``.
-    """
-    b, ln, k = logits.shape
-    flat = logits.reshape(-1, k)
-    if exclude is None:
-        values, best = flat.max(-1)
-    else:
-        best = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
-        values = torch.empty(flat.shape[0], dtype=flat.dtype, device=flat.device)
-        for sl in row_chunks(flat.shape[0], k, flat.device):
-            part = flat[sl].clone()  # a copy: editing it leaves the model's logits alone
-            part[:, exclude] = -torch.inf
-            values[sl], best[sl] = part.max(-1)
-    if checks_enabled():
-        reject_if(
-            ~torch.isfinite(values),
-            "logits have a row with NaN or +inf values, or with no finite class",
-        )
-    return best.reshape(b, ln)
-
-
-@typechecked
-def map_tail(
-    logits: Float[Tensor, "b l k"], z_t: Int[Tensor, "b l"], alpha_t: float
-) -> Int[Tensor, "b l"]:
-    """The mode of the denoising posterior q(z_0 | z_t, x_hat) per token (B, L).
-
-    q(z_0 = j) ∝ c_j x_hat_j with c_i = alpha_t + (1 - alpha_t) / K at j = i = z_t and
-    c_j = (1 - alpha_t) / K elsewhere, so the mode is z_t or the best other class j*: z_t wins
-    when log x_hat_i - log x_hat_j* >= -log1p(beta), beta = K alpha_t / (1 - alpha_t) (ties go
-    to z_t). Unlike ``greedy_tail`` it keeps each token's own evidence.
-    """
-    check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    b, ln, k = logits.shape
-    best = greedy_tail(logits)
-    at_zt = logits.gather(-1, z_t.unsqueeze(-1)).squeeze(-1)
-    at_best = logits.gather(-1, best.unsqueeze(-1)).squeeze(-1)
-    beta = math.inf if alpha_t >= 1 else k * alpha_t / (1 - alpha_t)
-    keep = (at_zt - at_best).to(torch.float64) >= -math.log1p(beta)
-    return torch.where(keep & torch.isfinite(at_zt), z_t, best)
