@@ -80,6 +80,27 @@ def test_sigma_conditions_the_output():
     assert (a - b).abs().max() > 1e-3
 
 
+def test_per_token_levels_condition_each_position():
+    """sigma (B, L) constant per row is sigma (B,); a position's own level changes its logits
+    (through its adaLN modulation) and, through attention, the other positions'."""
+    model = make(num_classes=3).double()
+    x = ids()
+    s = sigmas().double()
+    label = torch.tensor([0, 2])
+    per_row = model(x, s, label=label)
+    per_token = s.unsqueeze(-1).expand(B, L).clone()
+    torch.testing.assert_close(model(x, per_token, label=label), per_row, rtol=1e-12, atol=1e-12)
+    hidden = model.hidden_states(x, per_token, label=label)
+    weight, bias = model.output_projection()
+    torch.testing.assert_close(hidden @ weight.T + bias, per_row, rtol=1e-12, atol=1e-12)
+    per_token[:, 0] = 0.0  # position 0 clean context
+    moved = model(x, per_token, label=label)
+    assert (moved - per_row).abs().amax(-1).min() > 1e-6  # every position sees the change
+    assert model.reads_token_levels and not make(causal=True).reads_token_levels
+    with pytest.raises((TypeError, ValueError), match="sigma"):
+        model(x, torch.zeros(B, L + 1, dtype=torch.float64))
+
+
 def test_backward_reaches_every_parameter_and_soft_inputs():
     model = make().train()
     probs = torch.softmax(torch.randn(B, L, K), dim=-1).requires_grad_()

@@ -113,8 +113,11 @@ def random_law(k: int, length: int, seed: int) -> torch.Tensor:
 class UniformOracle:
     """The NELBO-optimal uniform-state denoiser of an explicit joint law (K,) * L:
     x_hat^l = p(x^l | z_t^{-l}) with the likelihood q(z^m | x^m) = alpha_t [z^m = x^m] +
-    (1 - alpha_t) / K, and [z^m = x^m] at the positions ``clean`` marks (a prompt, passed
-    through the sampler's ``cond``). Returns float64 logits; counts its calls."""
+    (1 - alpha_t) / K, and [z^m = x^m] at the clean positions (a prompt): those where the
+    sampler's per-token levels sigma (B, L) are 0 (``reads_token_levels``). Returns float64
+    logits; counts its calls."""
+
+    reads_token_levels = True
 
     def __init__(self, law: torch.Tensor):
         self.law, self.k, self.length = law, law.shape[0], law.ndim
@@ -140,8 +143,11 @@ class UniformOracle:
         x_hat = torch.stack(rows, 1)
         return x_hat / x_hat.sum(-1, keepdim=True)
 
-    def __call__(self, z_t, sigma, clean=None):
+    def __call__(self, z_t, sigma):
         self.calls += 1
+        clean = None
+        if sigma.ndim == 2:  # per-token levels: 0 at clean context, one level elsewhere
+            clean, sigma = sigma == 0, sigma.amax(-1)
         return self.table(z_t, torch.exp(-sigma.to(F64)), clean).log()
 
     def table(self, z: torch.Tensor, alpha_t: torch.Tensor, clean: torch.Tensor | None):
@@ -169,7 +175,7 @@ class MaskedOracle(UniformOracle):
         same = (z[:, None, :] == self.sequences[None]).to(F64)
         return torch.where(z[:, None, :] == self.k, 1.0, same)
 
-    def __call__(self, z_t, sigma, clean=None):
+    def __call__(self, z_t, sigma):
         self.calls += 1
         logits = self.table(z_t, torch.ones(z_t.shape[0], dtype=F64), None).log()
         return torch.cat([logits, torch.full((*z_t.shape, 1), self.MASK_LOGIT, dtype=F64)], -1)
@@ -190,11 +196,13 @@ def uniform_chain(
     mask: torch.Tensor | None = None,
     kappa: float | None = None,
     renoise: str = "posterior",
+    told: bool = True,
 ) -> torch.Tensor:
     """The exact law of the uniform sampler (no tail) over the free positions' K^(free) states:
     z_1 uniform on the free positions, then one transition matrix per step from the explicit
     posteriors; ``renoise="x_hat"`` is the older Ψ form kappa post + (1 - kappa)(alpha_s
-    x_hat + (1 - alpha_s) / K), kept to measure how much worse it is."""
+    x_hat + (1 - alpha_s) / K), kept to measure how much worse it is. ``told=False``: the
+    denoiser is not told which positions are clean (the clamped approximation)."""
     k, length = oracle.k, oracle.length
     if mask is None:
         prompt = torch.zeros(length, dtype=torch.long)
@@ -203,7 +211,7 @@ def uniform_chain(
     states = all_sequences(k, len(free))  # (S, F)
     z = prompt.expand(len(states), length).clone()
     z[:, free] = states
-    clean = mask.expand(len(states), length)
+    clean = mask.expand(len(states), length) if told else None
     law = torch.full((len(states),), 1.0 / len(states), dtype=F64)
     for i in range(grid.steps):
         a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
@@ -403,7 +411,7 @@ class PromptWatcher:
 
 def test_uniform_prompt_conditionals_with_two_free_positions():
     """L = 3, K = 3, prompt at position 0 (two values, one per half of the batch); the oracle
-    sees the prompt as clean context through ``cond``. Two free positions: exact only with many
+    sees the prompt as clean context through per-token levels (sigma = 0 there). Two free positions: exact only with many
     steps, so the samples are compared with the sampler's exact chain (chi-square p-values 0.011
     and 0.33) and the chain with the conditional law (exact TV 0.0091 and 0.0069 at 64 steps,
     which 6000 draws resolve: against the conditional law itself the p-values are 0.0085 and
@@ -415,7 +423,7 @@ def test_uniform_prompt_conditionals_with_two_free_positions():
     watcher = PromptWatcher(prompt, mask)
     x = sample_uniform(
         oracle, 2 * n, 3, steps, schedule=SCHEDULE, vocab_size=3, tail="none", prompt=prompt,
-        prompt_mask=mask, cond={"clean": mask}, callback=watcher, generator=gen(60),
+        prompt_mask=mask, callback=watcher, generator=gen(60),
     )  # fmt: skip
     assert torch.equal(x[:, 0], prompt[:, 0]) and watcher.records == steps
     grid = TimeGrid.build(SCHEDULE, steps, tail="none")
@@ -437,8 +445,7 @@ def test_infilling_is_exact_at_any_step_count(process):
     common = dict(prompt=prompt, prompt_mask=mask, callback=watcher, tail="none",
                   schedule=SCHEDULE, generator=gen(61))  # fmt: skip
     if process == "uniform":
-        x = sample_uniform(UniformOracle(law), 2 * n, 3, 4, vocab_size=3,
-                           cond={"clean": mask}, **common)  # fmt: skip
+        x = sample_uniform(UniformOracle(law), 2 * n, 3, 4, vocab_size=3, **common)
     else:
         x = sample_masked(MaskedOracle(law), 2 * n, 3, 4, vocab_size=4, mask_id=3, **common)
     assert torch.equal(x[mask], prompt[mask]) and watcher.records == 4
@@ -462,6 +469,71 @@ def test_masked_prompt_conditionals_with_two_free_positions():
         rows = slice(half * n, (half + 1) * n)
         target = conditional(law, prompt[rows][0], mask[0])
         assert chi_square_p(sequence_ids(x[rows, 1:], 3), target) > P_MIN
+
+
+PROMPTS = {  # the prompt kinds of L = 3: which positions are given
+    "prefix": torch.tensor([True, False, False]),
+    "middle": torch.tensor([False, True, False]),
+    "infill": torch.tensor([True, False, True]),
+}
+
+
+def markov_law3() -> torch.Tensor:
+    """The K = 3, L = 3 joint of benchmarks/toy.py's peaked Markov chain (seed 0)."""
+    chain = MarkovChain.peaked(3, seed=0)
+    t = chain.transition
+    return chain.initial[:, None, None] * t[:, :, None] * t[None, :, :]
+
+
+def prompt_tv(law: torch.Tensor, kind: str, steps: int, told: bool) -> tuple[float, float]:
+    """The exact TV between the uniform sampler's law of the free positions (tail "none") and
+    p(x_free | x_prompt): its mean over the prompt's values under the data law, and its worst."""
+    mask = PROMPTS[kind]
+    oracle, grid = UniformOracle(law), TimeGrid.build(SCHEDULE, steps, tail="none")
+    given = law.sum(tuple(m for m in range(3) if not mask[m]))  # p(x_prompt)
+    mean, worst = 0.0, 0.0
+    for values in all_sequences(3, int(mask.sum())):
+        prompt = torch.zeros(3, dtype=torch.long)
+        prompt[mask] = values
+        chain = uniform_chain(oracle, grid, prompt=prompt, mask=mask, told=told)
+        tv = total_variation(chain, conditional(law, prompt, mask))
+        mean, worst = mean + float(given[tuple(values.tolist())]) * tv, max(worst, tv)
+    return mean, worst
+
+
+@pytest.mark.parametrize("kind", list(PROMPTS))
+def test_uniform_prompts_are_exact_only_when_the_denoiser_is_told(kind):
+    """Markov K = 3, L = 3, 64 steps, tail "none": the sampler's exact law of the free
+    positions against p(x_free | x_prompt). Clamping a prompt that the denoiser reads as noised
+    leaves a worst TV of 0.089 (prefix), 0.254 (middle), 0.250 (infill) (an approximation,
+    opt-in only); per-token levels make it exact to the few-step error (worst 0.005)."""
+    law = markov_law3()
+    assert prompt_tv(law, kind, 64, told=True)[1] <= 0.01
+    assert prompt_tv(law, kind, 64, told=False)[1] >= 0.08
+
+
+def test_uniform_prompt_samples_follow_the_told_chain():
+    """The sampler itself, with per-token levels, draws the exact chain (middle prompt)."""
+    law, mask = markov_law3(), PROMPTS["middle"]
+    n, steps = 6000, 16
+    prompt, masks = prompt_rows([[0, 1, 0]], mask.tolist(), n)
+    x = sample_uniform(UniformOracle(law), n, 3, steps, schedule=SCHEDULE, vocab_size=3,
+                       tail="none", prompt=prompt, prompt_mask=masks, generator=gen(63))  # fmt: skip
+    chain = uniform_chain(UniformOracle(law), TimeGrid.build(SCHEDULE, steps, tail="none"),
+                          prompt=prompt[0], mask=mask)  # fmt: skip
+    assert chi_square_p(sequence_ids(x[:, ~mask], 3), chain) > P_MIN
+
+
+def test_a_prompt_for_a_denoiser_without_token_levels_is_refused_or_clamped_on_request():
+    law, mask = markov_law3(), PROMPTS["prefix"]
+    prompt, masks = prompt_rows([[1, 0, 0]], mask.tolist(), 8)
+    blind = lambda z, sigma: UniformOracle(law)(z, sigma)  # reads one level per sequence
+    with pytest.raises(ValueError, match="prompt.*per-token noise levels.*clamp_prompt=True"):
+        sample_uniform(blind, 8, 3, 4, schedule=SCHEDULE, vocab_size=3, prompt=prompt,
+                       prompt_mask=masks)  # fmt: skip
+    x = sample_uniform(blind, 8, 3, 4, schedule=SCHEDULE, vocab_size=3, prompt=prompt,
+                       prompt_mask=masks, clamp_prompt=True, generator=gen(64))  # fmt: skip
+    assert torch.equal(x[:, 0], prompt[:, 0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +595,13 @@ def _report() -> None:  # pragma: no cover - a measurement, run by hand
         print(f"Psi(0.5) sampler, seed {seed}: TV to data "
               f"{total_variation(frequencies(ids, 9), joint):.4f}, chi-square p vs its chain "
               f"{chi_square_p(ids, spec):.3f}")  # fmt: skip
+    for kind in PROMPTS:
+        (b_mean, b_worst), (a_mean, a_worst) = (
+            prompt_tv(markov_law3(), kind, 64, told) for told in (False, True)
+        )
+        print(f"uniform {kind} prompt, Markov K=3 L=3, 64 steps, exact TV to p(x_free | prompt) "
+              f"(mean over prompts / worst): clamped {b_mean:.4f} / {b_worst:.4f}, per-token "
+              f"levels {a_mean:.4f} / {a_worst:.4f}")  # fmt: skip
     law = random_law(3, 3, seed=2)
     mask = torch.tensor([True, False, False])
     for first in (0, 2):

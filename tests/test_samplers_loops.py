@@ -284,6 +284,34 @@ def test_the_loops_are_the_samplers_given_z_1_and_a_grid(tail):
     assert torch.equal(looped, sampled)
 
 
+class TokenLevelDenoiser(CountingDenoiser):
+    """Reads per-token levels sigma (B, L)."""
+
+    reads_token_levels = True
+
+    def logits(self, z_t, sigma):
+        assert sigma.shape == z_t.shape
+        return super().logits(z_t, sigma.amax(-1))
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_a_prompt_reaches_a_token_level_denoiser_as_level_zero(guided):
+    k, b, length, steps = 6, 3, 5, 4
+    prompt = torch.randint(0, k, (b, length), generator=gen(42))
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    mask[:, 0] = mask[1, 3] = True
+    den = TokenLevelDenoiser(k)
+    guidance = {"guidance_scale": 2.0, "uncond": {}} if guided else {}
+    sample_uniform(den, b, length, steps, schedule=SCHEDULE, vocab_size=k, prompt=prompt,
+                   prompt_mask=mask, generator=gen(43), **guidance)  # fmt: skip
+    grid = TimeGrid.build(SCHEDULE, steps, tail="greedy")
+    assert den.calls == (steps + 1) * (2 if guided else 1)
+    for i, sigma in enumerate(den.sigmas):
+        t = grid.t[i // (2 if guided else 1)]
+        want = torch.where(mask, 0.0, sigma_at(t, b).unsqueeze(-1))
+        torch.testing.assert_close(sigma, want)
+
+
 def test_prompts_hold_their_tokens_in_every_record():
     k, b, length = 6, 4, 7
     prompt = torch.randint(0, k - 1, (b, length), generator=gen(40))
@@ -307,6 +335,7 @@ def test_prompts_hold_their_tokens_in_every_record():
             tail=tail,
             prompt=prompt,
             prompt_mask=mask,
+            clamp_prompt=True,  # a denoiser without per-token levels: the opt-in approximation
             callback=check,
             generator=gen(41),
         )
@@ -320,7 +349,7 @@ def test_prompts_hold_their_tokens_in_every_record():
         assert all(torch.equal(z[mask], prompt[mask]) for z in den.inputs)
     # no prompt_mask: the whole prompt is given
     x = sample_uniform(CountingDenoiser(k), b, length, 3, schedule=SCHEDULE, vocab_size=k,
-                       prompt=prompt, generator=gen(43))  # fmt: skip
+                       prompt=prompt, clamp_prompt=True, generator=gen(43))  # fmt: skip
     assert torch.equal(x, prompt)
 
 

@@ -1,11 +1,12 @@
 """The reference diffusion transformer (DiT) of MDLM / Duo, and its causal autoregressive twin.
 
 Notation: ``z_t`` the noisy input (token ids (B, L), soft probabilities (B, L, K) or a top-n bag
-``(ids, weights)`` each (B, L, n)); ``sigma`` = -log(alpha_t), one noise level per sequence (B,);
+``(ids, weights)`` each (B, L, n)); ``sigma`` = -log(alpha_t), one noise level per sequence (B,)
+or one per token (B, L) (0 at clean context: prompts; ``discdiff.context``);
 K ``vocab_size``; h ``hidden_size``; H ``n_heads``; D = h / H the head size; c ``cond_dim``.
 
     e = embed(z_t)                               ids: E[z]; soft: p @ E; bag: sum_n w_n E[id_n]
-    c = SiLU(MLP(sinusoidal_256(sigma)))         (B, cond_dim); absent in causal mode
+    c = SiLU(MLP(sinusoidal_256(sigma)))         (B, cond_dim) or (B, L, cond_dim); none if causal
     per block:  x += gate_a * Attn(LN(x) * (1 + scale_a) + shift_a)      rotary q, k; fused qkv
                 x += gate_m * MLP(LN(x) * (1 + scale_m) + shift_m)       GELU(tanh), 4h
                 (shift, scale, gate) = Linear(c) zero-initialised (adaLN-zero)
@@ -85,17 +86,18 @@ def padded_rows(vocab_size: int) -> int:
 
 
 def sinusoidal_embedding(sigma: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """[cos(sigma f_i), sin(sigma f_i)], f_i = max_period^(-i / (dim/2)): (B,) -> (B, dim)."""
+    """[cos(sigma f_i), sin(sigma f_i)], f_i = max_period^(-i / (dim/2)): (...) -> (..., dim)."""
     dtype = torch.float64 if sigma.dtype == torch.float64 else torch.float32
     half = dim // 2
     exponent = torch.arange(half, dtype=dtype, device=sigma.device) / half
     freqs = torch.exp(-math.log(max_period) * exponent)
-    args = sigma.to(dtype)[:, None] * freqs[None, :]  # (B, dim/2)
+    args = sigma.to(dtype).unsqueeze(-1) * freqs  # (..., dim/2)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class TimestepEmbedder(nn.Module):
-    """sigma (B,) -> sinusoidal (B, frequency_dim) -> Linear -> SiLU -> Linear: (B, cond_dim)."""
+    """sigma (B,) or (B, L) -> sinusoidal (..., frequency_dim) -> Linear -> SiLU -> Linear:
+    (..., cond_dim)."""
 
     def __init__(self, cond_dim: int, frequency_dim: int):
         super().__init__()
@@ -110,8 +112,14 @@ class TimestepEmbedder(nn.Module):
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x * (1 + scale) + shift: x (B, L, h), shift and scale (B, 1, h)."""
+    """x * (1 + scale) + shift: x (B, L, h), shift and scale (B, 1, h) or (B, L, h)."""
     return torch.addcmul(shift, x, 1 + scale)
+
+
+def _per_position(modulation: Tensor) -> Tensor:
+    """adaLN outputs of a per-sequence conditioning (B, m) as (B, 1, m); per-token ones
+    (B, L, m) as they are."""
+    return modulation if modulation.ndim == 3 else modulation.unsqueeze(1)
 
 
 Rope = tuple[Tensor, Tensor]
@@ -155,14 +163,15 @@ class DiTBlock(nn.Module):
         backend: str,
         padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """x (B, L, h) the residual stream, c (B, cond_dim) the conditioning (None if causal),
+        """x (B, L, h) the residual stream, c (B, cond_dim) or (B, L, cond_dim) the
+        conditioning (None if causal),
         padding_mask (B, L) bool (True at real tokens) or None."""
         if self.adaLN_modulation is None:  # causal twin: a plain pre-LayerNorm block
             y = self._attend(self.norm1(x), rope, kv_cache, backend, padding_mask)
             x = x + self.dropout(y)
             return x + self.dropout(self.mlp(self.norm2(x)))
         assert c is not None
-        modulation = self.adaLN_modulation(c)[:, None, :]  # (B, 1, 6h)
+        modulation = _per_position(self.adaLN_modulation(c))  # (B, 1 | L, 6h)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6, dim=-1)
         y = self._attend(
             _modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend, padding_mask
@@ -229,7 +238,7 @@ class FinalLayer(nn.Module):
         x = self.norm(x)  # (B, L, h)
         if self.adaLN_modulation is not None:
             assert c is not None
-            shift, scale = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)  # (B, 1, h) each
+            shift, scale = _per_position(self.adaLN_modulation(c)).chunk(2, dim=-1)
             x = _modulate(x, shift, scale)
         return x
 
@@ -282,6 +291,8 @@ class DiT(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
         self.config = config
+        # sigma may be (B, L): 0 at clean context (discdiff.context); the causal twin reads none
+        self.reads_token_levels = not config.causal
         self.attention_backend = "auto"
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -353,7 +364,7 @@ class DiT(nn.Module):
     def forward(
         self,
         z_t: Tokens | Probs | Bag,
-        sigma: Times | None = None,
+        sigma: Times | Float[Tensor, "b l"] | None = None,
         *,
         kv_cache: KVCache | None = None,
         padding_mask: Bool[Tensor, "b l"] | None = None,
@@ -363,8 +374,10 @@ class DiT(nn.Module):
         """Logits (B, L, K) of the clean token at every position.
 
         z_t: ids (B, L), probabilities (B, L, K) (embedded as p @ E) or a bag (ids, weights) of
-        shape (B, L, n) each (embedded as sum_n w_n E[id_n]). sigma: (B,) noise level
-        -log(alpha_t), required unless causal (ignored there). kv_cache: causal mode only; see
+        shape (B, L, n) each (embedded as sum_n w_n E[id_n]). sigma: noise level
+        -log(alpha_t), (B,) one per sequence or (B, L) one per token (0 at clean context, which
+        the model then reads as given: ``reads_token_levels``), required unless causal (ignored
+        there). kv_cache: causal mode only; see
         ``KVCache``. padding_mask: (B, L) bool, True at real tokens: no position attends to a
         padded one, so the logits at real positions are those of the real tokens alone (to
         rounding); the logits at padded positions are finite but meaningless. The diffusion
@@ -385,12 +398,14 @@ class DiT(nn.Module):
         if self.sigma_map is not None:
             if sigma is None:
                 raise ValueError("sigma (B,) is required by a non-causal (diffusion) DiT")
-            if sigma.shape != (b,):
-                raise ValueError(f"sigma must have shape (B,) = ({b},), got {tuple(sigma.shape)}")
+            if sigma.shape not in ((b,), (b, n)):
+                raise ValueError(f"sigma must have shape (B,) = ({b},) or (B, L) = ({b}, {n}), "
+                                 f"got {tuple(sigma.shape)}")  # fmt: skip
             check_finite(sigma, "sigma")
-            c = self.sigma_map(sigma)  # (B, c)
+            c = self.sigma_map(sigma)  # (B, c) or (B, L, c)
             if self.label_embed is not None:
-                c = c + self.label_embed(self._labels(label, b, c.device))
+                y = self.label_embed(self._labels(label, b, c.device))  # (B, c)
+                c = c + (y if c.ndim == 2 else y.unsqueeze(1))
             c = F.silu(c)
         if label is not None and self.label_embed is None:
             raise ValueError("label given, but this DiT has no label embedding: build it with "

@@ -9,8 +9,13 @@ How a sample ends is its ``tail`` (``discdiff.samplers.grid``): "greedy" (the pa
 and "greedy" coincide: a masked token's denoising posterior is x_hat itself.
 
 A prompt (``prompt`` ids and ``prompt_mask``, both (B, L)) holds its tokens in z_1, after every
-step and in the output; the denoiser sees them as clean context. ``callback`` receives a
-``StepRecord`` after every denoiser call, with the logits, so analysis needs no wrapper.
+step and in the output. The masked process samples the conditional law as it is (a clean token
+is an unmasked token). The uniform process needs the denoiser to be told which positions are
+clean: it passes per-token levels sigma (B, L), 0 at the prompt, to a denoiser that declares
+``reads_token_levels`` (``discdiff.context``), and refuses a prompt otherwise, unless
+``clamp_prompt=True`` accepts the clamped approximation (whose free positions do not follow the
+conditional law: Concepts, "Prompts"). ``callback`` receives a ``StepRecord`` after every
+denoiser call, with the logits, so analysis needs no wrapper.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from discdiff.context import require_token_levels, token_levels
 from discdiff.denoise import denoise, noise_level
 from discdiff.samplers.categorical import check_filters
 from discdiff.samplers.grid import Tail, TimeGrid
@@ -99,6 +105,7 @@ def uniform_loop(
     top_p: float | None = None,
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
+    clamp_prompt: bool = False,
     cond: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
     uncond: Mapping[str, Any] | None = None,
@@ -109,9 +116,17 @@ def uniform_loop(
     """Run the uniform-state reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
     Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt. The
-    only value check per step is ``denoise``'s on the logits.
+    only value check per step is ``denoise``'s on the logits. A prompt is clean context for a
+    denoiser that ``reads_token_levels``; for any other it is an error unless ``clamp_prompt``
+    (module docstring).
     """
-    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond)
+    clean = None
+    if prompt_mask is not None and not clamp_prompt:
+        require_token_levels(denoiser, "A prompt on a uniform-state model",
+                             "or pass clamp_prompt=True to accept the clamped approximation, "
+                             "which does not sample the conditional law")  # fmt: skip
+        clean = prompt_mask
+    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond, clean)
     with trusted():
         return _uniform_loop(predict, z, grid, tail, kappa, top_k, top_p,
                              _Prompt(prompt, prompt_mask), callback, progress, generator)
@@ -119,7 +134,8 @@ def uniform_loop(
 
 class _Predictor:
     """The denoiser calls of a loop: one per step, or two under guidance (conditional with
-    ``cond``, unconditional with ``uncond``); counts them (the NFE)."""
+    ``cond``, unconditional with ``uncond``); counts them (the NFE). With a ``clean`` mask
+    (B, L) the denoiser sees per-token levels, 0 there."""
 
     def __init__(
         self,
@@ -128,13 +144,15 @@ class _Predictor:
         cond: Mapping[str, Any] | None,
         guidance_scale: float | None,
         uncond: Mapping[str, Any] | None,
+        clean: Tensor | None = None,
     ) -> None:
         self.denoiser, self.vocab_size = denoiser, vocab_size
         self.cond, self.gamma, self.uncond = cond, guidance_scale, uncond
+        self.clean = clean
         self.calls = 0
 
     def __call__(self, z: Tensor, alpha_t: float) -> tuple[Tensor, Tensor | None]:
-        sigma = noise_level(alpha_t, z.shape[0], z.device)
+        sigma = token_levels(noise_level(alpha_t, z.shape[0], z.device), self.clean)
         self.calls += 1
         logits = denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=self.cond)
         if self.gamma is None:
@@ -375,6 +393,7 @@ def sample_uniform(
     time_grid: Sequence[float] | Tensor | None = None,
     prompt: Tensor | None = None,
     prompt_mask: Tensor | None = None,
+    clamp_prompt: bool = False,
     cond: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
     uncond: Mapping[str, Any] | None = None,
@@ -391,7 +410,12 @@ def sample_uniform(
     ancestral step, or a Ψ step when ``kappa`` is given (a number in [0, 1] or a callable
     kappa(t, s) such as ``ConstantKappa`` / ``CappedKappa``; kappa = 1 is ancestral). Then the
     ``tail`` (module docstring): NFE = steps + 1 for "greedy" and "map", steps for "none".
-    ``top_k`` / ``top_p`` filter x_hat before the posterior.
+    ``top_k`` / ``top_p`` filter x_hat before the posterior and in the tail.
+
+    ``prompt`` / ``prompt_mask`` (B, L): given tokens, clean context for a denoiser that
+    declares ``reads_token_levels`` (it sees sigma (B, L), 0 at the prompt): then the free
+    positions follow the conditional law. Any other denoiser raises a ValueError, unless
+    ``clamp_prompt=True`` accepts the clamped approximation (module docstring).
 
     ``cond`` is a mapping of keyword arguments for the denoiser (class labels, masks), kept
     apart from the sampler's options. ``guidance_scale`` gamma turns on classifier-free
@@ -417,8 +441,8 @@ def sample_uniform(
     return uniform_loop(
         denoiser, z, grid, vocab_size=vocab_size, tail=tail, kappa=kappa, top_k=top_k,
         top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
-        cond=cond, guidance_scale=guidance_scale, uncond=uncond, callback=callback,
-        progress=progress, generator=generator,
+        clamp_prompt=clamp_prompt, cond=cond, guidance_scale=guidance_scale, uncond=uncond,
+        callback=callback, progress=progress, generator=generator,
     )  # fmt: skip
 
 
