@@ -411,11 +411,11 @@ class PromptWatcher:
 
 def test_uniform_prompt_conditionals_with_two_free_positions():
     """L = 3, K = 3, prompt at position 0 (two values, one per half of the batch); the oracle
-    sees the prompt as clean context through per-token levels (sigma = 0 there). Two free positions: exact only with many
-    steps, so the samples are compared with the sampler's exact chain (chi-square p-values 0.011
-    and 0.33) and the chain with the conditional law (exact TV 0.0091 and 0.0069 at 64 steps,
-    which 6000 draws resolve: against the conditional law itself the p-values are 0.0085 and
-    0.0005)."""
+    sees the prompt as clean context through per-token levels (sigma = 0 there). Two free
+    positions: exact only with many steps, so the samples are compared with the sampler's
+    exact chain (chi-square p-values 0.011 and 0.33) and the chain with the conditional law
+    (exact TV 0.0091 and 0.0069 at 64 steps, which 6000 draws resolve: against the conditional
+    law itself the p-values are 0.0085 and 0.0005)."""
     law = random_law(3, 3, seed=2)
     oracle = UniformOracle(law)
     n, steps = 6000, 64
@@ -518,7 +518,8 @@ def test_uniform_prompt_samples_follow_the_told_chain():
     n, steps = 6000, 16
     prompt, masks = prompt_rows([[0, 1, 0]], mask.tolist(), n)
     x = sample_uniform(UniformOracle(law), n, 3, steps, schedule=SCHEDULE, vocab_size=3,
-                       tail="none", prompt=prompt, prompt_mask=masks, generator=gen(63))  # fmt: skip
+                       tail="none", prompt=prompt, prompt_mask=masks,
+                       generator=gen(63))  # fmt: skip
     chain = uniform_chain(UniformOracle(law), TimeGrid.build(SCHEDULE, steps, tail="none"),
                           prompt=prompt[0], mask=mask)  # fmt: skip
     assert chi_square_p(sequence_ids(x[:, ~mask], 3), chain) > P_MIN
