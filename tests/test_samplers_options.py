@@ -172,3 +172,36 @@ def test_uniform_guidance_with_disjoint_nuclei_at_the_last_step_follows_the_cond
     assert bool((out == 0).all())
     out = map_tail(c, z, alpha(T_MIN), top_p=0.3, uncond=u, guidance_scale=2.0)
     assert bool((out == 0).all())
+
+
+def _report() -> None:  # pragma: no cover - a measurement, run by hand
+    """Tokens off the filtered mode in the tails (8000 tokens per configuration) and the outcome
+    of guidance with disjoint nuclei: ``python -m tests.test_samplers_options``."""
+    length, steps, n = 8, 4, 1000
+    for tail, top_k, top_p, gamma in [("map", 1, None, None), ("map", None, 0.3, 1.0),
+                                      ("greedy", None, 0.3, 2.0)]:  # fmt: skip
+        model, last = LabelDenoiser(K, length), LastState(steps)
+        guidance = {} if gamma is None else {"guidance_scale": gamma, "uncond": {}}
+        out = sample_uniform(
+            model, n, length, steps, schedule=SCHEDULE, vocab_size=K, tail=tail, top_k=top_k,
+            top_p=top_p, cond={"label": torch.tensor(0)}, callback=last, generator=gen(3),
+            **guidance,
+        )  # fmt: skip
+        off = int((out != expected_tail(model, last.z, tail, top_k, top_p, gamma)).sum())
+        print(f"tail {tail}, top_k={top_k}, top_p={top_p}, guidance_scale={gamma}: "
+              f"{off} of {out.numel()} tokens off the filtered mode")  # fmt: skip
+    k, mask_id = 5, 4
+    c, u = disjoint_predictions(64, 3, k, mask_id)
+    denoiser = lambda z_t, sigma, label=None: (c if label is not None else u)[: z_t.shape[0]]
+    try:
+        out = sample_masked(denoiser, 64, 3, 4, schedule=SCHEDULE, vocab_size=k, mask_id=mask_id,
+                            tail="none", top_p=0.3, cond={"label": 0}, guidance_scale=2.0,
+                            uncond={}, generator=gen(3))  # fmt: skip
+        print(f"masked guidance, disjoint nuclei: tokens {sorted(set(out.flatten().tolist()))} "
+              "(the conditional nucleus is {0})")
+    except Exception as error:  # noqa: BLE001 - the report shows whatever happens
+        print(f"masked guidance, disjoint nuclei: {type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _report()
