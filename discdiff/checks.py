@@ -64,6 +64,9 @@ def unchecked() -> Iterator[None]:
     """Skip value checks (token ranges, NaN scans) inside this block, e.g. in a tuned hot loop.
 
     Only in the calling thread or asyncio task: other threads keep their checks."""
+    if torch.compiler.is_compiling():  # value checks are off while tracing; Dynamo cannot
+        yield  # trace ContextVar.set
+        return
     token = _checks_on.set(False)
     try:
         yield
@@ -76,6 +79,9 @@ def trusted() -> Iterator[None]:
     """Inside the library, below a public call that checked its inputs: the layers there skip
     re-checking them (each check is a device sync on a GPU). A denoiser's output is still
     checked (see ``output_checks_enabled``). Per thread and asyncio task, like ``unchecked``."""
+    if torch.compiler.is_compiling():  # value checks are off while tracing; Dynamo cannot
+        yield  # trace ContextVar.set
+        return
     token = _trusted.set(True)
     try:
         yield
@@ -86,13 +92,14 @@ def trusted() -> Iterator[None]:
 def checks_enabled() -> bool:
     """Whether input value checks run: not under ``unchecked()`` or ``trusted()``, nor while
     ``torch.compile`` traces (value checks synchronise and confuse graph capture)."""
-    return _checks_on.get() and not _trusted.get() and not torch.compiler.is_compiling()
+    # is_compiling first: Dynamo cannot trace ContextVar.get.
+    return not torch.compiler.is_compiling() and _checks_on.get() and not _trusted.get()
 
 
 def output_checks_enabled() -> bool:
     """Whether a denoiser's output (and a model's own input) is checked: everywhere but under
     ``unchecked()`` and ``torch.compile``."""
-    return _checks_on.get() and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and _checks_on.get()
 
 
 def host_check_count() -> int:
@@ -160,6 +167,7 @@ def _one_line(fn: Callable[..., Any], err: TypeCheckError, args: Any, kwargs: An
         return None
     value = bound.arguments.get(name)
     expected = text.split("Expected type: ", 1)[-1].split("\n", 1)[0].rstrip(".")
+    expected = re.sub(r"<class '(.*?)'>", r"\1", expected)  # a bare annotation is a class
     expected = expected.replace("jaxtyping.", "").replace("torch._C.", "torch.")
     options = _LITERAL.fullmatch(expected)
     if options is not None:
@@ -271,32 +279,31 @@ def check_x0(x_0: Any, vocab_size: int, name: str = "x_0") -> Tensor:
     return x_0.long()
 
 
-def check_model_tokens(ids: Tensor, vocab_size: int, owner: str) -> None:
+def check_model_tokens(ids: Tensor, vocab_size: int, owner: str, name: str = "z_t") -> None:
     """Raise unless the ids a model is about to embed lie in its own [0, vocab_size).
 
     Runs under ``trusted()`` too: the caller checked the ids against *its* vocabulary, which
     may be larger than the model's. One reduction (min and max at once); on an accelerator an
     asynchronous device assertion.
     """
-    _check_integer_dtype(ids, "z_t")
+    _check_integer_dtype(ids, name)
     if not output_checks_enabled() or ids.numel() == 0:
         return
     lo, hi = torch.aminmax(ids)
+    vocabulary = f"outside its vocabulary [0, {vocab_size}) (built for vocab_size={vocab_size})"
     fix = (
         f"build {owner} with the vocab_size of the diffusion or sampler that feeds it, or give "
         f"them vocab_size={vocab_size}"
     )
 
     def message() -> str:
-        return (
-            f"{owner} was built for vocab_size={vocab_size} (ids 0..{vocab_size - 1}) but got "
-            f"token ids in [{int(lo)}, {int(hi)}], which it cannot embed: {fix}"
-        )
+        got = f"{owner} got token ids {name} in [{int(lo)}, {int(hi)}]"
+        return f"{got}, {vocabulary}, which it cannot embed: {fix}"
 
+    # On an accelerator the message is fixed when the assertion is enqueued: no values in it.
     on_device = ids.device.type != "cpu" and _async_checks
-    reject_if((lo < 0) | (hi >= vocab_size),
-              f"{owner} got token ids outside its vocab_size={vocab_size}: {fix}"
-              if on_device else message)  # fmt: skip
+    text = f"{owner} got token ids {name} {vocabulary}: {fix}"
+    reject_if((lo < 0) | (hi >= vocab_size), text if on_device else message)
 
 
 def check_range(

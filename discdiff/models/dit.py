@@ -330,7 +330,7 @@ class DiT(nn.Module):
                     f"bag ids and weights must both be (B, L, n), got {tuple(ids.shape)} and "
                     f"{tuple(weights.shape)}"
                 )
-            check_model_tokens(ids, k, "DiT")  # even below a public call: its own vocabulary
+            check_model_tokens(ids, k, "DiT", "z_t bag ids")  # even when trusted: its own K
             b, n, m = ids.shape
             flat = F.embedding_bag(  # (B * L, h)
                 ids.reshape(b * n, m).long(),
