@@ -217,10 +217,10 @@ def _call(
     try:
         return fn(z_t, sigma, **(cond or {}))
     except Exception as err:
-        problem = _signature_problem(fn, denoiser, z_t, sigma, cond, role) if isinstance(
-            err, TypeError) else None  # fmt: skip
-        if problem is not None:
-            raise TypeError(problem) from err
+        if isinstance(err, TypeError):  # maybe the call itself: forward(self, z) without sigma
+            problem = _signature_problem(fn, denoiser, z_t, sigma, cond, role)
+            if problem is not None:
+                raise TypeError(problem) from err
         if hasattr(err, "add_note"):  # Python >= 3.11; on 3.10 the error goes on unchanged
             err.add_note(_input_note(z_t, sigma, cond, vocab_size, role))
         raise
