@@ -6,6 +6,10 @@ While the curriculum is active the noise level is drawn on a Gaussian window (ga
 w_t = alpha_tilde x + sigma_tilde eps is built, and the denoiser sees softmax(w_t / tau) (or,
 with ``top_k``, only the top-k entries as a ``Bag``); the loss is the uniform NELBO at
 z_t = argmax w_t with alpha_t = T(alpha_tilde_t) and its exact derivative.
+
+The soft input reaches the denoiser in the dtype it computes in: ``dtype`` if given, else the
+dtype of the model's floating-point parameters (a bfloat16 model gets bfloat16 probabilities,
+as its embedding matmul needs), else float32.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from discdiff import config
 from discdiff.duality import AlphaWindow
@@ -38,6 +44,9 @@ class GaussianCurriculum:
             linearly to log10(tau_end) at ``end_step`` (the released runs keep tau = 1e-3).
         end_step: the training step at which the curriculum stops.
         top_k: feed only the top-k coordinates of the latent as a ``Bag`` (Duo++), or None.
+        dtype: the float dtype of the soft input (the probabilities, or the bag's weights), a
+            ``torch.dtype`` or its name ("bfloat16"); None: the denoiser's parameter dtype
+            (float32 for a denoiser without parameters). See ``input_dtype``.
     """
 
     window: AlphaWindow | GammaSchedule = field(default=PAPER_CURRICULUM_WINDOW)
@@ -45,6 +54,7 @@ class GaussianCurriculum:
     end_step: int = 500_000
     top_k: int | None = None
     tau_end: float | None = None
+    dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         tau = as_float(self.tau, "tau")
@@ -57,6 +67,20 @@ class GaussianCurriculum:
         if not isinstance(self.window, (AlphaWindow, GammaSchedule)):
             kind = type(self.window).__name__
             raise TypeError(f"window must be an AlphaWindow or a GammaSchedule, got {kind}")
+        if self.dtype is not None:  # a name from to_dict's JSON, or a dtype
+            object.__setattr__(self, "dtype", config.decode_dtype(self.dtype, "dtype"))
+
+    def input_dtype(self, denoiser: Any) -> torch.dtype:
+        """The dtype of the soft input handed to ``denoiser``: ``dtype``, else the dtype of its
+        first floating-point parameter (a bfloat16 model's embedding matmul rejects a float32
+        input), else float32."""
+        if self.dtype is not None:
+            return self.dtype
+        if isinstance(denoiser, torch.nn.Module):
+            for parameter in denoiser.parameters():
+                if parameter.is_floating_point():
+                    return parameter.dtype
+        return torch.float32
 
     def gamma_window(self, vocab_size: int) -> GammaSchedule:
         """The gamma-schedule of the window for a vocabulary of ``vocab_size`` tokens."""

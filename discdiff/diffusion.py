@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from discdiff import config, losses, processes, samplers
+from discdiff.checks import check_generator, check_schedule, check_x0
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.denoise import Head, denoise, denoise_head, has_fused_head, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
@@ -36,7 +37,6 @@ from discdiff.typing import (
     as_float,
     check_count,
     check_range,
-    check_tokens,
     check_vocab_size,
     trusted,
 )
@@ -70,30 +70,22 @@ def _column(x: Tensor) -> Tensor:
     return x.unsqueeze(-1)  # (B,) -> (B, 1): broadcasts over the sequence
 
 
-def _check_x0(x_0: Any, vocab_size: int) -> None:
-    """The one check of the clean tokens on a public call; the layers below trust them."""
-    if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
-        got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
-        raise ValueError(f"x_0 must be a (B, L) tensor of token ids with B, L >= 1, got {got}")
-    check_tokens(x_0, vocab_size, "x_0")
+def _check_x0(x_0: Any, vocab_size: int) -> Tensor:
+    """The one check of the clean tokens on a public call; the layers below trust them. Any
+    integer dtype in, int64 out (what the processes and the denoiser get)."""
+    return check_x0(x_0, vocab_size)
 
 
 def _check_schedule(schedule: Any) -> Schedule:
-    """A schedule object (alpha(t), dalpha_dt(t)), e.g. ``LogLinearSchedule()``; not a name."""
-    if isinstance(schedule, type) or not all(
-        callable(getattr(schedule, name, None)) for name in ("alpha", "dalpha_dt")
-    ):
-        what = schedule.__name__ + " (a class)" if isinstance(schedule, type) else repr(schedule)
-        raise TypeError(
-            "schedule must be a schedule object with alpha(t) and dalpha_dt(t), e.g. "
-            f"LogLinearSchedule() or CosineSchedule(), got {what}"
-        )
-    return schedule
+    """A schedule object (alpha(t), dalpha_dt(t)), e.g. ``LogLinearSchedule()``; not a name.
+    The same rule as the samplers' (``discdiff.checks.check_schedule``)."""
+    return check_schedule(schedule)
 
 
 def _draw_times(
     x_0: Tensor, eps: float, t: Tensor | None, generator: torch.Generator | None
 ) -> Tensor:
+    check_generator(generator)
     if t is None:
         # Antithetic over this batch; for data-parallel training pass t from
         # discdiff.timesteps.AntitheticTimes (stratified over the global batch).
@@ -220,7 +212,7 @@ class UniformDiffusion:
         conditioning. ``fused``: from the denoiser's hidden state and output projection when it
         offers them (``FusedHead``), never holding the logits; False: from its logits.
         """
-        _check_x0(x_0, self.vocab_size)
+        x_0 = _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():  # checked at the door: the layers below trust their inputs
@@ -240,7 +232,7 @@ class UniformDiffusion:
     ) -> Tensor:
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L);
         ``fused`` as in ``loss``."""
-        _check_x0(x_0, self.vocab_size)
+        x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
             return self._discrete_loss(denoiser, x_0, t, generator, cond, fused)
@@ -276,17 +268,18 @@ class UniformDiffusion:
         alpha_tilde = _column(schedule.alpha_tilde(t))
         alpha_t = _column(schedule.alpha(t))
         dalpha_dt = _column(schedule.dalpha_dt(t))
+        dtype = self.curriculum.input_dtype(denoiser)  # the soft input's dtype: the model's
         if self.curriculum.top_k is None:
             latent = processes.gaussian_latent(
                 x_0, alpha_tilde, self.vocab_size, generator=generator
             )
-            relaxed: Any = processes.relax(latent.w_t, tau)
+            relaxed: Any = processes.relax(latent.w_t, tau).to(dtype)
             z_t = latent.z_t
         else:
             bag = processes.topk_gaussian_latent(
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
-            relaxed, z_t = Bag(bag.ids, bag.weights), bag.z_t
+            relaxed, z_t = Bag(bag.ids, bag.weights.to(dtype)), bag.z_t
         return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, fused)
 
     @torch.no_grad()
@@ -305,7 +298,7 @@ class UniformDiffusion:
         validation set for the bound ``exp(sum(total) / n_tokens)`` on perplexity
         (``discdiff.metrics`` reduces it across ranks).
         """
-        _check_x0(x_0, self.vocab_size)
+        x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
             # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
@@ -415,7 +408,7 @@ class MaskedDiffusion:
     ) -> Tensor:
         """The continuous-time masked NELBO integrand per token (B, L); ``step`` (>= 0) does
         not change it (the signature matches ``UniformDiffusion.loss``, ``fused`` too)."""
-        _check_x0(x_0, self.vocab_size)
+        x_0 = _check_x0(x_0, self.vocab_size)
         _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
@@ -453,7 +446,7 @@ class MaskedDiffusion:
         cond: Mapping[str, Any] | None = None,
     ) -> NELBO:
         """A validation bound on -log p(x_0) per token (see ``NELBO``)."""
-        _check_x0(x_0, self.vocab_size)
+        x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
             diffusion = (1 - self.eps) * self._loss(denoiser, x_0, t, generator, cond, False)

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from discdiff import config, samplers
 from discdiff._chunks import chunk_rows
-from discdiff.denoise import denoise, noise_level
+from discdiff.checks import check_generator, check_x0
+from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
 from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
@@ -325,10 +326,8 @@ class DCDistiller:
         Returns the KL of ``divergence`` per token in ``kl_dtype``; ``cond`` (the denoisers'
         keyword conditioning) goes to both.
         """
-        if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
-            got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
-            raise ValueError(f"x_0 must be (B, L) token ids with B, L >= 1, got {got}")
-        check_tokens(x_0, self.vocab_size, "x_0")
+        x_0 = check_x0(x_0, self.vocab_size)  # any integer dtype in, int64 out
+        check_generator(generator)
         dt = self.dt(self.rounds.current(step))
         t = antithetic_times(
             x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
@@ -374,6 +373,7 @@ class DCDistiller:
         ``options`` are ``discdiff.samplers.sample_uniform``'s (tail, kappa, top_k, top_p,
         time_grid, prompt, prompt_mask, cond, callback, progress, generator, device).
         """
+        warn_if_training(student, "student")
         return samplers.sample_uniform(
             student, batch_size, length, steps,
             schedule=schedule if schedule is not None else LogLinearSchedule(),

@@ -44,7 +44,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from discdiff import config, processes
-from discdiff.denoise import denoise, noise_level
+from discdiff.checks import check_generator, check_schedule, check_x0
+from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.distill import token_kl
 from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.samplers import masked_ancestral_step, sample_masked
@@ -162,10 +163,8 @@ class SDTTDistiller:
         check_distillation_settings(divergence, refresh_from, kl_dtype, eps)
         if not isinstance(time_conditioned, bool):
             raise ValueError(f"time_conditioned must be a bool, got {time_conditioned!r}")
-        if schedule is not None and not callable(getattr(schedule, "alpha", None)):
-            raise TypeError(
-                f"schedule must be a Schedule (with .alpha(t)), got {type(schedule).__name__}"
-            )
+        if schedule is not None:
+            check_schedule(schedule)  # the one rule of training and sampling
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
         self.model_vocab_size = vocab_size + 1
@@ -301,10 +300,8 @@ class SDTTDistiller:
         classes at the masked positions of z_t, 0 elsewhere, in ``kl_dtype``. ``cond`` (the
         caller's conditioning mapping) goes to both denoisers.
         """
-        if not isinstance(x_0, Tensor) or x_0.ndim != 2 or x_0.numel() == 0:
-            got = tuple(x_0.shape) if isinstance(x_0, Tensor) else type(x_0).__name__
-            raise ValueError(f"x_0 must be (B, L) token ids with B, L >= 1, got {got}")
-        check_tokens(x_0, self.vocab_size, "x_0")
+        x_0 = check_x0(x_0, self.vocab_size)  # any integer dtype in, int64 out
+        check_generator(generator)
         if not callable(student):
             raise TypeError(
                 f"student must be a denoiser (a callable), got {type(student).__name__}"
@@ -339,6 +336,7 @@ class SDTTDistiller:
         """Sample (batch_size, length) tokens from the student with the masked ancestral sampler
         (``discdiff.samplers.sample_masked``) on the distiller's schedule, mask id and time
         conditioning; ``kwargs`` go to the sampler (``generator``, tails, ...)."""
+        warn_if_training(student, "student")
         return sample_masked(
             student,
             batch_size,

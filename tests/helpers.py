@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from examples.config import Config, apply_overrides, preset
 
-__all__ = ["make_corpus", "tiny_config"]
+__all__ = ["AlphaOnlySchedule", "TwoMethodSchedule", "make_corpus", "tiny_config"]
 
 
 def make_corpus(directory: Path) -> Path:
@@ -32,3 +34,21 @@ def tiny_config(data: Path, out: Path, **overrides) -> Config:
     }  # fmt: skip
     values.update(overrides)
     return apply_overrides(preset("cpu-demo"), values)
+
+
+class TwoMethodSchedule:
+    """A duck-typed schedule with alpha(t) and dalpha_dt(t) only (no inverse): one accepted by
+    training and sampling alike."""
+
+    def alpha(self, t):
+        return 1 - (1 - 1e-3) * t
+
+    def dalpha_dt(self, t):
+        return torch.full_like(t, -(1 - 1e-3))
+
+
+class AlphaOnlySchedule:
+    """A duck-typed schedule without dalpha_dt: refused by training and sampling alike."""
+
+    def alpha(self, t):
+        return 1 - t

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,6 +48,8 @@ from discdiff.metrics import BoundMeter
 from discdiff.models import DiT, DiTConfig, generate_ar
 from discdiff.timesteps import antithetic_times
 from discdiff.typing import Bag
+from tests.helpers import AlphaOnlySchedule as AlphaOnly
+from tests.helpers import TwoMethodSchedule as TwoMethods
 
 K, B, L = 7, 2, 4
 SDTTDistiller = getattr(discdiff, "SDTTDistiller", None)
@@ -716,6 +720,154 @@ if SDTTDistiller is not None:
         topp=0.5), T, "topp")  # fmt: skip
 
 
+# --- checks per thread; nothing silent at the denoiser seam --------------------------------------
+# Each bad call of the first group runs while another thread sits inside sample_uniform (under
+# ``trusted()``, in its denoiser): the checks are per thread, so the call still fails clearly.
+NOTES = sys.version_info >= (3, 11)  # a denoiser's error carries its inputs in a note
+
+
+def while_sampling(call: Callable[[], Any]) -> Any:
+    """Run ``call`` here while another thread is inside ``sample_uniform``'s denoiser."""
+    inside, release = threading.Event(), threading.Event()
+
+    def blocking(z, sigma, **cond):
+        inside.set()
+        release.wait(30)
+        return torch.zeros(z.shape[0], z.shape[1], K)
+
+    thread = threading.Thread(target=lambda: sample_u(denoiser=blocking, steps=1))
+    thread.start()
+    try:
+        inside.wait(30)
+        return call()
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def after_overlapping_samplers(call: Callable[[], Any]) -> Any:
+    """Two samplers in two threads, A enters, B enters, A leaves, B leaves; then ``call``."""
+    gates = [(threading.Event(), threading.Event()) for _ in range(2)]
+
+    def blocking(gate):
+        def den(z, sigma, **cond):
+            if not gate[0].is_set():
+                gate[0].set()
+                gate[1].wait(30)
+            return torch.zeros(z.shape[0], z.shape[1], K)
+        return den
+
+    threads = [threading.Thread(target=lambda g=g: sample_u(denoiser=blocking(g))) for g in gates]
+    for thread, gate in zip(threads, gates, strict=True):
+        thread.start()
+        gate[0].wait(30)
+    for thread, gate in zip(threads, gates, strict=True):
+        gate[1].set()
+        thread.join(30)
+    return call()
+
+
+THREAD_BAD = {
+    "uniform_ancestral_step-order": (lambda: samplers.uniform_ancestral_step(logits(), x0(), 0.2,
+                                     0.5), "alpha_s"),
+    "uniform_ancestral_step-alpha_s-1.7": (lambda: samplers.uniform_ancestral_step(logits(), x0(),
+                                           1.7, 0.5), "alpha_s"),
+    "uniform_ancestral_step-kappa-3": (lambda: samplers.uniform_ancestral_step(logits(), x0(),
+                                       0.6, 0.5, kappa=3.0), "kappa"),
+    "masked_ancestral_step-remask-above-max": (lambda: samplers.masked_ancestral_step(
+        logits(k=K + 1), x0(), 0.6, 0.5, mask_id=K, remask=0.9), "remask"),
+    "sample_categorical-negative": (lambda: samplers.sample_categorical(nan_at(probs(), -1.0)),
+                                    "probs"),
+    "uniform_nelbo-alpha-2": (lambda: u_nelbo(alpha_t=2.0), "alpha_t"),
+}  # fmt: skip
+for kind, (fn, name) in THREAD_BAD.items():
+    row(f"while-sampling-in-another-thread-{kind}", lambda fn=fn: while_sampling(fn), V, name)
+    row(f"after-overlapping-samplers-{kind}", lambda fn=fn: after_overlapping_samplers(fn), V,
+        name)
+
+
+class NanoGPT(torch.nn.Module):
+    """nanoGPT's forward as is (``b, t = idx.size()``), with a sigma argument."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.emb = torch.nn.Embedding(K, 8, dtype=dtype)
+        self.out = torch.nn.Linear(8, K, dtype=dtype)
+
+    def forward(self, idx, sigma):
+        if idx.is_floating_point() and idx.dtype != self.emb.weight.dtype:
+            return self.out(idx @ self.emb.weight)  # a bf16 model fed float32 probabilities
+        b, t = idx.size()
+        return self.out(self.emb(idx))
+
+
+class ModelOutput:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+def no_sigma(z):
+    return torch.zeros(z.shape[0], z.shape[1], K)
+
+
+curriculum_loss = lambda model, **kw: UniformDiffusion(K, curriculum=GaussianCurriculum(  # noqa: E731
+    end_step=10, **kw)).loss(model, x0(), fused=False)  # fmt: skip
+note = lambda *names: names if NOTES else ()  # noqa: E731 - names only a note holds
+SEAM_BAD = {
+    "sample-dit-smaller-than-vocab": (lambda: UniformDiffusion(55).sample(
+        dit(vocab_size=50).eval(), 4, 64, 2, generator=torch.Generator().manual_seed(0)), V,
+        ("vocab_size=50", *note("vocab_size=55"))),
+    "loss-dit-smaller-than-vocab": (lambda: UniformDiffusion(K + 3).loss(dit(),
+        torch.full((B, L), K + 2)), V, (f"vocab_size={K}", *note(f"vocab_size={K + 3}"))),
+    "denoiser-model-output": (returns(ModelOutput(logits())), V, (".logits",)),
+    "denoiser-tuple-of-logits": (returns((logits(),)), V, (".logits", "output[0]")),
+    "denoiser-without-sigma": (lambda: sample_u(denoiser=no_sigma), T,
+                               ("denoiser(z_t, sigma, **cond)",)),
+    "curriculum-nanogpt": (lambda: curriculum_loss(NanoGPT()), V,
+                           note("relaxed", "(B, L, K)")),
+    "curriculum-top_k-nanogpt": (lambda: curriculum_loss(NanoGPT(), top_k=3), AttributeError,
+                                 note("relaxed", "Bag")),
+    "curriculum-bf16-model-asks-float32": (lambda: curriculum_loss(NanoGPT(torch.bfloat16),
+        dtype=torch.float32), RuntimeError, note("relaxed", "GaussianCurriculum(dtype=")),
+    "curriculum-dtype-int8": (lambda: GaussianCurriculum(dtype="int8"), V, ("dtype",)),
+    "sample_uniform-generator-int": (lambda: sample_u(generator=0), T, ("generator",
+                                                                       "manual_seed(0)")),
+    "sample_masked-generator-int": (lambda: sample_m(generator=0), T, ("manual_seed(0)",)),
+    "uniform.loss-generator-int": (lambda: UniformDiffusion(K).loss(Net(), x0(), generator=0), T,
+                                   ("generator", "manual_seed(0)")),
+    "dcd.loss-generator-int": (lambda: distiller().loss(Net(), x0(), 0, generator=0), T,
+                               ("generator", "manual_seed(0)")),
+    "kernels.uniform_nelbo-backend-cuda": (lambda: discdiff.kernels.uniform_nelbo(logits(), x0(),
+        x0(), 0.5, -1.0, backend="cuda"), T, ("backend", "must be one of 'auto', 'triton'")),
+    "kernels.uniform_ancestral_step-backend-cuda": (lambda: discdiff.kernels
+        .uniform_ancestral_step(logits(), x0(), 0.6, 0.5, backend="cuda"), T, ("backend",
+        "must be one of 'auto', 'triton'")),
+    "fused_linear_uniform_nelbo-backend-cuda": (lambda: losses.fused_linear_uniform_nelbo(
+        torch.randn(B, L, 8), torch.randn(K, 8), x0(), x0(), 0.5, -1.0, backend="cuda"), T,
+        ("backend", "must be one of 'auto'")),
+    "dit-cond-padding_mask-batch": (lambda: sample_u(denoiser=dit().eval(), cond={
+        "padding_mask": torch.ones(B + 1, L, dtype=torch.bool)}), T, ("padding_mask' must be",
+        f"b={B}")),
+    "uniform-schedule-without-dalpha_dt": (lambda: UniformDiffusion(K, schedule=AlphaOnly()), T,
+                                           ("schedule", "without dalpha_dt")),
+    "sample_uniform-schedule-without-dalpha_dt": (lambda: sample_u(schedule=AlphaOnly()), T,
+                                                  ("schedule", "without dalpha_dt")),
+    "sample_uniform-schedule-class": (lambda: sample_u(schedule=LogLinearSchedule), T,
+                                      ("schedule", "LogLinearSchedule()")),
+}  # fmt: skip
+if SDTTDistiller is not None:
+    SEAM_BAD["sdtt-schedule-without-dalpha_dt"] = (lambda: SDTTDistiller(Net(K + 1), K,
+        schedule=AlphaOnly()), T, ("schedule", "without dalpha_dt"))  # fmt: skip
+    SEAM_BAD["sdtt.loss-generator-int"] = (lambda: SDTTDistiller(Net(K + 1), K).loss(Net(K + 1),
+        x0(), 0, generator=0), T, ("generator", "manual_seed(0)"))  # fmt: skip
+for kind, (fn, err, names) in SEAM_BAD.items():
+    if kind.startswith("denoiser-"):
+        row(f"uniform.loss-{kind}", lambda fn=fn: UniformDiffusion(K).loss(fn, x0()), err, *names)
+        row(f"sample_uniform-{kind}", lambda fn=fn: sample_u(denoiser=fn), err, *names)
+    else:
+        row(kind, fn, err, *names)
+
+
 # --- the training CLI: python -m examples.train ------------------------------------------------
 
 
@@ -888,14 +1040,16 @@ def test_bad_input_fails_clearly(entry: Row, env: Env, record_property):
             pytest.fail(f"no error; returned {type(result).__name__}")
     if not isinstance(caught, entry.error):
         raise AssertionError(f"raised {type(caught).__name__}: {caught}") from caught
-    message = f"{caught}\n{stderr.getvalue()}"
+    notes = "\n".join(getattr(caught, "__notes__", []))  # shown with the traceback
+    message = f"{caught}\n{notes}\n{stderr.getvalue()}"
     missing = [name for name in entry.names if name not in message]
     assert not missing, f"the message does not name {missing}:\n{message}"
     record_property("fuzz_clear", True)
 
 
 def test_the_table_is_large_enough():
-    assert len(ROWS) >= 150
+    # 445 rows since the per-thread checks and the denoiser seam's rows; GOOD holds 25 calls.
+    assert len(ROWS) >= 445 and len(GOOD) >= 25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,7 +1076,16 @@ GOOD = {
     "dcd-int-eps": lambda: DCDistiller(Net(), K, eps=0, steps_per_round=5, n_rounds=2),
     "generate_ar-int-temperature": lambda: generate_ar(dit(causal=True), x0(), 1, temperature=1),
     "sample_uniform-numpy-like-int": lambda: sample_u(batch_size=torch.tensor(2).item()),
+    "loss-uint8-tokens": lambda: UniformDiffusion(K).loss(Net(), x0().to(torch.uint8)),
+    "masked.loss-uint8-tokens": lambda: MaskedDiffusion(K).loss(Net(K + 1), x0().to(torch.uint8)),
+    "nelbo-int16-tokens": lambda: UniformDiffusion(K).nelbo(Net(), x0().to(torch.int16)),
+    "dcd.loss-uint8-tokens": lambda: distiller().loss(Net(), x0().to(torch.uint8), 0),
+    "sample_uniform-schedule-without-inverse": lambda: sample_u(schedule=TwoMethods()),
+    "curriculum-bf16-model": lambda: curriculum_loss(Net().to(torch.bfloat16)),
 }
+if SDTTDistiller is not None:
+    GOOD["sdtt.loss-int8-tokens"] = lambda: SDTTDistiller(Net(K + 1), K).loss(Net(K + 1),
+                                                                            x0().to(torch.int8), 0)
 
 
 @pytest.mark.parametrize("call", list(GOOD.values()), ids=list(GOOD))

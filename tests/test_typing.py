@@ -6,6 +6,7 @@
 import dataclasses
 import math
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -257,6 +258,23 @@ def test_typechecked_dtype_mismatch_names_the_argument():
 def test_typechecked_rejects_a_non_number_for_a_float():
     with pytest.raises(TypeError, match="parameter 'scale'"):
         scaled(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.long), "2")
+
+
+def test_typechecked_reports_a_wrong_argument_in_one_line():
+    with pytest.raises(TypeError) as caught:
+        scaled(torch.ones(2, 3), torch.ones(2, 4, dtype=torch.long))
+    assert str(caught.value) == (
+        "scaled: parameter 'z' must be Int[Tensor, 'b l'] with b=2, l=3 (the sizes the other "
+        "arguments fix), got a torch.int64 tensor of shape (2, 4)"
+    )
+    with pytest.raises(TypeError) as caught:
+        pick(torch.ones(2), "cuda")
+    assert str(caught.value) == "pick: parameter 'mode' must be one of 'a', 'b', got 'cuda'"
+
+
+@typechecked
+def pick(x: Float[Tensor, " b"], mode: Literal["a", "b"] = "a") -> Float[Tensor, " b"]:
+    return x
 
 
 def test_typechecked_checks_the_return_value():

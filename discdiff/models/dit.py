@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from discdiff.checks import check_model_tokens
 from discdiff.models import accounting
 from discdiff.models.accounting import ParamCount
 from discdiff.models.attention import (
@@ -340,7 +341,7 @@ class DiT(nn.Module):
                     f"bag ids and weights must both be (B, L, n), got {tuple(ids.shape)} and "
                     f"{tuple(weights.shape)}"
                 )
-            check_tokens(ids, k, "z_t bag ids")
+            check_model_tokens(ids, k, "DiT", "z_t bag ids")  # even when trusted: its own K
             b, n, m = ids.shape
             flat = F.embedding_bag(  # (B * L, h)
                 ids.reshape(b * n, m).long(),
@@ -357,7 +358,7 @@ class DiT(nn.Module):
             return torch.matmul(z_t.to(weight.dtype), weight)
         if z_t.ndim != 2:
             raise ValueError(f"token ids z_t must be (B, L), got {tuple(z_t.shape)}")
-        check_tokens(z_t, k, "z_t")
+        check_model_tokens(z_t, k, "DiT")  # even below a public call: its own vocabulary
         return self.embed(z_t if z_t.dtype in (torch.int32, torch.int64) else z_t.long())
 
     @typechecked

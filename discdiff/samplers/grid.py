@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from discdiff.checks import check_schedule
 from discdiff.samplers.correctors import alpha_at
 from discdiff.schedules import Schedule
 from discdiff.typing import as_float, check_count
@@ -65,11 +66,7 @@ class TimeGrid:
         ``tail="none"`` and ``t_min`` for a tail that makes one more call there."""
         steps = check_count(steps, "steps")
         check_tail(tail)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(
-                f"schedule must be a Schedule (alpha, dalpha_dt, inverse), got "
-                f"{type(schedule).__name__}: pass e.g. schedule=LogLinearSchedule()"
-            )
+        check_schedule(schedule)  # the rule the diffusion objects apply in training too
         if times is None:
             t_min = as_float(t_min, "t_min")
             if not 0.0 < t_min < 1.0:

@@ -28,8 +28,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from discdiff.checks import check_generator
 from discdiff.context import require_token_levels, token_levels
-from discdiff.denoise import denoise, noise_level
+from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.samplers.categorical import check_filters
 from discdiff.samplers.grid import Tail, TimeGrid
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
@@ -363,6 +364,7 @@ def _setup(
     generator: torch.Generator | None,
 ) -> tuple[torch.device, Tensor | None, Tensor | None]:
     check_vocab_size(vocab_size)
+    check_generator(generator)
     check_count(batch_size, "batch_size")
     check_count(length, "length")
     check_filters(top_k, None if top_p is None else as_float(top_p, "top_p"))
@@ -427,6 +429,7 @@ def sample_uniform(
     shows a tqdm bar; randomness only from ``generator``; tokens on ``device`` (default: the
     prompt's, else the generator's). Runs under ``torch.no_grad()``. Returns int64 ids (B, L).
     """
+    warn_if_training(denoiser)
     dev, prompt, prompt_mask = _setup(
         batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
     )
@@ -489,6 +492,7 @@ def sample_masked(
     ``guidance_scale`` and ``uncond`` among them) as in ``sample_uniform``. Returns int64 ids
     (B, L).
     """
+    warn_if_training(denoiser)
     dev, prompt, prompt_mask = _setup(
         batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
     )
