@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from discdiff.typing import check_count, check_range
+from discdiff.checks import check_count, check_range
 
 __all__ = ["random_clean_mask", "reads_token_levels", "require_token_levels", "token_levels"]
 

@@ -20,8 +20,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from discdiff.checks import check_range, checks_enabled, reject_if, typechecked
 from discdiff.samplers.categorical import check_filters, row_chunks, softmax_weights
-from discdiff.typing import check_range, checks_enabled, reject_if, typechecked
 
 __all__ = ["greedy_tail", "guided_log_weights", "map_tail"]
 
