@@ -8,7 +8,9 @@
 - ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
 - ``guidance``: classifier-free guidance, the per-token geometric mixture of two transitions;
 - ``grid``: the time grid of a run and its tail (greedy, MAP, none), NFE;
-- ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``.
+- ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``;
+- ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
+  sample does not depend on the batch it was drawn in (``seed=`` of the samplers).
 """
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
@@ -29,6 +31,7 @@ from discdiff.samplers.steps import (
     masked_ancestral_step,
     uniform_ancestral_step,
 )
+from discdiff.samplers.streams import RowStream
 
 __all__ = [
     "T_MIN",
@@ -36,6 +39,7 @@ __all__ = [
     "CappedRemask",
     "ConstantKappa",
     "RescaledRemask",
+    "RowStream",
     "StepRecord",
     "Tail",
     "TimeGrid",
