@@ -25,7 +25,6 @@ from discdiff.samplers import (
     uniform_ancestral_step,
     uniform_posterior,
 )
-from discdiff.samplers import steps as steps_module
 from discdiff.samplers.categorical import randint, uniforms
 from discdiff.samplers.streams import mix64
 from discdiff.schedules import LogLinearSchedule
@@ -311,22 +310,6 @@ def test_a_generator_still_draws_what_it_drew():
                        torch.randint(0, 50, (4, 6), generator=b))  # fmt: skip
     assert torch.equal(uniforms(5, a, torch.device("cpu")),
                        torch.rand(5, dtype=torch.float64, generator=b))  # fmt: skip
-
-
-def test_a_row_stream_takes_the_pytorch_path_instead_of_the_kernel(monkeypatch):
-    """Triton's Philox stream is laid out over all rows: with a RowStream the step must not run
-    it (with a generator it would)."""
-    import discdiff.kernels.step as kernel
-
-    def kernel_called(*args, **kwargs):
-        raise AssertionError("the Triton step ran")
-
-    monkeypatch.setattr(steps_module, "_kernel_step", lambda logits: True)
-    monkeypatch.setattr(kernel, "triton_step", kernel_called)
-    logits, z = torch.randn(2, L, K), torch.zeros(2, L, dtype=torch.long)
-    uniform_ancestral_step(logits, z, 0.6, 0.2, generator=RowStream(1, L))
-    with pytest.raises(AssertionError, match="Triton step ran"):
-        uniform_ancestral_step(logits, z, 0.6, 0.2, generator=torch.Generator())
 
 
 # ---- errors

@@ -126,17 +126,15 @@ def _uniform_step(
     """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,).
 
     On CUDA without top-k / nucleus filtering it runs ``discdiff.kernels``' Triton step (one
-    read of the logits; the same law, from its own random stream) when Triton imports, except
-    with a ``RowStream``: the kernel's Philox stream is laid out over all rows, so row-wise
-    randomness takes this PyTorch path.
+    read of the logits; the same law, from its own random stream, keyed per token by a
+    ``RowStream`` when ``generator`` is one) when Triton imports.
     """
     b, ln, k = logits.shape
     device = logits.device
     n = b * ln
     flat = logits.reshape(n, k)
     z_flat = z_t.reshape(n)
-    row_wise = isinstance(generator, RowStream)
-    if top_k is None and top_p is None and not row_wise and _kernel_step(logits):
+    if top_k is None and top_p is None and _kernel_step(logits):
         from discdiff.kernels.step import triton_step
 
         z_s = triton_step(flat, z_flat.to(torch.int64), alpha_s, alpha_t, kappa, generator)
@@ -187,8 +185,8 @@ def uniform_ancestral_step(
     two float64 uniforms per token (the x_hat draw), whatever the component chosen, from
     ``generator``: a ``torch.Generator`` or a ``RowStream`` (row b of z_s then depends only on
     row b of the inputs and the stream's seed). On CUDA without top-k / top-p (and Triton
-    importable) a generator's step is ``discdiff.kernels``' one pass over the logits instead:
-    the same law, drawn from a Philox stream seeded by ``generator``.
+    importable) the step is ``discdiff.kernels``' one pass over the logits instead: the same
+    law, drawn from Philox streams keyed by ``generator`` (per token by a ``RowStream``).
     """
     check_filters(top_k, top_p)
     b, ln, k = logits.shape

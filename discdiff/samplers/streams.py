@@ -22,7 +22,11 @@ uniform is at most k / 2^63 (5e-15 at k = 50257; ``torch.randint`` reduces 32 bi
 
 The arithmetic is int64 torch ops on the tensors' device: a multiply wraps mod 2^64 and ``>>``
 is arithmetic, so a logical shift is an arithmetic one masked to its low 64 - s bits. A draw of
-B·L numbers costs ~15 elementwise passes over B·L int64s, independent of K.
+B·L numbers costs ~12 elementwise passes over B·L int64s, independent of K.
+
+The Triton step (``discdiff.kernels``) draws its numbers from Philox streams instead; from a
+``RowStream`` token (b, l) of draw c takes the Philox key (mix(s + (b + 1) γ) ^ mix((c + 1) δ))
++ l, again a function of (seed, b, c, l) alone, computed in the kernel (no extra pass).
 """
 
 from __future__ import annotations
@@ -90,38 +94,56 @@ class RowStream:
         self.calls = 0
         self._key = mix64(seed)
         self._positions: dict[torch.device, Tensor] = {}
+        self._rows: dict[tuple[torch.device, int], Tensor] = {}
 
     def __repr__(self) -> str:
         return f"RowStream(seed={self.seed}, length={self.length}, calls={self.calls})"
 
-    def _bits(self, n: int, device: torch.device | str) -> Tensor:
-        """The next draw as n = rows · length random int64 words (all 64 bits random)."""
-        if n % self.length:
-            raise ValueError(
-                f"a RowStream of length {self.length} draws rows of {self.length} numbers; "
-                f"{n} numbers is not a whole number of rows (build it with length=L for (B, L))"
-            )
+    def words(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """The next draw as n = rows · length random int64 words (all 64 bits random), (n,):
+        what ``uniforms`` and ``randint`` are made of."""
+        rows = self.rows_of(n)
         device = torch.device(device)
         pos = self._positions.get(device)
         if pos is None:
             steps = torch.arange(1, self.length + 1, dtype=torch.int64, device=device)
             pos = self._positions[device] = steps * _signed(_GAMMA)
-        rows = torch.arange(1, n // self.length + 1, dtype=torch.int64, device=device)
-        call = _signed(mix64((self.calls + 1) * _DELTA))
-        self.calls += 1
-        row_key = _mix(rows * _signed(_GAMMA) + _signed(self._key))
-        key = _mix(row_key ^ call)
+        key = _mix(self.row_keys(rows, device) ^ self.next_call())
         return _mix(key.unsqueeze(-1) + pos).reshape(n)
+
+    def rows_of(self, n: int) -> int:
+        """The rows of a draw of n numbers, n / length (ValueError unless a whole number)."""
+        if n % self.length:
+            raise ValueError(
+                f"a RowStream of length {self.length} draws rows of {self.length} numbers; "
+                f"{n} numbers is not a whole number of rows (build it with length=L for (B, L))"
+            )
+        return n // self.length
+
+    def row_keys(self, rows: int, device: torch.device | str = "cpu") -> Tensor:
+        """mix(mix(seed) + (b + 1) γ) for rows b < ``rows``, int64 (rows,): what every draw
+        of row b starts from (cached per device and row count)."""
+        device = torch.device(device)
+        keys = self._rows.get((device, rows))
+        if keys is None:
+            b = torch.arange(1, rows + 1, dtype=torch.int64, device=device)
+            keys = self._rows[(device, rows)] = _mix(b * _signed(_GAMMA) + _signed(self._key))
+        return keys
+
+    def next_call(self) -> int:
+        """Start the next draw: its call key mix((c + 1) δ) as an int64 value; c += 1."""
+        self.calls += 1
+        return _signed(mix64(self.calls * _DELTA))
 
     def uniforms(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """The next draw as n float64 uniforms in [0, 1) (53 random bits each), (n,)."""
-        return _shr(self._bits(n, device), 11).to(torch.float64) * 2.0**-53
+        return _shr(self.words(n, device), 11).to(torch.float64) * 2.0**-53
 
     def randint(self, k: int, n: int, device: torch.device | str = "cpu") -> Tensor:
         """The next draw as n int64 integers uniform on [0, k) (bias <= k / 2^63), (n,)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int (the range [0, k)), got {k!r}")
-        return (self._bits(n, device) & ((1 << 63) - 1)) % k
+        return (self.words(n, device) & ((1 << 63) - 1)) % k
 
 
 def row_source(
