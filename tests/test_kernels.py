@@ -216,6 +216,24 @@ def _configurations(k: int, per: int, seed: int):
     return (logits.view(1, n, k), *levels, groups)
 
 
+def _force_the_kernel(monkeypatch) -> list[int]:
+    """Make the samplers' uniform step dispatch to the kernel as on CUDA (it runs under the
+    interpreter); returns the list that counts the kernel's calls."""
+    from discdiff.kernels import step as kernel_step
+    from discdiff.samplers import steps
+
+    calls: list[int] = []
+    original = kernel_step.triton_step
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
+    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    return calls
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_step_law_matches_the_three_part_mixture(backend):
     k, per = 5, 3000
@@ -235,18 +253,9 @@ def test_step_law_matches_the_three_part_mixture(backend):
 def test_the_samplers_step_dispatches_to_the_kernel_as_on_cuda(monkeypatch):
     # On CUDA without top-k / top-p the samplers' uniform step runs the kernel; here the
     # dispatch is forced and the kernel runs under the interpreter: same law as the library's.
-    from discdiff.kernels import step as kernel_step
     from discdiff.samplers import steps, uniform_ancestral_step
 
-    calls = []
-    original = kernel_step.triton_step
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
-    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    calls = _force_the_kernel(monkeypatch)
     k, per = 5, 3000
     logits, z, a_s, a_t, kap, groups = _configurations(k, per, seed=13)
     gen = torch.Generator().manual_seed(9)
@@ -297,19 +306,10 @@ def test_step_with_a_row_stream_is_exact_and_row_wise(backend):
 def test_the_samplers_keep_rows_apart_on_the_kernel_path(monkeypatch):
     """sample_uniform(seed=) with the kernel dispatch forced (as on CUDA): row 0 of a batch of 1
     equals row 0 of a batch of 4, and the kernel ran."""
-    from discdiff.kernels import step as kernel_step
-    from discdiff.samplers import sample_uniform, steps
+    from discdiff.samplers import sample_uniform
     from discdiff.schedules import LogLinearSchedule
 
-    calls = []
-    original = kernel_step.triton_step
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
-    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    calls = _force_the_kernel(monkeypatch)
     table = torch.randn(7, 7, generator=torch.Generator().manual_seed(2))
 
     def denoiser(z, sigma):
