@@ -301,6 +301,9 @@ def test_step_with_a_row_stream_is_exact_and_row_wise(backend):
     first = kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=stream, backend=backend)
     again = kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=stream, backend=backend)
     assert torch.equal(first, four) and not torch.equal(again, first)
+    with pytest.raises(ValueError, match="RowStream of length 32"):
+        kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=RowStream(8, 32),
+                                       backend=backend)  # fmt: skip
 
 
 def test_the_samplers_keep_rows_apart_on_the_kernel_path(monkeypatch):

@@ -324,7 +324,14 @@ def test_seed_and_generator_together_is_an_error():
         sample_categorical_logits(torch.zeros(2, K), generator=g, seed=1)
 
 
-@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True, "1"])
+def test_a_numpy_integer_is_a_seed():
+    np = pytest.importorskip("numpy")
+    numpy_ints = RowStream(np.int64(5), np.int32(3))
+    assert numpy_ints.seed == 5 and type(numpy_ints.seed) is int
+    assert torch.equal(numpy_ints.uniforms(3), RowStream(5, 3).uniforms(3))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True, "1", torch.tensor(1.0)])
 def test_a_bad_seed_is_named(seed):
     with pytest.raises((ValueError, TypeError), match="seed"):
         sample_masked(RowDenoiser(use_sigma=False), 1, L, 2, schedule=LogLinearSchedule(),
@@ -338,3 +345,11 @@ def test_a_draw_of_partial_rows_is_an_error():
         RowStream(0, 0)
     with pytest.raises(ValueError, match="k must be"):
         RowStream(0, 2).randint(0, 4)
+
+
+def test_a_stream_of_another_row_length_is_named():
+    logits, z = torch.zeros(2, L, K), torch.zeros(2, L, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"RowStream of length {L + 1}.*RowStream\(seed, {L}\)"):
+        uniform_ancestral_step(logits, z, 0.6, 0.2, generator=RowStream(0, L + 1))
+    with pytest.raises(ValueError, match="RowStream of length 1"):
+        masked_ancestral_step(logits, z, 0.6, 0.2, mask_id=MASK, generator=RowStream(0, 1))

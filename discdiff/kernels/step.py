@@ -56,7 +56,7 @@ from discdiff.samplers.categorical import (
     sample_categorical_logits,
     uniforms,
 )
-from discdiff.samplers.streams import RowStream
+from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import check_finite, check_range, check_tokens, reject_if, typechecked
 
 __all__ = ["mixture_weights", "uniform_ancestral_step"]
@@ -153,6 +153,7 @@ def uniform_ancestral_step(
     if shape != (b, length):
         raise ValueError(f"z_t must have shape (B, L) = ({b}, {length}), got {tuple(shape)}")
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, length)
     check_finite(logits, "logits")
     a_s = _flat_level(alpha_s, shape, logits, "alpha_s")
     a_t = _flat_level(alpha_t, shape, logits, "alpha_t")

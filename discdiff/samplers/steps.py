@@ -31,7 +31,7 @@ from discdiff.samplers.categorical import (
     softmax_weights,
     uniforms,
 )
-from discdiff.samplers.streams import RowStream
+from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import (
     check_count,
     check_range,
@@ -191,6 +191,7 @@ def uniform_ancestral_step(
     check_filters(top_k, top_p)
     b, ln, k = logits.shape
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, ln)
     a_s = lv.level(alpha_s, b, ln, "alpha_s", logits)
     a_t = lv.level(alpha_t, b, ln, "alpha_t", logits)
     lv.check_ordered(a_s, a_t)
@@ -290,6 +291,7 @@ def masked_ancestral_step(
     check_filters(top_k, top_p)
     b, ln, k = logits.shape
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, ln)
     check_count(mask_id, "mask_id", minimum=0)
     if mask_id >= k:
         raise ValueError(f"mask_id={mask_id} is outside [0, {k}) (K from logits)")

@@ -31,10 +31,12 @@ The Triton step (``discdiff.kernels``) draws its numbers from Philox streams ins
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
-__all__ = ["RowStream", "row_source"]
+__all__ = ["RowStream", "check_stream", "row_source"]
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15  # the golden-ratio increment of SplitMix64
@@ -56,6 +58,16 @@ def mix64(x: int) -> int:
     x = ((x ^ (x >> 30)) * _M1) & _MASK64
     x = ((x ^ (x >> 27)) * _M2) & _MASK64
     return x ^ (x >> 31)
+
+
+def _as_int(x: object) -> int | None:
+    """``x`` as a Python int when it is an integer (numpy's too), not a bool; else None."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)  # type: ignore[arg-type]
+    except TypeError:  # not an integer (a float, a string, a float tensor)
+        return None
 
 
 def _shr(x: Tensor, s: int) -> Tensor:
@@ -86,13 +98,15 @@ class RowStream:
     """
 
     def __init__(self, seed: int, length: int) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MASK64:
+        value = _as_int(seed)
+        if value is None or not 0 <= value <= _MASK64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        size = _as_int(length)
+        if size is None or size < 1:
             raise ValueError(f"length must be a positive int (numbers per row), got {length!r}")
-        self.seed, self.length = seed, length
+        self.seed, self.length = value, size
         self.calls = 0
-        self._key = mix64(seed)
+        self._key = mix64(value)
         self._positions: dict[torch.device, Tensor] = {}
         self._rows: dict[tuple[torch.device, int], Tensor] = {}
 
@@ -159,3 +173,13 @@ def row_source(
             "row, the same whatever the batch size), not both"
         )
     return RowStream(seed, length)
+
+
+def check_stream(generator: object, length: int) -> None:
+    """ValueError when ``generator`` is a ``RowStream`` built for rows of another length than
+    the (B, ``length``) tokens it is about to draw for (its rows would not be the batch's)."""
+    if isinstance(generator, RowStream) and generator.length != length:
+        raise ValueError(
+            f"generator is a RowStream of length {generator.length}, but the tokens have "
+            f"L = {length} per row: build it as RowStream(seed, {length})"
+        )
