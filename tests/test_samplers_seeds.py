@@ -119,6 +119,7 @@ SAMPLERS = {
     "masked cache greedy": _masked(cache=True),
     "masked cache none": _masked(cache=True, tail="none"),
     "masked no cache": _masked(cache=False, tail="none"),
+    "masked map": _masked(cache=False, tail="map"),
     "masked remask": _masked(remask=CappedRemask(LogLinearSchedule(), 0.3), tail="none"),
     "masked top_k=2": _masked(top_k=2, tail="none"),
     "masked top_p=0.7": _masked(top_p=0.7),
