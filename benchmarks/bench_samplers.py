@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_samplers                      # the side-by-side table (B=8, L=1024)
     python -m benchmarks.bench_samplers --batch 2 --length 256 --skip-bias   # a quicker look
+    python -m benchmarks.bench_samplers --rowwise-only      # only seed= beside generator=
     pytest benchmarks/bench_samplers.py --benchmark-enable   # small timings via pytest-benchmark
 
 "Overhead per step" is everything a reverse step does except the denoiser call: it starts from
@@ -16,6 +17,12 @@ helps them. The ratio is checked against both.
 Targets: ours <= 0.25 x the baseline's time per step, peak memory <= 2 float32 (B, L, K) tensors
 (the logits themselves count as one). Peak memory is the growth of the peak RSS of a fresh
 subprocess over its RSS with the logits already allocated.
+
+Row-wise randomness: the same steps drawing from a ``RowStream`` (what ``seed=`` builds: numbers
+keyed by (seed, row), so a row's sample does not depend on the batch) beside a
+``torch.Generator``, interleaved, best of ``--repeats`` each, in CPU time of the process (one
+thread; the wall clock of a shared machine moves by more than the difference), and the
+randomness of a step timed alone. Target: seed= <= 1.1 x generator=.
 
 The bias check draws from a peaked law at K = 50257 (top class 0.9975, the other 50256 classes
 5e-8 each) and compares the frequency of the tail with its exact binomial law: our draw against a
@@ -34,10 +41,12 @@ import time
 import torch
 
 from discdiff.samplers import (
+    RowStream,
     masked_ancestral_step,
     sample_categorical_logits,
     uniform_ancestral_step,
 )
+from discdiff.samplers.categorical import randint, uniforms
 
 K_GPT2 = 50257
 
@@ -127,12 +136,12 @@ def ours(kind: str, logits, z_t, alpha_s, alpha_t, generator):
     raise ValueError(kind)
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, clock=time.perf_counter) -> float:
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -186,6 +195,56 @@ def memory_in_subprocess(which: str, batch: int, length: int, vocab: int) -> dic
     return json.loads(out.strip().splitlines()[-1])
 
 
+def rowwise_rows(
+    logits: torch.Tensor, z_t: torch.Tensor, repeats: int
+) -> list[tuple[str, float, float]]:
+    """(kind, generator= seconds, seed= seconds) per step at the mid step: the same step drawing
+    from a torch.Generator and from a RowStream, interleaved, in CPU seconds of this process
+    (one torch thread): a wall clock on a shared machine moves by more than the difference."""
+    alpha_s, alpha_t = STEPS["mid"]
+    rows = []
+    for kind in ("ancestral", "psi", "masked"):
+        stream = RowStream(0, z_t.shape[1])
+        sources = {"generator": torch.Generator().manual_seed(0), "seed": stream}
+        best = dict.fromkeys(sources, math.inf)
+        for r in range(repeats):  # alternate which goes first
+            for name, source in list(sources.items())[:: 1 if r % 2 == 0 else -1]:
+                run = lambda kd=kind, s=source: ours(kd, logits, z_t, alpha_s, alpha_t, s)  # noqa: E731
+                best[name] = min(best[name], timed(run, 1, time.process_time))
+        rows.append((kind, best["generator"], best["seed"]))
+    return rows
+
+
+def draw_cost(n: int, repeats: int = 50) -> dict[str, float]:
+    """Seconds for the randomness of one uniform step alone (three float64 uniforms and one
+    randint per token, n tokens) from a generator and from a RowStream: the part of the step
+    that seed= changes, measured apart from the step's noisy total."""
+    device = torch.device("cpu")
+    sources = {"generator": torch.Generator().manual_seed(0), "seed": RowStream(0, 1)}
+    best = dict.fromkeys(sources, math.inf)
+    for _ in range(repeats):
+        for name, src in sources.items():
+            draw = lambda s=src: ([uniforms(n, s, device) for _ in range(3)],  # noqa: E731
+                                  randint(K_GPT2, n, s, device))  # fmt: skip
+            best[name] = min(best[name], timed(draw, 1, time.process_time))
+    return best
+
+
+def print_rowwise(rows: list[tuple[str, float, float]], n: int) -> None:
+    print("row-wise randomness, CPU seconds per step (mid), all but the denoiser: a")
+    print("torch.Generator beside seed= (a RowStream keyed by (seed, row))")
+    print(f"{'step':<24}{'generator=':>11}{'seed=':>9}{'ratio':>7}  target ratio <= 1.1")
+    for kind, gen_s, seed_s in rows:
+        ratio = seed_s / gen_s
+        flag = "ok" if ratio <= 1.1 else "MISSED"
+        print(f"{kind + ' step, seed=':<24}{gen_s:>11.3f}{seed_s:>9.3f}{ratio:>7.3f}  {flag}")
+    cost = draw_cost(n)
+    extra = cost["seed"] - cost["generator"]
+    print(f"the randomness of one step alone ({n} tokens, 3 uniforms + 1 randint each): "
+          f"generator= {cost['generator'] * 1e3:.3f} ms, seed= {cost['seed'] * 1e3:.3f} ms; "
+          f"the ancestral step + that difference: ratio {1 + extra / rows[0][1]:.5f}")
+
+
 def bias_check(n_draws: int, vocab: int = K_GPT2, seed: int = 0) -> dict[str, float]:
     """Tail frequency of a peaked law: exact expectation, ours, float32 Gumbel-max."""
     tail_each = 5e-8
@@ -229,6 +288,7 @@ def main() -> None:
     parser.add_argument("--bias-draws", type=int, default=16384)
     parser.add_argument("--skip-bias", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rowwise-only", action="store_true", help="only seed= vs generator=")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -241,6 +301,10 @@ def main() -> None:
     print(f"B={b} L={n} K={k}  threads={torch.get_num_threads()}  torch {torch.__version__}")
     logits, z_t = make_inputs(b, n, k)
     g = torch.Generator().manual_seed(0)
+    if args.rowwise_only:
+        print()
+        print_rowwise(rowwise_rows(logits, z_t, args.repeats), b * n)
+        return
 
     rows = []
     for step_name, (alpha_s, alpha_t) in STEPS.items():
@@ -272,6 +336,9 @@ def main() -> None:
             f"{name:<22}{ours_s:>8.3f}{plain_s:>10.2f}{ours_s / plain_s:>7.3f}"
             f"{lean_s:>10.2f}{ours_s / lean_s:>7.3f}  {flag}"
         )
+
+    print()
+    print_rowwise(rowwise_rows(logits, z_t, args.repeats), b * n)
 
     if not args.skip_memory:
         del logits
@@ -310,6 +377,13 @@ def test_ancestral_step(benchmark):
     g = torch.Generator().manual_seed(0)
     a_s, a_t = STEPS["mid"]
     benchmark(lambda: uniform_ancestral_step(logits, z_t, a_s, a_t, generator=g))
+
+
+def test_ancestral_step_seed(benchmark):
+    logits, z_t = make_inputs(_B, _L, K_GPT2)
+    stream = RowStream(0, _L)
+    a_s, a_t = STEPS["mid"]
+    benchmark(lambda: uniform_ancestral_step(logits, z_t, a_s, a_t, generator=stream))
 
 
 def test_baseline_step(benchmark):

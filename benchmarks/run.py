@@ -147,6 +147,12 @@ def parse_samplers(out: str) -> list[Row]:
         rows.append(Row("samplers", f"step overhead, {name}{size} (vs the faster f64 baseline)",
                         "s", ours_s, min(lean_s, plain_s), ratio, "<= 0.25",
                         ratio <= 0.25))  # fmt: skip
+    for kind, gen_s, seed_s, ratio in re.findall(
+        rf"^(\w+) step, seed=\s+{_NUM}\s+{_NUM}\s+{_NUM}", out, re.M
+    ):
+        rows.append(Row("samplers", f"{kind} step, seed= vs generator={size}", "s",
+                        float(seed_s), float(gen_s), float(ratio), "<= 1.1",
+                        float(ratio) <= 1.1))  # fmt: skip
     mem = re.search(rf"^\s+ancestral\s+\+\s*{_NUM} MiB = \+{_NUM} tensors; with the logits {_NUM}",
                     out, re.M)  # fmt: skip
     base = re.search(rf"^\s+baseline\s+\+\s*{_NUM} MiB = \+{_NUM} tensors;.*needs ~\+{_NUM}",
@@ -278,6 +284,7 @@ PAIRS = (
     ("losses", "test_uniform_nelbo_lean", "test_uniform_nelbo_naive", 0.5),
     ("fused", "test_fused_head", "test_materialised_head", 1.2),
     ("samplers", "test_ancestral_step", "test_baseline_step", 0.25),
+    ("samplers", "test_ancestral_step_seed", "test_ancestral_step", 1.1),
     ("dcd_step", "test_dcd_step_ours", "test_dcd_step_baseline", 0.5),
     ("sampling_run", "test_sampling_run_ours", "test_sampling_run_baseline", 0.5),
 )

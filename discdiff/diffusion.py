@@ -323,7 +323,8 @@ class UniformDiffusion:
     ) -> Tensor:
         """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
         sample_uniform``'s options (tail, kappa, top_k, top_p, time_grid, prompt, prompt_mask,
-        cond, callback, progress, generator, device); an unknown option is a TypeError."""
+        cond, callback, progress, generator, seed, device); an unknown option is a TypeError.
+        ``seed=`` (an int) draws each row's randomness from a stream keyed by (seed, row)."""
         return samplers.sample_uniform(
             denoiser, batch_size, length, steps, schedule=self.schedule,
             vocab_size=self.vocab_size, **options,
@@ -468,8 +469,9 @@ class MaskedDiffusion:
     ) -> Tensor:
         """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
         sample_masked``'s options (tail, cache, remask, top_k, top_p, time_grid, prompt,
-        prompt_mask, cond, callback, progress, generator, device); an unknown option is a
-        TypeError."""
+        prompt_mask, cond, callback, progress, generator, seed, device); an unknown option is a
+        TypeError. ``seed=`` (an int) draws each row's randomness from a stream keyed by
+        (seed, row)."""
         return samplers.sample_masked(
             denoiser, batch_size, length, steps, schedule=self.schedule,
             vocab_size=self.model_vocab_size, mask_id=self.mask_id,

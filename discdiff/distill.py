@@ -371,7 +371,8 @@ class DCDistiller:
         alpha at t = 1 is ~0 so that z_1 ~ Uniform is the right prior; the distillation window
         (``self.schedule``) is a training axis whose alpha_1 can be far from 0 at a small K.
         ``options`` are ``discdiff.samplers.sample_uniform``'s (tail, kappa, top_k, top_p,
-        time_grid, prompt, prompt_mask, cond, callback, progress, generator, device).
+        time_grid, prompt, prompt_mask, cond, callback, progress, generator, seed, device);
+        ``seed=`` makes each row's sample independent of the batch size.
         """
         warn_if_training(student, "student")
         return samplers.sample_uniform(

@@ -335,7 +335,7 @@ class SDTTDistiller:
     ) -> Int[Tensor, "b l"]:
         """Sample (batch_size, length) tokens from the student with the masked ancestral sampler
         (``discdiff.samplers.sample_masked``) on the distiller's schedule, mask id and time
-        conditioning; ``kwargs`` go to the sampler (``generator``, tails, ...)."""
+        conditioning; ``kwargs`` go to the sampler (``generator`` or ``seed``, tails, ...)."""
         warn_if_training(student, "student")
         return sample_masked(
             student,

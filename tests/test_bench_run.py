@@ -19,6 +19,8 @@ step                      ours  baseline  ratio  lean f64  ratio  target ratio <
 ancestral (mid)          0.050      1.23  0.041      0.80  0.063  ok
 nucleus (mid)            0.300      1.23  0.244      0.80  0.375  n/a: no filtering
 ancestral (all_draw)     0.090      1.20  0.075      0.70  0.129  ok
+ancestral step, seed=         0.050    0.052  1.040  ok
+masked step, seed=            0.040    0.050  1.250  MISSED
   ancestral  +     12.3 MiB = +0.123 tensors; with the logits 1.123 (target <= 2) ok
   baseline   +   1234.5 MiB = +0.789 tensors; run as B=1 slices; a full batch needs ~+3.2
   ours          12  (+0.3 sd)  1.2 s
@@ -62,6 +64,9 @@ def test_parsers_read_the_suites_output():
                for r in samplers)  # fmt: skip
     assert any(r.unit == "sd" and r.ours == 0.3 and r.baseline == 3.9 for r in samplers)
     assert next(r for r in samplers if "nucleus" in r.metric).met is None
+    seeded = [r for r in samplers if "seed=" in r.metric]
+    assert [(r.ours, r.baseline, r.met) for r in seeded] == [(0.052, 0.05, True),
+                                                            (0.05, 0.04, False)]  # fmt: skip
     (dit,) = run.parse_dit(DIT)
     assert dit.ours == 0.4 and dit.baseline == 0.73 and dit.met
     value, slope, build = run.parse_duality(DUALITY)

@@ -216,6 +216,24 @@ def _configurations(k: int, per: int, seed: int):
     return (logits.view(1, n, k), *levels, groups)
 
 
+def _force_the_kernel(monkeypatch) -> list[int]:
+    """Make the samplers' uniform step dispatch to the kernel as on CUDA (it runs under the
+    interpreter); returns the list that counts the kernel's calls."""
+    from discdiff.kernels import step as kernel_step
+    from discdiff.samplers import steps
+
+    calls: list[int] = []
+    original = kernel_step.triton_step
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
+    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    return calls
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_step_law_matches_the_three_part_mixture(backend):
     k, per = 5, 3000
@@ -235,18 +253,9 @@ def test_step_law_matches_the_three_part_mixture(backend):
 def test_the_samplers_step_dispatches_to_the_kernel_as_on_cuda(monkeypatch):
     # On CUDA without top-k / top-p the samplers' uniform step runs the kernel; here the
     # dispatch is forced and the kernel runs under the interpreter: same law as the library's.
-    from discdiff.kernels import step as kernel_step
     from discdiff.samplers import steps, uniform_ancestral_step
 
-    calls = []
-    original = kernel_step.triton_step
-
-    def counted(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
-    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    calls = _force_the_kernel(monkeypatch)
     k, per = 5, 3000
     logits, z, a_s, a_t, kap, groups = _configurations(k, per, seed=13)
     gen = torch.Generator().manual_seed(9)
@@ -263,6 +272,59 @@ def test_the_samplers_step_dispatches_to_the_kernel_as_on_cuda(monkeypatch):
     calls.clear()
     uniform_ancestral_step(logits, z, a_s, a_t, top_k=3, generator=gen)
     assert not calls
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_step_with_a_row_stream_is_exact_and_row_wise(backend):
+    """A RowStream keys each token's draws by (seed, row, call, position): the kernel reads one
+    key per token. The law is unchanged (chi-square as above), and row 0 of a batch of 1 is row
+    0 of a batch of 4 whose other rows hold other logits."""
+    from discdiff.samplers import RowStream
+
+    k, per = 5, 3000
+    logits, z, a_s, a_t, kap, groups = _configurations(k, per, seed=17)
+    n = logits.shape[1]
+    draws = kernels.uniform_ancestral_step(logits, z, a_s, a_t, kappa=kap,
+                                           generator=RowStream(3, n), backend=backend)  # fmt: skip
+    law = _exact_law(logits[0], z[0], a_s[0, :, None], a_t[0, :, None], kap[0, :, None])
+    assert _chi2_pvalue(draws[0], law, groups) > 1e-3
+    g = torch.Generator().manual_seed(4)
+    batch, z_t = torch.randn(4, 64, k, generator=g), torch.randint(0, k, (4, 64), generator=g)
+    one = kernels.uniform_ancestral_step(batch[:1], z_t[:1], 0.7, 0.3,
+                                         generator=RowStream(8, 64), backend=backend)  # fmt: skip
+    four = kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=RowStream(8, 64),
+                                          backend=backend)  # fmt: skip
+    assert torch.equal(one[0], four[0])
+    assert not torch.equal(four[1], four[0])
+    # Each draw of the stream is a new call: the same inputs draw anew.
+    stream = RowStream(8, 64)
+    first = kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=stream, backend=backend)
+    again = kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=stream, backend=backend)
+    assert torch.equal(first, four) and not torch.equal(again, first)
+    with pytest.raises(ValueError, match="RowStream of length 32"):
+        kernels.uniform_ancestral_step(batch, z_t, 0.7, 0.3, generator=RowStream(8, 32),
+                                       backend=backend)  # fmt: skip
+
+
+def test_the_samplers_keep_rows_apart_on_the_kernel_path(monkeypatch):
+    """sample_uniform(seed=) with the kernel dispatch forced (as on CUDA): row 0 of a batch of 1
+    equals row 0 of a batch of 4, and the kernel ran."""
+    from discdiff.samplers import sample_uniform
+    from discdiff.schedules import LogLinearSchedule
+
+    calls = _force_the_kernel(monkeypatch)
+    table = torch.randn(7, 7, generator=torch.Generator().manual_seed(2))
+
+    def denoiser(z, sigma):
+        return table[z] + 0.5 * table[z.roll(1, -1)]
+
+    def draw(b):
+        return sample_uniform(denoiser, b, 8, 4, schedule=LogLinearSchedule(), vocab_size=7,
+                              tail="none", seed=11)  # fmt: skip
+
+    alone, four = draw(1), draw(4)
+    assert calls
+    assert torch.equal(alone[0], four[0])
 
 
 def test_the_exponential_race_draws_softmax_across_many_blocks():

@@ -239,7 +239,8 @@ def _exponential(mant, dtype: tl.constexpr):
 @triton.jit
 def _step_kernel(
     x_ptr, stride, z_ptr, as_ptr, at_ptr, kappa_ptr, seed_ptr, out_ptr, n_rows, n_cols,
-    HAS_KAPPA: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+    call, length,
+    HAS_KAPPA: tl.constexpr, ROW_KEYS: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """One reverse step per row, reading the row once.
 
@@ -256,7 +257,11 @@ def _step_kernel(
     rows_out = pid * ROWS + tl.arange(0, ROWS)
     live = rows_out < n_rows
     rows = tl.minimum(rows_out, n_rows - 1).to(tl.int64)
-    key = tl.load(seed_ptr).to(tl.int64) + rows  # one Philox key per row
+    if ROW_KEYS:  # token r = (b, l) of a RowStream's draw: (key of row b ^ the call's) + l
+        seq = rows // length
+        key = (tl.load(seed_ptr + seq).to(tl.int64) ^ call) + (rows - seq * length)
+    else:  # one seed: one Philox key per token
+        key = tl.load(seed_ptr).to(tl.int64) + rows
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
     best = tl.full([ROWS], float("-inf"), tl.float64)
@@ -340,16 +345,21 @@ def _step_kernel(
 
 def ancestral_step(
     logits: Tensor, z: Tensor, alpha_s: Tensor, alpha_t: Tensor, kappa: Tensor | None,
-    seed: Tensor, out: Tensor, *, block_k: int | None = None, rows: int | None = None,
+    seed: Tensor, out: Tensor, *, row_call: tuple[int, int] | None = None,
+    block_k: int | None = None, rows: int | None = None,
 ) -> None:  # fmt: skip
     """Write z_s (n,) int64 into ``out``: logits (n, K) unit last stride, z (n,) int64, levels
-    (n,) float64, ``seed`` a one-element int64 tensor on the logits' device."""
+    (n,) float64. ``seed`` (int64, on the logits' device) keys the Philox streams: one element,
+    token r's key is seed + r; or, with ``row_call = (call, L)``, (n / L,) keys of the rows of
+    (B, L) tokens, and token (b, l)'s key is (seed[b] ^ call) + l (a ``RowStream``'s draw)."""
     n, k = logits.shape
     bk, r = _tiling(n, k, block_k, rows, 1024)
     bk = max(bk, 2)
+    call, length = (0, 1) if row_call is None else row_call
     _step_kernel[(triton.cdiv(n, r),)](
         logits, logits.stride(0), z, alpha_s, alpha_t, alpha_t if kappa is None else kappa, seed,
-        out, n, k, HAS_KAPPA=kappa is not None, ROWS=r, BLOCK_K=bk, num_warps=_warps(r, bk),
+        out, n, k, call, length, HAS_KAPPA=kappa is not None, ROW_KEYS=row_call is not None,
+        ROWS=r, BLOCK_K=bk, num_warps=_warps(r, bk),
     )  # fmt: skip
 
 
@@ -368,8 +378,9 @@ def compile_for(capability: int = 90, dtype: str = "fp32") -> dict[str, object]:
                           {"ROWS": 1, "BLOCK_K": 2048}),
         "nelbo_backward": (_nelbo_bwd_kernel, [ptr, i32, ptr, i32, i64, i64, f32, f32, i32, i32],
                            {"ROWS": 1, "BLOCK_K": 1024}),
-        "ancestral_step": (_step_kernel, [ptr, i32, i64, f64, f64, f64, i64, i64, i32, i32],
-                           {"HAS_KAPPA": True, "ROWS": 1, "BLOCK_K": 1024}),
+        "ancestral_step": (_step_kernel,
+                           [ptr, i32, i64, f64, f64, f64, i64, i64, i32, i32, "i64", i32],
+                           {"HAS_KAPPA": True, "ROW_KEYS": True, "ROWS": 1, "BLOCK_K": 1024}),
     }  # fmt: skip
     out = {}
     for name, (fn, types, constexprs) in kernels.items():

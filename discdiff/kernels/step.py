@@ -33,6 +33,12 @@ bits, and with it the small E that decide a flat row. The float32 screening of t
 changes nothing (see ``_triton._step_kernel``). The mixture weights use x̂[z_t] from a float32
 normaliser, as the PyTorch path does (relative error ~1e-7). The PyTorch path draws x̂ with
 ``discdiff.samplers.categorical.sample_categorical_logits`` (two-stage inverse CDF, float64).
+
+Randomness: from a ``torch.Generator`` the kernel draws one seed and keys token r's Philox
+stream by seed + r (r the flattened B·L index); from a ``RowStream`` (row-wise randomness) token
+(b, l) takes the key (key of row b ^ key of the call) + l, a function of (seed, b, call, l)
+(``discdiff.samplers.streams``), so row b draws the same numbers whatever the batch. The
+PyTorch path draws both through ``discdiff.samplers.categorical``'s ``uniforms`` / ``randint``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,14 @@ from torch import Tensor
 
 from discdiff.kernels._backend import Backend, use_triton
 from discdiff.losses._common import Level, per_token
-from discdiff.samplers.categorical import row_chunks, sample_categorical_logits
+from discdiff.samplers.categorical import (
+    Source,
+    randint,
+    row_chunks,
+    sample_categorical_logits,
+    uniforms,
+)
+from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import check_finite, check_range, check_tokens, reject_if, typechecked
 
 __all__ = ["mixture_weights", "uniform_ancestral_step"]
@@ -81,16 +94,15 @@ def _log_softmax_at(logits: Tensor, index: Tensor) -> Tensor:
 
 
 def _torch_step(
-    logits: Tensor, z: Tensor, a_s: Tensor, a_t: Tensor, kappa: Tensor | None,
-    generator: torch.Generator | None,
+    logits: Tensor, z: Tensor, a_s: Tensor, a_t: Tensor, kappa: Tensor | None, generator: Source,
 ) -> Tensor:  # fmt: skip
     n, k = logits.shape
     device = logits.device
     p_i = _log_softmax_at(logits, z).exp()
     stay, hat, _ = mixture_weights(p_i, a_s, a_t, kappa, k)
     drawn = sample_categorical_logits(logits, generator=generator)
-    u = torch.rand(n, dtype=torch.float64, generator=generator, device=device)
-    uniform = torch.randint(0, k, (n,), generator=generator, device=device)
+    u = uniforms(n, generator, device)
+    uniform = randint(k, n, generator, device)
     out = torch.where(u < stay + hat, drawn, uniform)
     return torch.where(u < stay, z, out)
 
@@ -115,7 +127,7 @@ def uniform_ancestral_step(
     alpha_t: Level,
     *,
     kappa: Level | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowStream | None = None,
     backend: Backend = "auto",
 ) -> Int[Tensor, "b l"]:
     """Draw z_s ~ q(z_s | z_t, x̂) for one reverse step t -> s (Concepts §5), x̂ = softmax(logits).
@@ -127,7 +139,9 @@ def uniform_ancestral_step(
         kappa: None for the ancestral step, else the Ψ mixing weight κ in [0, 1] (κ = 1 is
             ancestral): q = κ · posterior + (1 - κ) · (α_s q0 + (1 - α_s)/K), q0 the denoising
             posterior q(z_0 | z_t, x̂). Same shapes as the levels.
-        generator: the source of randomness (a seed for the kernel is drawn from it).
+        generator: the source of randomness: a ``torch.Generator`` (a seed for the kernel is
+            drawn from it) or a ``RowStream`` (each row's draws keyed by (seed, row): row b of
+            z_s is the same whatever the batch size).
         backend: "auto" (Triton on CUDA when it imports, else PyTorch), "torch" or "triton".
 
     Returns:
@@ -139,6 +153,7 @@ def uniform_ancestral_step(
     if shape != (b, length):
         raise ValueError(f"z_t must have shape (B, L) = ({b}, {length}), got {tuple(shape)}")
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, length)
     check_finite(logits, "logits")
     a_s = _flat_level(alpha_s, shape, logits, "alpha_s")
     a_t = _flat_level(alpha_t, shape, logits, "alpha_t")
@@ -155,7 +170,7 @@ def uniform_ancestral_step(
 
 def triton_step(
     logits: Tensor, z: Tensor, alpha_s: Tensor | float, alpha_t: Tensor | float,
-    kappa: Tensor | float | None, generator: torch.Generator | None,
+    kappa: Tensor | float | None, generator: Source,
 ) -> Tensor:  # fmt: skip
     """The Triton step on trusted inputs (no checks): logits (n, K), z (n,) int64, levels floats
     or (n,) float64. What ``uniform_ancestral_step`` and the samplers' loops run on CUDA."""
@@ -171,6 +186,11 @@ def triton_step(
 
     kap = None if kappa is None else rows(kappa)
     out = torch.empty(n, dtype=torch.int64, device=device)
-    seed = _seed(generator, device)
-    _triton.ancestral_step(logits, z.contiguous(), rows(alpha_s), rows(alpha_t), kap, seed, out)
+    levels = (z.contiguous(), rows(alpha_s), rows(alpha_t), kap)
+    if isinstance(generator, RowStream):  # keys of the rows and of this draw (no extra pass)
+        keys = generator.row_keys(generator.rows_of(n), device)
+        row_call = (generator.next_call(), generator.length)
+        _triton.ancestral_step(logits, *levels, keys, out, row_call=row_call)
+    else:
+        _triton.ancestral_step(logits, *levels, _seed(generator, device), out)
     return out

@@ -9,7 +9,9 @@
 - ``correctors``: Ψ weights kappa(t, s) and ReMDM remasking schedules sigma(t, s);
 - ``guidance``: classifier-free guidance, the per-token geometric mixture of two transitions;
 - ``grid``: the time grid of a run and its tail (greedy, MAP, none), NFE;
-- ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``.
+- ``loops``: the loops over a time grid, and ``sample_uniform`` / ``sample_masked``;
+- ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
+  sample does not depend on the batch it was drawn in (``seed=`` of the samplers).
 """
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
@@ -25,6 +27,7 @@ from discdiff.samplers.loops import (
 )
 from discdiff.samplers.posterior import denoising_posterior, psi_posterior, uniform_posterior
 from discdiff.samplers.steps import masked_ancestral_step, uniform_ancestral_step
+from discdiff.samplers.streams import RowStream
 from discdiff.samplers.tails import greedy_tail, map_tail
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "CappedRemask",
     "ConstantKappa",
     "RescaledRemask",
+    "RowStream",
     "StepRecord",
     "Tail",
     "TimeGrid",

@@ -14,6 +14,10 @@ allocated.
 
 Top-k and nucleus (top-p) filtering act on the weights of a chunk before the draw; the nucleus
 threshold is found without a full sort (a partial top-64, then a radix select).
+
+Randomness comes from a ``torch.Generator`` (one stream laid out over all rows) or a
+``RowStream`` (``discdiff.samplers.streams``: numbers keyed by (seed, row), so a row draws the
+same classes whatever the batch); every draw site goes through ``uniforms`` / ``randint``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from discdiff._chunks import chunk_rows
+from discdiff.samplers.streams import RowStream, row_source
 from discdiff.typing import check_count, checks_enabled, reject_if, typechecked
 
 __all__ = ["sample_categorical", "sample_categorical_logits"]
@@ -196,20 +201,46 @@ def check_filters(top_k: int | None, top_p: float | None) -> None:
         raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
 
 
-def uniforms(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.rand(n, dtype=torch.float64, generator=generator, device=device)
+Source = torch.Generator | RowStream | None
+"""Where a draw's randomness comes from: a generator (None: torch's global one) or a stream."""
+
+
+def uniforms(n: int, source: Source, device: torch.device) -> Tensor:
+    """n float64 uniforms in [0, 1), (n,): the next ``torch.rand`` of a generator, or the next
+    draw of a ``RowStream`` (n = rows * its length, laid out row-major)."""
+    if isinstance(source, RowStream):
+        return source.uniforms(n, device)
+    return torch.rand(n, dtype=torch.float64, generator=source, device=device)
+
+
+def randint(k: int, n: int, source: Source, device: torch.device) -> Tensor:
+    """n int64 integers uniform on [0, k), (n,), from a generator or a ``RowStream``."""
+    if isinstance(source, RowStream):
+        return source.randint(k, n, device)
+    return torch.randint(0, k, (n,), generator=source, device=device)
+
+
+def _row_length(batch: list[int]) -> int:
+    """The numbers per row of a (*batch) draw: row = the first batch index (1 if none)."""
+    return math.prod(batch[1:]) if batch else 1
 
 
 @typechecked
 def sample_categorical(
-    probs: Float[Tensor, "*batch k"], *, generator: torch.Generator | None = None
+    probs: Float[Tensor, "*batch k"],
+    *,
+    generator: torch.Generator | RowStream | None = None,
+    seed: int | None = None,
 ) -> Int[Tensor, "*batch"]:
     """Draw one class per row from probabilities (..., K), exactly (see the module docstring).
 
     Rows need not be normalised (they are divided by their float64 sum); entries must be >= 0.
-    Consumes two float64 uniforms per row from ``generator``. Returns int64 ids (...).
+    Consumes two float64 uniforms per row from ``generator``, or, with ``seed`` (an int, not
+    with ``generator``), from a ``RowStream`` keyed by the first batch index: the classes drawn
+    for ``probs[i]`` are then the same whatever else ``probs`` holds. Returns int64 ids (...).
     """
     *batch, k = probs.shape
+    generator = row_source(generator, seed, _row_length(batch))
     flat = probs.reshape(-1, k)
     n = flat.shape[0]
     u_block, u_within = uniforms(n, generator, flat.device), uniforms(n, generator, flat.device)
@@ -231,7 +262,8 @@ def sample_categorical_logits(
     *,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowStream | None = None,
+    seed: int | None = None,
 ) -> Int[Tensor, "*batch"]:
     """Draw one class per row from softmax(logits) (..., K), exactly, after optional top-k and
     nucleus (top-p) filtering with renormalisation.
@@ -241,10 +273,12 @@ def sample_categorical_logits(
     at either boundary are kept).
 
     The softmax is taken in float32 (float64 for float64 logits) chunk by chunk; nothing of size
-    (..., K) is allocated. Consumes two float64 uniforms per row. Returns int64 ids (...).
+    (..., K) is allocated. Consumes two float64 uniforms per row, from ``generator`` or from
+    the ``RowStream`` of ``seed`` (as in ``sample_categorical``). Returns int64 ids (...).
     """
     check_filters(top_k, top_p)
     *batch, k = logits.shape
+    generator = row_source(generator, seed, _row_length(batch))
     flat = logits.reshape(-1, k)
     n = flat.shape[0]
     u_block, u_within = uniforms(n, generator, flat.device), uniforms(n, generator, flat.device)

@@ -29,6 +29,7 @@ from torch import Tensor
 from discdiff.samplers import levels as lv
 from discdiff.samplers.categorical import (
     ChunkLaw,
+    Source,
     block_size,
     row_chunks,
     softmax_weights,
@@ -78,14 +79,14 @@ def guided_uniform_step(
     kappa: float | Tensor | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Tensor:
     """One guided reverse step of the uniform-state process (the Ψ step when ``kappa`` is set).
 
     ``logits_c`` / ``logits_u`` (B, L, K) are the conditional and unconditional predictions;
     levels are floats or flattened float64 (B*L,) tensors (the loops' trusted inputs). Each
     token's transition is q_c^gamma q_u^(1 - gamma), renormalised, drawn exactly (float64 law).
-    Randomness: two float64 uniforms per token.
+    Randomness: two float64 uniforms per token (a generator's or a ``RowStream``'s).
     """
     b, ln, k = logits_c.shape
     device = logits_c.device
@@ -123,7 +124,7 @@ def guided_masked_step(
     sigma: float | Tensor | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Tensor:
     """One guided reverse step of the masked process (optional ReMDM remasking ``sigma``).
 
@@ -131,7 +132,7 @@ def guided_masked_step(
     drawing from x_c^gamma x_u^(1 - gamma) (mask class excluded); unmasked tokens behave as in
     the unguided step (both predictions agree on them). A token whose two filtered laws share no
     class follows the conditional one (module docstring). Randomness: three float64 uniforms per
-    token.
+    token (a generator's or a ``RowStream``'s).
     """
     b, ln, k = logits_c.shape
     device = logits_c.device

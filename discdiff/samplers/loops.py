@@ -31,10 +31,11 @@ from torch import Tensor
 from discdiff.checks import check_generator
 from discdiff.context import require_token_levels, token_levels
 from discdiff.denoise import denoise, noise_level, warn_if_training
-from discdiff.samplers.categorical import check_filters
+from discdiff.samplers.categorical import Source, check_filters, randint
 from discdiff.samplers.grid import Tail, TimeGrid
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.steps import _masked_step, _uniform_step
+from discdiff.samplers.streams import row_source
 from discdiff.samplers.tails import greedy_tail, map_tail
 from discdiff.schedules import Schedule
 from discdiff.typing import (
@@ -112,7 +113,7 @@ def uniform_loop(
     uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Int[Tensor, "b l"]:
     """Run the uniform-state reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
@@ -178,7 +179,7 @@ def _uniform_loop(
     clamp: _Prompt,
     callback: Callback | None,
     progress: bool,
-    generator: torch.Generator | None,
+    generator: Source,
 ) -> Tensor:
     for i in _progress(grid.steps, progress):
         t, s = grid.t[i], grid.t[i + 1]
@@ -237,7 +238,7 @@ def masked_loop(
     uncond: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
 ) -> Int[Tensor, "b l"]:
     """Run the masked reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
@@ -266,7 +267,7 @@ def _masked_loop(
     clamp: _Prompt,
     callback: Callback | None,
     progress: bool,
-    generator: torch.Generator | None,
+    generator: Source,
 ) -> Tensor:
     pred: tuple[Tensor, Tensor | None] | None = None
     for i in _progress(grid.steps, progress):
@@ -402,6 +403,7 @@ def sample_uniform(
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     device: torch.device | str | None = None,
 ) -> Int[Tensor, "b l"]:
     """Sample (batch_size, length) tokens from a uniform-state diffusion model (Duo / UDLM).
@@ -426,8 +428,11 @@ def sample_uniform(
     q(z_s | z_t, y)^gamma q(z_s | z_t)^(1 - gamma) (``discdiff.samplers.guidance``): 2 calls per
     step; gamma = 1 is the conditional sampler, 0 the unconditional one.
     ``callback(StepRecord)`` after each step; ``progress``
-    shows a tqdm bar; randomness only from ``generator``; tokens on ``device`` (default: the
-    prompt's, else the generator's). Runs under ``torch.no_grad()``. Returns int64 ids (B, L).
+    shows a tqdm bar; randomness only from ``generator``, or with ``seed`` (an int, instead of
+    ``generator``) from a ``RowStream`` keyed by (seed, row): row b is then the same whatever
+    the batch size and the other rows (for a denoiser whose row b depends only on row b);
+    tokens on ``device`` (default: the prompt's, else the generator's). Runs under
+    ``torch.no_grad()``. Returns int64 ids (B, L).
     """
     warn_if_training(denoiser)
     dev, prompt, prompt_mask = _setup(
@@ -439,13 +444,14 @@ def sample_uniform(
         if not 0.0 <= kappa <= 1.0:
             raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
-    z = torch.randint(0, vocab_size, (batch_size, length), generator=generator, device=dev)
+    source = row_source(generator, seed, length)
+    z = randint(vocab_size, batch_size * length, source, dev).view(batch_size, length)
     z = _Prompt(prompt, prompt_mask)(z)
     return uniform_loop(
         denoiser, z, grid, vocab_size=vocab_size, tail=tail, kappa=kappa, top_k=top_k,
         top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
         clamp_prompt=clamp_prompt, cond=cond, guidance_scale=guidance_scale, uncond=uncond,
-        callback=callback, progress=progress, generator=generator,
+        callback=callback, progress=progress, generator=source,
     )  # fmt: skip
 
 
@@ -473,6 +479,7 @@ def sample_masked(
     callback: Callback | None = None,
     progress: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     device: torch.device | str | None = None,
 ) -> Int[Tensor, "b l"]:
     """Sample (batch_size, length) tokens from a masked diffusion model (MDLM, SUBS).
@@ -489,8 +496,8 @@ def sample_masked(
     only z_t; ``cache`` (default: on exactly when not time-conditioned) then reuses x_hat while
     no token changed: the same samples with fewer calls (``StepRecord.nfe`` counts them).
     ``cache=True`` with ``time_conditioned=True`` is an error. Other arguments (``cond``,
-    ``guidance_scale`` and ``uncond`` among them) as in ``sample_uniform``. Returns int64 ids
-    (B, L).
+    ``guidance_scale``, ``uncond`` and ``seed`` among them) as in ``sample_uniform``. Returns
+    int64 ids (B, L).
     """
     warn_if_training(denoiser)
     dev, prompt, prompt_mask = _setup(
@@ -510,6 +517,7 @@ def sample_masked(
             "denoiser is not time-conditioned; pass cache=False (or time_conditioned=False)"
         )
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
+    source = row_source(generator, seed, length)
     z = _Prompt(prompt, prompt_mask)(
         torch.full((batch_size, length), mask_id, dtype=torch.long, device=dev)
     )
@@ -518,5 +526,5 @@ def sample_masked(
         time_conditioned=time_conditioned, cache=cache, remask=remask, top_k=top_k,
         top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
         cond=cond, guidance_scale=guidance_scale, uncond=uncond, callback=callback,
-        progress=progress, generator=generator,
+        progress=progress, generator=source,
     )  # fmt: skip

@@ -21,12 +21,15 @@ from discdiff.kernels._backend import triton_available
 from discdiff.samplers import levels as lv
 from discdiff.samplers.categorical import (
     ChunkLaw,
+    Source,
     block_size,
     check_filters,
+    randint,
     row_chunks,
     softmax_weights,
     uniforms,
 )
+from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import (
     check_count,
     check_tokens,
@@ -113,12 +116,13 @@ def _uniform_step(
     kappa: float | Tensor | None,
     top_k: int | None,
     top_p: float | None,
-    generator: torch.Generator | None,
+    generator: Source,
 ) -> Tensor:
     """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,).
 
     On CUDA without top-k / nucleus filtering it runs ``discdiff.kernels``' Triton step (one
-    read of the logits; the same law, from its own random stream) when Triton imports.
+    read of the logits; the same law, from its own random stream, keyed per token by a
+    ``RowStream`` when ``generator`` is one) when Triton imports.
     """
     b, ln, k = logits.shape
     device = logits.device
@@ -131,7 +135,7 @@ def _uniform_step(
         z_s = triton_step(flat, z_flat.to(torch.int64), alpha_s, alpha_t, kappa, generator)
         return z_s.reshape(b, ln)
     u_mix = uniforms(n, generator, device)
-    noise = torch.randint(0, k, (n,), generator=generator, device=device)
+    noise = randint(k, n, generator, device)
     u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
     z_s = torch.empty_like(z_flat)
     block = block_size(k)
@@ -160,7 +164,7 @@ def uniform_ancestral_step(
     kappa: Alpha | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowStream | None = None,
 ) -> Int[Tensor, "b l"]:
     """One reverse step t -> s of the uniform-state process: z_s ~ q(z_s | z_t, x_hat), or the
     Ψ step kappa q(z_s | z_t, x_hat) + (1 - kappa) (alpha_s q0 + (1 - alpha_s) / K) with q0 the
@@ -173,13 +177,16 @@ def uniform_ancestral_step(
     ``discdiff.samplers.psi_posterior`` (checked by chi-square in the tests).
 
     Randomness, in order: a float64 uniform per token (component), a uniform token per token,
-    two float64 uniforms per token (the x_hat draw), whatever the component chosen. On CUDA
-    without top-k / top-p (and Triton importable) the step is ``discdiff.kernels``' one pass
-    over the logits instead: the same law, drawn from a Philox stream seeded by ``generator``.
+    two float64 uniforms per token (the x_hat draw), whatever the component chosen, from
+    ``generator``: a ``torch.Generator`` or a ``RowStream`` (row b of z_s then depends only on
+    row b of the inputs and the stream's seed). On CUDA without top-k / top-p (and Triton
+    importable) the step is ``discdiff.kernels``' one pass over the logits instead: the same
+    law, drawn from Philox streams keyed by ``generator`` (per token by a ``RowStream``).
     """
     check_filters(top_k, top_p)
     b, ln, k = logits.shape
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, ln)
     a_s = lv.level(alpha_s, b, ln, "alpha_s", logits)
     a_t = lv.level(alpha_t, b, ln, "alpha_t", logits)
     lv.check_ordered(a_s, a_t)
@@ -211,7 +218,7 @@ def _masked_step(
     sigma: float | Tensor | None,
     top_k: int | None,
     top_p: float | None,
-    generator: torch.Generator | None,
+    generator: Source,
 ) -> Tensor:
     """The masked step on trusted inputs; levels are floats or flattened float64 (B*L,)."""
     b, ln, k = logits.shape
@@ -255,7 +262,7 @@ def masked_ancestral_step(
     remask: Alpha | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowStream | None = None,
 ) -> Int[Tensor, "b l"]:
     """One reverse step t -> s of the masked (absorbing) process with SUBS and optional ReMDM
     remasking.
@@ -274,11 +281,12 @@ def masked_ancestral_step(
     sigma = (1 - kappa)(1 - alpha_s).
 
     Randomness, in order: three float64 uniforms per token (decision, then the two-stage x_hat
-    draw), whatever the decision.
+    draw), whatever the decision, from ``generator`` (a ``torch.Generator`` or a ``RowStream``).
     """
     check_filters(top_k, top_p)
     b, ln, k = logits.shape
     check_tokens(z_t, k, "z_t")
+    check_stream(generator, ln)
     check_count(mask_id, "mask_id", minimum=0)
     if mask_id >= k:
         raise ValueError(f"mask_id={mask_id} is outside [0, {k}) (K from logits)")
