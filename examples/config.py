@@ -173,6 +173,10 @@ class TrainConfig:
     cond_dropout: float = 0.1
     """With data.labels: the probability that a row's label is replaced by the null label in
     training, so one model learns the conditional and the unconditional prediction."""
+    max_bad_steps: int = 5
+    """A step whose loss or gradient norm is NaN or infinite is skipped (no update) and
+    counted; this many in a row stop the run with a message naming the step and the last
+    good checkpoint."""
 
 
 @dataclass
@@ -185,8 +189,13 @@ class DuoConfig:
     """Softmax temperature of the relaxed latents softmax(w_t / tau)."""
     tau_end: float | None = None
     """Anneal log10(tau) linearly to log10(tau_end) by curriculum_end (none: constant tau)."""
-    curriculum_end: int = 500_000
-    """Steps of the curriculum phase; 0 trains on the discrete process from the start."""
+    curriculum_end: int | None = None
+    """Steps of the curriculum phase; 0 trains on the discrete process from the start (none:
+    curriculum_fraction of train.steps, fixed as a step in the run's config.json when it
+    starts). A Duo run whose curriculum covers every step is refused."""
+    curriculum_fraction: float = 0.5
+    """The curriculum phase as a fraction of train.steps, when curriculum_end is none (the
+    paper: 500k of 1M steps); in [0, 1)."""
     top_k: int | None = None
     """Feed the denoiser only the top-k coordinates of each latent (Duo++; none: all K)."""
     eps: float = 1e-3
@@ -320,6 +329,14 @@ class Config:
             raise ValueError(f"train.cond_dropout must lie in [0, 1], got {t.cond_dropout}")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
+        if t.max_bad_steps < 1:
+            raise ValueError(f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+        d = self.duo
+        if not 0.0 <= d.curriculum_fraction < 1.0:
+            raise ValueError(f"duo.curriculum_fraction must lie in [0, 1), got "
+                             f"{d.curriculum_fraction}")  # fmt: skip
+        if d.curriculum_end is not None and d.curriculum_end < 0:
+            raise ValueError(f"duo.curriculum_end must be >= 0 or none, got {d.curriculum_end}")
         if t.progress_every is not None and t.progress_every < 1:
             raise ValueError(f"train.progress_every must be >= 1 or none, got {t.progress_every}")
         sc = self.sample
@@ -342,7 +359,7 @@ def _owt() -> Config:
             steps=1_000_000, batch_size=512, lr=3e-4, warmup=2500, ema=0.9999,
             eval_every=10_000, ckpt_every=5000, out_dir="runs/owt",
         ),  # fmt: skip
-        duo=DuoConfig(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3, curriculum_end=500_000),
+        duo=DuoConfig(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3, curriculum_fraction=0.5),
         dcd=DCDConfig(rounds=5, steps_per_round=10_000, lr=6e-5, ema=0.999, gamma_min=-4.0,
                       gamma_max=-1.0, T=512),  # fmt: skip
         sample=SampleConfig(steps=[1024, 256, 64, 32, 16, 8], num_samples=1024),
@@ -377,7 +394,7 @@ def _cpu_demo() -> Config:
             steps=600, batch_size=32, lr=1e-3, warmup=50, ema=0.99, log_every=20, eval_every=200,
             eval_sequences=256, ckpt_every=100, out_dir="runs/cpu-demo", grad_clip=1.0,
         ),  # fmt: skip
-        duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_end=300),
+        duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_fraction=0.5),
         dcd=DCDConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, gamma_min=-3.5,
                       gamma_max=3.4, T=32),  # fmt: skip
         sdtt=SDTTConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, T=128),
