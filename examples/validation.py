@@ -64,10 +64,12 @@ def batch_kwargs(batch: Batch) -> dict[str, Tensor]:
     return {k: v for k, v in (("mask", batch.mask), ("label", batch.label)) if v is not None}
 
 
-def _sequence_sums(total: Tensor, mask: Tensor | None) -> Tensor:
+def _sequence_sums(terms: dict[str, Tensor], mask: Tensor | None) -> Tensor:
     """[m, sum b, sum n, sum b^2, sum b n, sum n^2] (float64) of a batch's per-sequence bounds
-    b_i and real-token counts n_i (padding, even inf or NaN there, left out)."""
-    total = total.detach().double()
+    b_i (its per-token terms added in float64, as ``BoundMeter`` adds them) and real-token
+    counts n_i (padding, even inf or NaN there, left out)."""
+    total = sum(v.detach().double() for v in terms.values())
+    assert isinstance(total, Tensor)
     keep = torch.ones_like(total, dtype=torch.bool) if mask is None else mask.bool()
     b = torch.where(keep, total, 0.0).sum(1)
     n = keep.sum(1).double()
@@ -114,7 +116,7 @@ def evaluate_bound(
             description = bound.description
             mask = getattr(bound, "mask", None)
             meter.update(bound.terms, mask=mask)  # padding left out
-            sums += _sequence_sums(bound.total, mask).to(device)
+            sums += _sequence_sums(bound.terms, mask).to(device)
             batches += 1
     finally:
         model.train(was_training)
