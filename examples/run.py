@@ -23,7 +23,8 @@ from examples.checkpoint import (
     check_compatible,
     restore_rng_state,
 )
-from examples.config import Config, load_teacher_config
+from examples.cli import load_teacher_config
+from examples.config import Config
 from examples.data import BatchIterator, PreparedData, prepare_data
 from examples.ema import build_ema
 from examples.objectives import Objective, build_objective

@@ -5,7 +5,7 @@
     python -m examples.sample runs/demo/duo --prompt "ROMEO:" --num-samples 2
     python -m examples.sample runs/demo/dcd --steps 4 --tail greedy --top-p 0.9
 
-RUN is loaded as ``examples.evaluate`` loads it (``load_run``: a run directory of
+RUN is loaded as ``examples.evaluate`` loads it (``examples.loading.load_run``: a run directory of
 ``examples.train``, EMA weights by default, or a converted model), in eval mode; the run's
 objective samples it: ``UniformDiffusion.sample`` for Duo, ``MaskedDiffusion.sample`` for
 MDLM, the log-linear schedule of ``DCDistiller.sample`` for a DCD student, the masked sampler
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from examples.backbone import TrainedRun
-from examples.evaluate import add_run_arguments, load_run
+from examples.loading import add_run_arguments, load_run
 
 __all__ = ["build_parser", "draw", "main", "prompt_tensors"]
 
