@@ -167,24 +167,27 @@ def previous_checkpoint(path: str | Path) -> Path:
 
 
 def _keep_previous(path: Path) -> None:
-    """Keep the checkpoint at ``path`` (and its checksum) as ``previous_checkpoint(path)``: a
-    hard link made under a temporary name and renamed, so a kill leaves the old one whole."""
+    """Keep the checkpoint at ``path`` as ``previous_checkpoint(path)``, with a checksum file
+    naming it: a hard link made under a temporary name and renamed, so a kill leaves the old
+    one whole."""
     if not path.is_file():
         return
     prev = previous_checkpoint(path)
-    for src, dst in ((path, prev), (_checksum_path(path), _checksum_path(prev))):
-        if not src.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(dst)  # a checksum that would describe another file
-            continue
-        tmp = dst.with_name(f".{dst.name}.link")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:  # no hard links on this file system: copy
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+    sums, prev_sums = _checksum_path(path), _checksum_path(prev)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(prev_sums)  # it describes the file about to be replaced
+    tmp = prev.with_name(f".{prev.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system: copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
+    words = sums.read_text().split() if sums.is_file() else []
+    if words:  # the same digest, under the name the file now has (``sha256sum -c`` reads it)
+        line = f"{words[0]}  {prev.name}\n"
+        atomic_write(prev_sums, lambda f: f.write(line.encode()))
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

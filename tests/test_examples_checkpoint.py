@@ -93,6 +93,8 @@ def test_the_checksum_and_the_previous_checkpoint_beside_each_save(tmp_path):
     prev = previous_checkpoint(path)
     assert prev.name == "checkpoint.prev.pt"
     assert load_checkpoint(prev)["step"] == 1 and load_checkpoint(path)["step"] == 2
+    digest = hashlib.sha256(prev.read_bytes()).hexdigest()  # named so that sha256sum -c works
+    assert (tmp_path / "checkpoint.prev.pt.sha256").read_text() == f"{digest}  checkpoint.prev.pt\n"
 
 
 def test_a_truncated_checkpoint_is_refused_naming_the_previous_one(tmp_path):
