@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from discdiff.typing import unchecked
 from examples import distributed as D
 from examples.backbone import (
     TrainedRun,
@@ -162,7 +163,10 @@ def _step(run: Run) -> _StepOutcome:
                    cfg.duo.eps)  # fmt: skip
         sync = index == run.accum - 1 or not info.enabled or cfg.train.fsdp
         ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]
-        with ctx:
+        # The loop checks the loss and gradient norm of every step itself (one host sync it
+        # makes anyway) and skips a non-finite step; the library's NaN scans of the denoiser's
+        # output would raise first (on a GPU: a device assertion that ends the process).
+        with ctx, unchecked():
             with autocast(info.device, cfg.train.precision):
                 per_token = run.objective.loss(model, batch.x_0, step=run.step, t=t,
                                                generator=run.noise, **_batch_kw(batch))  # fmt: skip
@@ -260,11 +264,12 @@ class _Progress:
 
 def _validate(run: Run, logger: MetricsLogger, result: TrainResult) -> dict[str, Any]:
     tc = run.cfg.train
-    res = evaluate_bound(  # on the EMA weights
-        run.objective, run.ema.module, run.data.val, batch_size=run.micro,
-        max_sequences=tc.eval_sequences, seed=validation_seed(run.cfg), device=run.info.device,
-        precision=tc.precision, info=run.info,
-    )  # fmt: skip
+    with unchecked():  # weights gone non-finite log a NaN bound; the training steps decide
+        res = evaluate_bound(  # on the EMA weights
+            run.objective, run.ema.module, run.data.val, batch_size=run.micro,
+            max_sequences=tc.eval_sequences, seed=validation_seed(run.cfg),
+            device=run.info.device, precision=tc.precision, info=run.info,
+        )  # fmt: skip
     res["step"] = run.step
     logger.log("val", run.step, nelbo=res["nelbo"], nelbo_se=res["nelbo_se"], ppl=res["ppl"],
                tokens=res["tokens"], seed=res["seed"], **res["terms"])  # fmt: skip
@@ -415,11 +420,11 @@ def _summary(cfg: Config, result: TrainResult) -> str:
     tc = cfg.train
     if result.complete:
         if tc.objective in ("dcd", "sdtt"):
-            how = (f"a {tc.objective} run's length is {tc.objective}.rounds x "
+            how = (f"A {tc.objective} run's length is {tc.objective}.rounds x "
                    f"{tc.objective}.steps_per_round, fixed at its start; to distil further, start "
                    f"a new run with this one as --{tc.objective}.teacher")  # fmt: skip
         else:
-            how = (f"to train on, give more steps: python -m examples.train --train.out_dir "
+            how = (f"To train on, give more steps: python -m examples.train --train.out_dir "
                    f"{result.run_dir} --train.resume true --train.steps {2 * result.step}")
         return (f"{tc.objective}: the run in {result.run_dir} is complete (step {result.step} "
                 f"of {result.total_steps}); nothing to do. {how}")  # fmt: skip

@@ -286,6 +286,15 @@ def test_a_nan_loss_is_skipped_counted_and_stops_the_run_when_it_persists(
     assert len(calls) == 6  # three good steps, three skipped, then the stop
 
 
+def test_a_learning_rate_that_blows_up_the_weights_stops_with_the_message(corpus_dir, tmp_path):
+    """No injection: a DiT whose weights overflow gives non-finite outputs; the loop, not the
+    library's output check, decides (skip, then stop)."""
+    cfg = tiny_config(corpus_dir, tmp_path, **{"train.lr": 1e6, "train.warmup": 1,
+                                               "train.max_bad_steps": 2, "train.steps": 20})
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        train(cfg)
+
+
 def test_a_truncated_checkpoint_is_named_with_the_one_to_fall_back_to(corpus_dir, tmp_path):
     from examples.checkpoint import CorruptCheckpointError
 
