@@ -237,8 +237,8 @@ def _checksum_problem(path: Path) -> str | None:
     if got == want:
         return None
     return (f"its SHA-256 {got[:16]}... differs from the {want[:16]}... recorded in {sums.name} "
-            f"({path.stat().st_size} bytes now): it was truncated or damaged after it was "
-            "written")  # fmt: skip
+            f"({path.stat().st_size} bytes now): it is not the discdiff checkpoint written there "
+            "but was truncated, damaged or replaced since")  # fmt: skip
 
 
 def load_checkpoint(

@@ -106,11 +106,11 @@ def test_a_truncated_checkpoint_is_refused_naming_the_previous_one(tmp_path):
     with pytest.raises(CorruptCheckpointError) as err:
         load_checkpoint(tmp_path)
     message = str(err.value)
-    assert str(path) in message and "truncated or damaged" in message
+    assert str(path) in message and "truncated, damaged or replaced" in message
     assert f"previous checkpoint {tmp_path / 'checkpoint.prev.pt'} is intact" in message
     # One flipped byte, same length: the checksum still sees it.
     path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    with pytest.raises(CorruptCheckpointError, match="truncated or damaged"):
+    with pytest.raises(CorruptCheckpointError, match="truncated, damaged or replaced"):
         load_checkpoint(path)
     path.write_bytes(data)
     assert load_checkpoint(path)["step"] == 2
