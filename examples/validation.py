@@ -8,8 +8,13 @@ m sequences (delta method),
     se(r) = sqrt(sum_i (b_i - r n_i)^2 / (m (m - 1))) / mean_i(n_i).
 
 It counts the spread of b_i from both the Monte Carlo time and the sequences themselves, so
-it bounds the noise of a re-seeded evaluation on the same sequences from above (in
-expectation). The training loop validates with seed ``validation_seed(cfg)`` and logs it;
+its square bounds the variance of a re-seeded evaluation on the same sequences from above in
+expectation. It is itself an estimate from m sequences: the bound is heavy-tailed (a time near
+eps can make one sequence's b_i large), so with few sequences it varies from seed to seed (on
+a 20-step toy run with 32 sequences: 0.27 to 0.79 over 8 seeds, whose bounds spread with a
+standard deviation of 0.54); more sequences (``train.eval_sequences``) tighten both.
+
+The training loop validates with seed ``validation_seed(cfg)`` and logs it;
 ``examples.evaluate`` uses the same seed, batch size and sequence count by default, and so
 reproduces the logged number.
 """
