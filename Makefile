@@ -23,8 +23,21 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-docs: $(STAMP)
-	$(BIN)/python docs/build.py --out build/docs
+# The docs need the library and pdoc only (the `[docs]` extra), not the `[dev]` environment
+# (lm-eval, triton, ...): their own virtualenv. `make test` still builds them, in the dev venv
+# (tests/test_docs.py).
+DOCS_VENV  := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed-stamp
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(DOCS_VENV)/bin/python -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(DOCS_VENV)/bin/python docs/build.py --out build/docs
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
@@ -44,4 +57,4 @@ replicate: $(STAMP)
 	$(BIN)/python -m examples.replicate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(VENV) $(DOCS_VENV) .pytest_cache .ruff_cache .hypothesis .benchmarks

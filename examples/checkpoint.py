@@ -6,6 +6,13 @@ temporary file in the same directory, are flushed and fsync'ed, then ``os.replac
 in, and the directory entry is fsync'ed. A run killed at any moment therefore leaves either the
 previous checkpoint or the new one, never a torn file.
 
+Every checkpoint gets a checksum beside it, ``checkpoint.pt.sha256`` (``sha256sum`` format, so
+``sha256sum -c`` checks it too), and the checkpoint it replaces is kept as
+``checkpoint.prev.pt`` (a hard link, no copy) until the next one is complete. ``load_checkpoint``
+verifies the checksum: a file truncated or damaged after it was written (a full disk, a copy
+cut short) is refused with a message naming it and the previous checkpoint to fall back to,
+instead of an unpickling error or, worse, weights that load but are wrong.
+
 The checkpoint holds: model and EMA weights, optimizer and LR-scheduler state, the step, the
 data iterator position, every RNG state (torch CPU and CUDA, Python, NumPy, and the run's own
 generators), the objective's state (curriculum phase, DCD round and teacher) and a ``meta``
@@ -26,12 +33,13 @@ reads a sharded model and EMA into full tensors for evaluation in one process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,12 +49,16 @@ import torch
 __all__ = [
     "CHECKPOINT_FILE",
     "CheckpointMismatchError",
+    "Checkpointer",
+    "CorruptCheckpointError",
     "atomic_write",
     "capture_rng_state",
     "check_compatible",
     "find_checkpoint",
+    "file_sha256",
     "load_checkpoint",
     "load_sharded",
+    "previous_checkpoint",
     "remove_stale_shards",
     "restore_rng_state",
     "save_checkpoint",
@@ -62,6 +74,10 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint was written for another vocabulary, architecture or objective."""
 
 
+class CorruptCheckpointError(ValueError):
+    """The checkpoint file does not match its checksum, or cannot be read at all."""
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every platform can open a directory
         fd = os.open(directory, os.O_RDONLY)
@@ -71,10 +87,14 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], None], *,
+    before_replace: Callable[[Path], None] | None = None,
+) -> Path:  # fmt: skip
     """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same directory,
     which then replaces ``path``. If ``write`` raises, ``path`` is untouched and the temporary
-    file is removed."""
+    file is removed. ``before_replace(tmp)`` runs once the temporary file is complete and
+    fsync'ed, just before it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,6 +103,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -124,10 +146,66 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where the checkpoint replaced by the latest save of ``path`` is kept
+    (``checkpoint.pt`` -> ``checkpoint.prev.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _keep_previous(path: Path) -> None:
+    """Keep the checkpoint at ``path`` as ``previous_checkpoint(path)``, with a checksum file
+    naming it: a hard link made under a temporary name and renamed, so a kill leaves the old
+    one whole."""
+    if not path.is_file():
+        return
+    prev = previous_checkpoint(path)
+    sums, prev_sums = _checksum_path(path), _checksum_path(prev)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(prev_sums)  # it describes the file about to be replaced
+    tmp = prev.with_name(f".{prev.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system: copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
+    words = sums.read_text().split() if sums.is_file() else []
+    if words:  # the same digest, under the name the file now has (``sha256sum -c`` reads it)
+        line = f"{words[0]}  {prev.name}\n"
+        atomic_write(prev_sums, lambda f: f.write(line.encode()))
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` (plus a format version) with ``torch.save``."""
+    """Atomically write ``state`` (plus a format version) with ``torch.save``, its checksum
+    beside it (``<path>.sha256``); the checkpoint it replaces is kept as
+    ``previous_checkpoint(path)`` until the next save."""
+    path = Path(path)
     payload = {"format": FORMAT_VERSION, **state}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    digest: list[str] = []
+
+    def before_replace(tmp: Path) -> None:  # the new file is complete: now retire the old one
+        digest.append(file_sha256(tmp))
+        _keep_previous(path)
+
+    atomic_write(path, lambda f: torch.save(payload, f), before_replace=before_replace)
+    line = f"{digest[0]}  {path.name}\n"  # sha256sum's format
+    atomic_write(_checksum_path(path), lambda f: f.write(line.encode()))
+    return path
 
 
 def find_checkpoint(run_or_file: str | Path) -> Path:
@@ -139,21 +217,52 @@ def find_checkpoint(run_or_file: str | Path) -> Path:
     return path
 
 
+def _fallback_advice(path: Path) -> str:
+    """What to do about a damaged ``path``: the previous checkpoint when it is intact."""
+    prev = previous_checkpoint(path)
+    if prev.is_file() and _checksum_problem(prev) is None:
+        return (f"the previous checkpoint {prev} is intact: to resume from it, replace the "
+                f"damaged file with it (mv {prev} {path}; mv {_checksum_path(prev)} "
+                f"{_checksum_path(path)})")  # fmt: skip
+    return f"no intact previous checkpoint ({prev}) to fall back to: the run must start afresh"
+
+
+def _checksum_problem(path: Path) -> str | None:
+    """Why ``path`` does not match its ``.sha256`` file (None: it matches, or has none)."""
+    sums = _checksum_path(path)
+    if not sums.is_file():
+        return None  # written before checksums existed
+    want = sums.read_text().split()[0] if sums.read_text().split() else ""
+    got = file_sha256(path)
+    if got == want:
+        return None
+    return (f"its SHA-256 {got[:16]}... differs from the {want[:16]}... recorded in {sums.name} "
+            f"({path.stat().st_size} bytes now): it is not the discdiff checkpoint written there "
+            "but was truncated, damaged or replaced since")  # fmt: skip
+
+
 def load_checkpoint(
     run_or_file: str | Path, map_location: str | torch.device = "cpu", *,
     full_tensors: bool = True,
 ) -> dict:  # fmt: skip
     """Load a checkpoint written by ``save_checkpoint`` (a run directory or the file itself).
 
-    For a sharded checkpoint, ``full_tensors`` reads its model and EMA into full tensors under
-    ``"model"`` and ``"ema"`` (in this process alone); the training loop instead reads each
-    rank's shards with ``load_sharded``.
+    Verifies the checksum beside it first; a damaged file raises ``CorruptCheckpointError``
+    naming it and the previous checkpoint to fall back to. For a sharded checkpoint,
+    ``full_tensors`` reads its model and EMA into full tensors under ``"model"`` and ``"ema"``
+    (in this process alone); the training loop instead reads each rank's shards with
+    ``load_sharded``.
     """
     path = find_checkpoint(run_or_file)
+    problem = _checksum_problem(path)
+    if problem is not None:
+        raise CorruptCheckpointError(f"{path} is corrupted: {problem}; {_fallback_advice(path)}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable discdiff checkpoint: {err}") from err
+        raise CorruptCheckpointError(
+            f"{path} is not a readable discdiff checkpoint: {err}; {_fallback_advice(path)}"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a discdiff example checkpoint (format {FORMAT_VERSION})")
     if "shards" in state and full_tensors:
@@ -199,12 +308,13 @@ def load_sharded(directory: str | Path, name: str, state: dict[str, Any]) -> Non
     dcp.load(state, checkpoint_id=_shard_dir(Path(directory), name))
 
 
-def remove_stale_shards(directory: str | Path, keep: str | None) -> None:
-    """Remove shard directories (complete or not) other than ``keep`` (call on one rank, after
-    the checkpoint naming ``keep`` is written)."""
+def remove_stale_shards(directory: str | Path, keep: str | Collection[str | None] | None) -> None:
+    """Remove shard directories (complete or not) other than those named in ``keep`` (call on
+    one rank, after the checkpoint naming them is written)."""
+    kept = {keep} if keep is None or isinstance(keep, str) else set(keep)
     for path in Path(directory).iterdir():
         stem = path.name.removeprefix(".")
-        if path.is_dir() and stem.startswith(SHARDS_PREFIX) and path.name != keep:
+        if path.is_dir() and stem.startswith(SHARDS_PREFIX) and path.name not in kept:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -236,3 +346,92 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str 
         raise CheckpointMismatchError(
             f"checkpoint {where} does not fit this run:\n  - " + "\n  - ".join(problems)
         )
+
+
+# --- the training loop's checkpoints: plain (torch.save) and sharded (DCP) behind one interface --
+
+
+class Checkpointer:
+    """Saves and restores a training run's model, EMA and optimizer with the rest of its state.
+
+    ``sharded=False``: full state dicts inside ``checkpoint.pt`` (one process, DDP, or FSDP2
+    reading a full checkpoint). ``sharded=True`` (FSDP2): every rank writes its own shards with
+    DCP and ``checkpoint.pt`` names them; the shards of the previous checkpoint are kept with it.
+    ``save`` and ``restore`` are collectives under torch.distributed: call them on every rank.
+    """
+
+    def __init__(self, run_dir: str | Path, *, sharded: bool, is_main: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / CHECKPOINT_FILE
+        self.sharded, self.is_main = sharded, is_main
+        self._shards: str | None = None  # those of the latest checkpoint, kept with the next
+
+    def save(self, step: int, model: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+             rest: dict[str, Any]) -> None:  # fmt: skip
+        """Write the checkpoint of ``step``: the three modules' state and ``rest`` (meta,
+        scheduler, data position, RNG states, ...)."""
+        from examples import distributed as D
+
+        if self.sharded:  # every rank writes its shards; nothing is gathered
+            from torch.distributed.checkpoint.state_dict import (
+                get_model_state_dict,
+                get_state_dict,
+            )
+
+            token = D.all_gather_objects(os.urandom(4).hex())[0]  # rank 0's, on every rank
+            shards = f"{SHARDS_PREFIX}{step:08d}-{token}"
+            model_state, optim_state = get_state_dict(model, optimizer)
+            parts = {"model": model_state, "optimizer": optim_state,
+                     "ema": get_model_state_dict(ema.module)}  # fmt: skip
+            save_sharded(self.run_dir, shards, parts)
+            tensors: dict[str, Any] = {"shards": shards}
+        else:
+            from examples.ema import ema_state_dict
+
+            tensors = {
+                "model": {k: v.detach().cpu() for k, v in D.unwrap(model).state_dict().items()},
+                "ema": ema_state_dict(ema),
+                "optimizer": optimizer.state_dict(),
+            }
+        if self.is_main:
+            save_checkpoint(self.path, {"step": step, **tensors, **rest})
+            if self.sharded:
+                remove_stale_shards(self.run_dir, keep={tensors["shards"], self._shards})
+        self._shards = tensors.get("shards")
+        D.barrier()
+
+    def restore(self, state: dict[str, Any], model: torch.nn.Module, ema: Any,
+                optimizer: torch.optim.Optimizer) -> None:  # fmt: skip
+        """Load the three modules' state from ``state`` (from ``load_checkpoint(...,
+        full_tensors=False)``), whichever way it was written: a sharded checkpoint read by a
+        sharded run gets each rank's shards; a full one goes into a DDP or an FSDP2 model."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+            set_state_dict,
+        )
+
+        from examples import distributed as D
+        from examples.ema import load_ema_state_dict
+
+        if "shards" in state:  # each rank reads its own shards
+            model_state, optim_state = get_state_dict(model, optimizer)
+            tensors = {"model": model_state, "optimizer": optim_state,
+                       "ema": get_model_state_dict(ema.module)}  # fmt: skip
+            load_sharded(self.run_dir, state["shards"], tensors)
+            set_state_dict(model, optimizer, model_state_dict=tensors["model"],
+                           optim_state_dict=tensors["optimizer"])  # fmt: skip
+            set_model_state_dict(ema.module, tensors["ema"])
+            self._shards = state["shards"]
+            return
+        load_ema_state_dict(ema, state["ema"])
+        if self.sharded:  # full tensors into an FSDP2 model
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(model, state["model"], options=full)
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
+            return
+        D.unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])

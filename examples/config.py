@@ -1,11 +1,8 @@
 """Typed configs for the example, presets that mirror the paper, and their CLI (tyro).
 
-``Config`` groups seven dataclasses (model, data, train, duo, dcd, sdtt, sample). Every field can
-be set on the command line as ``--section.field value`` (e.g. ``--train.lr 1e-4``) or, when the
-field name is unique across sections, flat (``--seq_len 64``); tyro builds the parser from the
-dataclasses and their field docstrings. Booleans take ``true``/``false``, optional fields
-``none``, lists comma-separated values. ``--preset`` picks the starting point (``cpu-demo``,
-``lm1b``, ``owt``) and ``--config run/config.json`` starts from a saved config.
+``Config`` groups seven dataclasses (model, data, train, duo, dcd, sdtt, sample); every field is
+a flag ``--section.field value`` of the command line (``examples.cli``, built by tyro from the
+field docstrings), which starts from ``--preset`` or ``--config run/config.json``.
 
 Paper settings (Sahoo et al. 2025, Duo): sequence length 128 (LM1B, bert-base-uncased) or 1024
 (OWT, GPT-2 BPE); global batch 512; AdamW lr 3e-4 with 2500 linear warm-up steps then constant;
@@ -16,10 +13,8 @@ steps, lr 6e-5, EMA 0.999, gamma in [-4, -1], T = 512.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -39,7 +34,6 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
-    "load_teacher_config",
     "parse_args",
     "preset",
     "save_config",
@@ -173,6 +167,10 @@ class TrainConfig:
     cond_dropout: float = 0.1
     """With data.labels: the probability that a row's label is replaced by the null label in
     training, so one model learns the conditional and the unconditional prediction."""
+    max_bad_steps: int = 5
+    """A step whose loss or gradient norm is NaN or infinite is skipped (no update) and
+    counted; this many in a row stop the run with a message naming the step and the last
+    good checkpoint."""
 
 
 @dataclass
@@ -185,8 +183,13 @@ class DuoConfig:
     """Softmax temperature of the relaxed latents softmax(w_t / tau)."""
     tau_end: float | None = None
     """Anneal log10(tau) linearly to log10(tau_end) by curriculum_end (none: constant tau)."""
-    curriculum_end: int = 500_000
-    """Steps of the curriculum phase; 0 trains on the discrete process from the start."""
+    curriculum_end: int | None = None
+    """Steps of the curriculum phase; 0 trains on the discrete process from the start (none:
+    curriculum_fraction of train.steps, fixed as a step in the run's config.json when it
+    starts). A Duo run whose curriculum covers every step is refused."""
+    curriculum_fraction: float = 0.5
+    """The curriculum phase as a fraction of train.steps, when curriculum_end is none (the
+    paper: 500k of 1M steps); in [0, 1)."""
     top_k: int | None = None
     """Feed the denoiser only the top-k coordinates of each latent (Duo++; none: all K)."""
     eps: float = 1e-3
@@ -320,6 +323,14 @@ class Config:
             raise ValueError(f"train.cond_dropout must lie in [0, 1], got {t.cond_dropout}")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
+        if t.max_bad_steps < 1:
+            raise ValueError(f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+        d = self.duo
+        if not 0.0 <= d.curriculum_fraction < 1.0:
+            raise ValueError(f"duo.curriculum_fraction must lie in [0, 1), got "
+                             f"{d.curriculum_fraction}")  # fmt: skip
+        if d.curriculum_end is not None and d.curriculum_end < 0:
+            raise ValueError(f"duo.curriculum_end must be >= 0 or none, got {d.curriculum_end}")
         if t.progress_every is not None and t.progress_every < 1:
             raise ValueError(f"train.progress_every must be >= 1 or none, got {t.progress_every}")
         sc = self.sample
@@ -342,7 +353,7 @@ def _owt() -> Config:
             steps=1_000_000, batch_size=512, lr=3e-4, warmup=2500, ema=0.9999,
             eval_every=10_000, ckpt_every=5000, out_dir="runs/owt",
         ),  # fmt: skip
-        duo=DuoConfig(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3, curriculum_end=500_000),
+        duo=DuoConfig(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3, curriculum_fraction=0.5),
         dcd=DCDConfig(rounds=5, steps_per_round=10_000, lr=6e-5, ema=0.999, gamma_min=-4.0,
                       gamma_max=-1.0, T=512),  # fmt: skip
         sample=SampleConfig(steps=[1024, 256, 64, 32, 16, 8], num_samples=1024),
@@ -377,7 +388,7 @@ def _cpu_demo() -> Config:
             steps=600, batch_size=32, lr=1e-3, warmup=50, ema=0.99, log_every=20, eval_every=200,
             eval_sequences=256, ckpt_every=100, out_dir="runs/cpu-demo", grad_clip=1.0,
         ),  # fmt: skip
-        duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_end=300),
+        duo=DuoConfig(gamma_min=-2.88, gamma_max=0.53, tau=1e-3, curriculum_fraction=0.5),
         dcd=DCDConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, gamma_min=-3.5,
                       gamma_max=3.4, T=32),  # fmt: skip
         sdtt=SDTTConfig(rounds=4, steps_per_round=50, lr=1e-4, ema=0.99, T=128),
@@ -442,117 +453,6 @@ def load_config(path: str | Path) -> Config:
         raise ValueError(f"{path} is not a valid config: {err}") from None
 
 
-UNIFORM_OBJECTIVES = ("duo", "dcd")
-"""Runs whose model is a uniform-state denoiser: what DCD can distil."""
-
-
-def load_teacher_config(teacher: str | Path) -> Config:
-    """The config of a DCD teacher's run directory; refuses a run that is not uniform-state."""
-    folder = Path(teacher)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--dcd.teacher {teacher}: no run there (expected the config.json and checkpoint "
-            "that examples.train writes into its --train.out_dir)"
-        )
-    try:
-        cfg = load_config(folder)
-    except ValueError as err:
-        raise ValueError(f"--dcd.teacher {teacher}: {err}") from None
-    if cfg.train.objective not in UNIFORM_OBJECTIVES:
-        raise ValueError(
-            f"--dcd.teacher {teacher} holds a run of objective {cfg.train.objective!r}; DCD "
-            "distils a uniform-state model: give a duo run (or a dcd student) as --dcd.teacher"
-        )
-    return cfg
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _registry() -> Any:
-    """tyro's parsing of our values: booleans ``true``/``false``, optional fields ``none``,
-    lists comma-separated (``--sample.steps 64,8``), as on the command lines of the docs."""
-    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
-
-    registry = ConstructorRegistry()
-
-    def spec(metavar: str, parse: Any, kind: Any, show: Any) -> Any:
-        return PrimitiveConstructorSpec(
-            nargs=1, metavar=metavar, instance_from_str=lambda args: parse(args[0]),
-            is_instance=lambda x: isinstance(x, kind), str_from_instance=lambda x: [show(x)],
-        )  # fmt: skip
-
-    def none(text: str) -> None:
-        if text.lower() != "none":
-            raise ValueError(f"expected none, got {text!r}")
-
-    @registry.primitive_rule
-    def rule(info: Any) -> Any:
-        if info.type is bool:
-            return spec("true|false", _parse_bool, bool, lambda x: str(x).lower())
-        if info.type is type(None):
-            return spec("none", none, type(None), lambda x: "none")
-        if info.type_origin is list:
-            (item,) = typing.get_args(info.type)
-            return spec(f"{item.__name__.upper()},...",
-                        lambda s: [item(p) for p in s.split(",") if p.strip()], list,
-                        lambda x: ",".join(map(str, x)) or "''")  # fmt: skip
-        return None
-
-    return registry
-
-
-def _dotted(argv: Sequence[str]) -> list[str]:
-    """``--field`` -> ``--section.field`` for a field name unique across the sections."""
-    owners: dict[str, list[str]] = {}
-    for section in fields(Config):
-        if dataclasses.is_dataclass(section.default_factory):  # type: ignore[arg-type]
-            for f in fields(section.default_factory):  # type: ignore[arg-type]
-                owners.setdefault(f.name, []).append(section.name)
-    out = []
-    for arg in argv:
-        name, eq, value = arg[2:].partition("=")
-        if arg.startswith("--") and name != "preset" and len(owners.get(name, ())) == 1:
-            arg = f"--{owners[name][0]}.{name}{eq}{value}"
-        out.append(arg)
-    return out
-
-
-def _starting_point(
-    parser: argparse.ArgumentParser, argv: list[str], default_preset: str
-) -> tuple[Config, list[str]]:
-    """The config the command line starts from (its defaults, as ``--help`` shows them) and
-    the arguments for tyro (without ``--config``)."""
-    known, _ = parser.parse_known_args(argv)
-    if known.preset is not None and known.config is not None:
-        raise ValueError("give --preset or --config, not both")
-    resume = known.resume is not None and known.resume.lower() in ("1", "true", "yes", "on")
-    saved = Path(known.out_dir or "") / "config.json"
-    if known.config is not None:
-        cfg = load_config(known.config)
-    elif known.preset is None and resume and saved.is_file():
-        return load_config(saved), argv
-    else:
-        cfg = preset(known.preset or default_preset)
-    objective = known.objective or cfg.train.objective
-    teacher = known.teacher if known.teacher is not None else cfg.dcd.teacher
-    if objective == "dcd" and teacher and known.config is None:
-        # The teacher's data, without labels: a labelled teacher is distilled unconditionally.
-        cfg = replace(cfg, data=replace(load_teacher_config(teacher).data, labels=""))
-    rest = [a for i, a in enumerate(argv) if a != "--config" and not a.startswith("--config=")
-            and not (i and argv[i - 1] == "--config")]  # fmt: skip
-    return cfg, rest
-
-
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return a copy of ``cfg`` with ``{"section.field": value}`` overrides applied."""
     sections = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
@@ -567,50 +467,14 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     ).validate()
 
 
+# --- command line ------------------------------------------------------------------------------
+
+
 def parse_args(
     argv: Sequence[str] | None = None, *, default_preset: str = "cpu-demo", prog: str | None = None,
     description: str | None = None,
 ) -> Config:  # fmt: skip
-    """Parse ``argv`` into a validated ``Config`` with tyro: every field is a flag
-    ``--section.field VALUE`` described by its docstring, its default the starting point's.
+    """Parse ``argv`` into a validated ``Config``: ``examples.cli.parse_args``."""
+    from examples.cli import parse_args as parse
 
-    The starting point is ``--preset NAME`` (default ``default_preset``) or ``--config
-    CONFIG_JSON``. With ``--train.resume true`` and neither, the run directory's saved
-    ``config.json`` is the starting point, so ``--train.out_dir DIR --train.resume true`` alone
-    continues a run with the configuration it was started with.
-
-    A DCD run (``--train.objective dcd --dcd.teacher RUN``) takes its data section (source,
-    tokenizer, sequence length, split) from the teacher's saved config, unless ``--config`` is
-    given; explicit ``--data.*`` flags still override it. A teacher that is not a uniform-state
-    run is an error. An unknown preset, field or value exits with an error naming it.
-    """
-    import tyro
-
-    argv = _dotted(sys.argv[1:] if argv is None else list(argv))
-    # The few flags that choose the starting point, read before tyro sees the rest.
-    pre = argparse.ArgumentParser(
-        prog=prog, add_help=False, allow_abbrev=False,
-        usage="%(prog)s [-h] [--preset NAME | --config CONFIG_JSON] [--section.field VALUE ...]",
-    )  # fmt: skip
-    for flag in ("--preset", "--config", "--train.out_dir", "--train.resume",
-                 "--train.objective", "--dcd.teacher"):  # fmt: skip
-        pre.add_argument(flag, dest=flag.rpartition(".")[2].lstrip("-"))
-    try:
-        start, rest = _starting_point(pre, argv, default_preset)
-    except (ValueError, FileNotFoundError) as err:
-        pre.error(str(err))
-    description = (description or __doc__.split("\n\n")[0]) + (
-        f" The starting point is --preset (one of {', '.join(sorted(PRESETS))}; default "
-        f"{default_preset}; owt and lm1b are the paper's) or --config CONFIG_JSON (a saved "
-        "config.json or its run directory); the defaults shown are its values. Booleans take "
-        "true/false, optional fields none, lists comma-separated values; a field whose name is "
-        "unique may also be given as --field VALUE."
-    )
-    cfg = tyro.cli(Config, default=start, args=rest, prog=prog, description=description,
-                   use_underscores=True, config=(tyro.conf.FlagConversionOff,),
-                   registry=_registry())  # fmt: skip
-    try:
-        return cfg.validate()
-    except ValueError as err:
-        pre.error(str(err))
-        raise  # unreachable: parser.error exits
+    return parse(argv, default_preset=default_preset, prog=prog, description=description)

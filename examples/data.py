@@ -1,12 +1,6 @@
 """Text sources, packing into fixed-length sequences, a deterministic split, a resumable iterator.
 
-Sources (``read_documents``):
-  - a built-in corpus name: ``shakespeare`` (training default) or ``milton`` (zero-shot);
-  - a local ``.txt``/``.md`` file (one document) or ``.jsonl`` file (one document per line, its
-    ``text`` field), or a directory of such files (searched recursively, sorted by path);
-  - ``hf:openwebtext`` or ``hf:lm1b`` (or ``hf:<name>[:<config>]``) through Hugging Face
-    ``datasets`` when it is installed. OpenWebText has no validation split; as in the paper, the
-    last 100k documents of ``train`` are the validation set. LM1B uses its ``test`` split.
+Sources: ``examples.sources`` (``read_documents``, re-exported here).
 
 Packing follows the paper's "wrap" mode: each document becomes ``[BOS] ids [EOS]``, documents
 are concatenated into one stream, and the stream is cut into rows of ``seq_len`` tokens (the
@@ -44,7 +38,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from examples.corpus import CORPORA, GENRES, Document, default_cache_dir, load_corpus
+from examples.corpus import Document, default_cache_dir
+from examples.rows import Batch, LabelledRows, PaddedRows, Rows, batch_of
+from examples.sources import (
+    LABELS,
+    _hf_documents,
+    document_labels,
+    read_documents,
+    split_documents,
+)
 from examples.tokenizer import TextTokenizer, build_tokenizer
 
 __all__ = [
@@ -63,182 +65,6 @@ __all__ = [
     "split_documents",
     "validation_batches",
 ]
-
-TEXT_SUFFIXES = (".txt", ".md", ".text")
-OWT_VALIDATION_DOCS = 100_000
-
-
-def _read_text(path: Path) -> str:
-    """The file's text; a file that is not UTF-8 text is refused by name (a binary file would
-    otherwise train as noise, and a Latin-1 one with replacement characters)."""
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise ValueError(
-            f"{path} is not a text file (it holds NUL bytes): the data source must be UTF-8 text "
-            "(.txt/.md/.jsonl files)"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}): "
-            "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out"
-        ) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")  # newlines as open() reads them
-
-
-def _read_file(path: Path) -> list[Document]:
-    text = _read_text(path)
-    if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(text.split("\n")):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {i + 1}: not a JSON object ({err})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text", ""), str):
-                    raise ValueError(
-                        f'{path}, line {i + 1}: expected an object with a "text" string'
-                    )
-                text_i = record.get("text", "")
-                if text_i.strip():
-                    docs.append(Document(f"{path.name}:{i}", text_i))
-        return docs
-    return [Document(path.name, text)] if text.strip() else []
-
-
-def _hf_documents(spec: str, split: str, max_documents: int | None) -> Iterator[Document]:
-    try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise ImportError(
-            f"data source {spec!r} needs the Hugging Face `datasets` package "
-            "(pip install datasets), or give a local text file or directory instead"
-        ) from err
-    name, _, config = spec[3:].partition(":")
-    if name == "openwebtext":
-        ds = datasets.load_dataset("openwebtext", split="train")
-        n = len(ds)
-        lo, hi = (n - OWT_VALIDATION_DOCS, n) if split != "train" else (0, n - OWT_VALIDATION_DOCS)
-    else:
-        hf_split = {"validation": "test"}.get(split, split) if name == "lm1b" else split
-        ds = datasets.load_dataset(name, config or None, split=hf_split)
-        lo, hi = 0, len(ds)
-    if max_documents is not None:
-        hi = min(hi, lo + max_documents)
-    for i in range(lo, hi):
-        yield Document(f"{name}/{split}/{i}", ds[i]["text"])
-
-
-def read_documents(
-    source: str,
-    *,
-    split: str = "train",
-    cache_dir: str | Path | None = None,
-    max_documents: int | None = None,
-) -> list[Document]:
-    """Read a data source into documents (see the module docstring for the accepted forms).
-
-    ``split`` only matters for ``hf:`` sources (``train`` or ``validation``); local sources are
-    split afterwards by ``split_documents``. Raises FileNotFoundError for a missing path and
-    ValueError when a path holds no text.
-    """
-    if source in CORPORA:
-        docs = load_corpus(source, cache_dir)
-    elif source.startswith("hf:"):
-        docs = list(_hf_documents(source, split, max_documents))
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"data path {source!r} does not exist (expected a text file, a directory of "
-                f".txt/.md/.jsonl files, a built-in corpus {sorted(CORPORA)} or hf:<dataset>)"
-            )
-        if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl")
-            )  # fmt: skip
-            if not files:
-                raise ValueError(f"data directory {source!r} contains no .txt/.md/.jsonl files")
-            docs = []
-            for f in files:
-                for d in _read_file(f):
-                    docs.append(Document(str(f.relative_to(path)) + d.name[len(f.name) :], d.text))
-        else:
-            docs = _read_file(path)
-    if max_documents is not None:
-        docs = docs[:max_documents]
-    if not docs or not any(d.text.strip() for d in docs):
-        raise ValueError(f"data source {source!r} contains no text")
-    return docs
-
-
-def _rank_key(seed: int, name: str) -> str:
-    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
-
-
-def split_documents(
-    docs: Sequence[Document], val_fraction: float, seed: int = 0
-) -> tuple[list[Document], list[Document]]:
-    """A deterministic train/validation split that depends only on the documents' names.
-
-    The ``round(val_fraction * n)`` documents (at least one) with the smallest hash of
-    ``(seed, name)`` are held out, so adding or reordering other files does not move a document
-    between splits. A single document is split by text instead: its last ``val_fraction`` (cut at
-    a line break) is the validation text.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    docs = list(docs)
-    if val_fraction == 0:
-        return docs, []
-    if len(docs) == 1:
-        text = docs[0].text
-        cut = int(len(text) * (1 - val_fraction))
-        newline = text.rfind("\n", 0, cut)
-        cut = newline + 1 if newline > 0 else cut
-        return [Document(docs[0].name, text[:cut])], [Document(docs[0].name + "#val", text[cut:])]
-    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
-    held = set(sorted(range(len(docs)), key=lambda i: _rank_key(seed, docs[i].name))[:n_val])
-    train = [d for i, d in enumerate(docs) if i not in held]
-    val = [d for i, d in enumerate(docs) if i in held]
-    return train, val
-
-
-LABELS = ("genre", "folder")
-"""The ways to give documents class labels (``--data.labels``)."""
-
-
-def _genre(doc: Document) -> str | None:
-    return GENRES.get(doc.name)
-
-
-def _folder(doc: Document) -> str | None:
-    return doc.name.split("/")[0] if "/" in doc.name else None
-
-
-def document_labels(
-    kind: str, source: str, docs: Sequence[Document]
-) -> tuple[tuple[str, ...], Callable[[Document], int]]:
-    """The class names of ``kind`` labels and each document's label id (the null label,
-    ``len(names)``, for a document without one): ``genre``, the First Folio genre of a play of
-    the ``shakespeare`` corpus; ``folder``, a directory source's top-level folder."""
-    if kind == "genre" and source != "shakespeare":
-        raise ValueError(f"data.labels genre classes the plays of the shakespeare corpus, not "
-                         f"{source!r} (folder labels the files of a directory by folder)")
-    if kind == "folder" and not Path(source).is_dir():
-        raise ValueError(f"data.labels folder needs a directory source, got {source!r}")
-    if kind not in LABELS:
-        raise ValueError(f"data.labels must be one of {LABELS} or empty, got {kind!r}")
-    of = _genre if kind == "genre" else _folder
-    names = tuple(sorted({n for n in map(of, docs) if n is not None}))
-    if not names:
-        raise ValueError(f"data.labels {kind}: no document of {source!r} has a label")
-    index = {n: i for i, n in enumerate(names)}
-    return names, lambda d: index.get(of(d) or "", len(names))
-
 
 def _labelled_rows(
     rows_of: Callable[..., Any], docs: Sequence[Document], label_of: Callable[[Document], int],
@@ -295,83 +121,6 @@ def pack_documents(
             f"seq_len={seq_len}; use more text or a shorter --data.seq_len"
         )
     return stream[: n * seq_len].reshape(n, seq_len)
-
-
-@dataclass(frozen=True)
-class PaddedRows:
-    """Unpacked rows: ``ids`` (N, L) int32, one document (or a piece of one) per row, padded
-    with ``pad_id`` after its ``lengths[i]`` real tokens.
-
-    Indexing gives the ids, like a packed (N, L) array, so code written for packed rows keeps
-    working; ``mask(index)`` gives the matching padding masks (True at real tokens).
-    """
-
-    ids: np.ndarray
-    lengths: np.ndarray
-    pad_id: int
-    documents: int = 0
-    """How many documents the rows hold (fewer than rows when long ones were cut)."""
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.ids.shape)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return self.ids[index]
-
-    def mask(self, index: Any) -> np.ndarray:
-        """(n, L) bool padding masks of the rows ``index`` selects."""
-        lengths = np.asarray(self.lengths[index])
-        return lengths[..., None] > np.arange(self.ids.shape[1])
-
-    @property
-    def padded_fraction(self) -> float:
-        """The share of positions that are padding."""
-        total = self.ids.size
-        return float(1.0 - np.asarray(self.lengths, dtype=np.int64).sum() / total) if total else 0.0
-
-
-@dataclass(frozen=True)
-class LabelledRows:
-    """Rows (packed or ``PaddedRows``) with one class label each: ``labels`` (N,) int64 in
-    [0, len(names)], ``len(names)`` the null label. Indexing gives the ids, like the rows."""
-
-    rows: np.ndarray | PaddedRows
-    labels: np.ndarray
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.rows.shape)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return self.rows[index]
-
-
-Rows = np.ndarray | PaddedRows | LabelledRows
-"""Packed rows (an (N, L) array) or unpacked ``PaddedRows``, with labels or without."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A batch of clean tokens ``x_0`` (B, L) int64, its padding mask (B, L) bool, True at
-    real tokens (None for packed rows: every token is real), and its class labels (B,) int64
-    (None without ``--data.labels``)."""
-
-    x_0: Tensor
-    mask: Tensor | None = None
-    label: Tensor | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        mask, label = (None if t is None else t.to(device, non_blocking=non_blocking)
-                       for t in (self.mask, self.label))  # fmt: skip
-        return Batch(self.x_0.to(device, non_blocking=non_blocking), mask, label)
 
 
 def _document_rows(ids: np.ndarray, seq_len: int) -> list[np.ndarray]:
@@ -537,6 +286,31 @@ def _pad_to_cache(
     return open_rows(rows, documents)
 
 
+def _rows_info(train: Rows, val: Rows, labels: str) -> dict[str, Any]:
+    """``data_info.json``'s counts of labels and padding, for labelled or unpacked rows."""
+    info: dict[str, Any] = {}
+    if isinstance(train, LabelledRows) and isinstance(val, LabelledRows):
+        n = len(train.names) + 1  # the last: the null label
+        info.update({
+            "labels": labels, "label_names": list(train.names),
+            "train_rows_per_label": np.bincount(train.labels, minlength=n).tolist(),
+            "val_rows_per_label": np.bincount(val.labels, minlength=n).tolist(),
+        })  # fmt: skip
+        train_rows, val_rows = train.rows, val.rows
+    else:
+        train_rows, val_rows = train, val
+    if isinstance(train_rows, PaddedRows) and isinstance(val_rows, PaddedRows):
+        info.update({
+            "pad_id": train_rows.pad_id,
+            "train_padded_fraction": train_rows.padded_fraction,
+            "val_padded_fraction": val_rows.padded_fraction,
+            # rows beyond one per document: documents longer than seq_len were cut
+            "train_continuation_rows": len(train_rows) - train_rows.documents,
+            "val_continuation_rows": len(val_rows) - val_rows.documents,
+        })  # fmt: skip
+    return info
+
+
 def prepare_data(
     source: str,
     *,
@@ -603,25 +377,7 @@ def prepare_data(
                 "val_documents": [d.name for d in val_docs][:50]}  # fmt: skip
     info.update({"train_sequences": int(train.shape[0]), "val_sequences": int(val.shape[0]),
                  "seq_len": seq_len, "vocab_size": tok.vocab_size, "packing": packing})  # fmt: skip
-    if isinstance(train, LabelledRows) and isinstance(val, LabelledRows):
-        n = len(train.names) + 1  # the last: the null label
-        info.update({
-            "labels": labels, "label_names": list(train.names),
-            "train_rows_per_label": np.bincount(train.labels, minlength=n).tolist(),
-            "val_rows_per_label": np.bincount(val.labels, minlength=n).tolist(),
-        })  # fmt: skip
-        train_rows, val_rows = train.rows, val.rows
-    else:
-        train_rows, val_rows = train, val
-    if isinstance(train_rows, PaddedRows) and isinstance(val_rows, PaddedRows):
-        info.update({
-            "pad_id": train_rows.pad_id,
-            "train_padded_fraction": train_rows.padded_fraction,
-            "val_padded_fraction": val_rows.padded_fraction,
-            # rows beyond one per document: documents longer than seq_len were cut
-            "train_continuation_rows": len(train_rows) - train_rows.documents,
-            "val_continuation_rows": len(val_rows) - val_rows.documents,
-        })  # fmt: skip
+    info.update(_rows_info(train, val, labels))
     return PreparedData(tok, train, val, info)
 
 
@@ -682,7 +438,7 @@ class BatchIterator:
         ids = self._permutation()[start : start + self.batch_size]
         self.index += 1
         if isinstance(self.rows, (PaddedRows, LabelledRows)):
-            return _batch(self.rows, ids)
+            return batch_of(self.rows, ids)
         if isinstance(self.rows, np.ndarray):
             return Batch(torch.as_tensor(np.asarray(self.rows[ids]), dtype=torch.long))
         return Batch(self.rows[torch.as_tensor(ids)].long())
@@ -706,15 +462,6 @@ class BatchIterator:
         self.epoch, self.index, self.seed = state["epoch"], state["index"], state["seed"]
 
 
-def _batch(rows: Rows, index: np.ndarray) -> Batch:
-    label = None
-    if isinstance(rows, LabelledRows):
-        label, rows = torch.as_tensor(rows.labels[index]), rows.rows
-    x_0 = torch.as_tensor(np.asarray(rows[index]), dtype=torch.long)
-    mask = torch.as_tensor(rows.mask(index)) if isinstance(rows, PaddedRows) else None
-    return Batch(x_0, mask, label)
-
-
 def masked_validation_batches(
     rows: Rows, batch_size: int, max_sequences: int | None = None, *, rank: int = 0,
     world_size: int = 1,
@@ -730,7 +477,7 @@ def masked_validation_batches(
         n -= n % world_size
     mine = np.arange(rank, n, world_size)
     for start in range(0, len(mine), batch_size):
-        yield _batch(rows, mine[start : start + batch_size])
+        yield batch_of(rows, mine[start : start + batch_size])
 
 
 def validation_batches(

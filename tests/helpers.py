@@ -33,6 +33,8 @@ def tiny_config(data: Path, out: Path, **overrides) -> Config:
         "train.tensorboard": False, "train.device": "cpu", "duo.curriculum_end": 4,
     }  # fmt: skip
     values.update(overrides)
+    if "duo.curriculum_end" not in overrides:  # a curriculum that leaves a discrete step
+        values["duo.curriculum_end"] = min(4, values["train.steps"] - 1)
     return apply_overrides(preset("cpu-demo"), values)
 
 

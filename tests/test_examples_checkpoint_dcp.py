@@ -57,12 +57,16 @@ def test_fsdp_run_saves_dcp_shards_and_resumes_exactly(tmp_path):
     assert ranks[0]["split"] == ranks[0]["full"] == ranks[1]["split"]  # bit for bit
 
     # checkpoint.pt holds no weights; it names one complete shard directory, written by both
-    # ranks (one .distcp file each), and the older one is gone.
+    # ranks (one .distcp file each); the previous checkpoint's shards are kept with it, and
+    # the older ones are gone.
     split = tmp_path / "split"
     saved = load_checkpoint(split, full_tensors=False)
+    prev = load_checkpoint(split / "checkpoint.prev.pt", full_tensors=False)
     assert {"model", "ema", "optimizer"}.isdisjoint(saved) and saved["step"] == 6
-    shards = [p.name for p in split.iterdir() if "shards-" in p.name]
-    assert shards == [saved["shards"]] and saved["shards"].startswith("shards-00000006-")
+    assert prev["step"] == 4 and prev["shards"].startswith("shards-00000004-")
+    shards = sorted(p.name for p in split.iterdir() if "shards-" in p.name)
+    assert shards == [prev["shards"], saved["shards"]]
+    assert saved["shards"].startswith("shards-00000006-")
     assert len(list((split / saved["shards"]).glob("*.distcp"))) == 2
 
     # Read back in one process: full tensors, equal to the gathered weights and to the

@@ -13,6 +13,7 @@ from examples.config import (
     preset,
     save_config,
 )
+from examples.run import resolve_config
 
 
 def test_presets_mirror_the_paper():
@@ -21,7 +22,7 @@ def test_presets_mirror_the_paper():
     for cfg in (owt, lm1b):
         t = cfg.train
         assert (t.batch_size, t.lr, t.warmup, t.steps) == (512, 3e-4, 2500, 1_000_000)
-        assert (cfg.duo.tau, cfg.duo.curriculum_end) == (1e-3, 500_000)
+        assert (cfg.duo.tau, resolve_config(cfg).duo.curriculum_end) == (1e-3, 500_000)
         assert cfg.model.preset == "small"
         d = cfg.dcd
         assert (d.rounds, d.steps_per_round, d.lr, d.ema, d.gamma_min, d.gamma_max, d.T) == (

@@ -186,3 +186,34 @@ def test_text_is_read_as_before_and_non_text_is_refused(tmp_path):
     binary.write_bytes(b"\x00\x01" * 100)
     with pytest.raises(ValueError, match="model.safetensors is not a text file"):
         read_documents(str(binary))
+
+
+def _make_rules(text: str) -> dict[str, tuple[str, list[str]]]:
+    """The Makefile's rules: target -> (prerequisites, recipe lines)."""
+    rules: dict[str, tuple[str, list[str]]] = {}
+    target = None
+    for line in text.splitlines():
+        if line.startswith("\t") and target is not None:
+            rules[target][1].append(line.strip())
+        elif ":" in line and not line.startswith(("#", " ")) and ":=" not in line \
+                and "?=" not in line:  # fmt: skip
+            target, _, prereqs = line.partition(":")
+            rules[target.strip()] = (prereqs.strip(), [])
+        else:
+            target = None if not line.strip() else target
+    return rules
+
+
+def test_make_docs_installs_the_docs_extra_only():
+    """`make docs` builds its own virtualenv with `.[docs]`, not the full `[dev]` environment
+    (lm-eval, triton, ...) that `make test` needs; `make test` keeps the dev one."""
+    root = Path(__file__).resolve().parent.parent
+    rules = _make_rules((root / "Makefile").read_text())
+    stamp, docs = rules["docs"]
+    assert stamp == "$(DOCS_STAMP)" and any("docs/build.py" in c for c in docs)
+    assert all(c.startswith("$(DOCS_VENV)/bin/python") for c in docs)
+    installs = [c for c in rules["$(DOCS_STAMP)"][1] if "pip install" in c and " -e " in c]
+    assert installs == ["$(DOCS_VENV)/bin/python -m pip install -q -e '.[docs]'"]
+    assert not any("[dev]" in c for c in rules["$(DOCS_STAMP)"][1])
+    assert rules["test"][0] == "$(STAMP)"
+    assert any("'.[dev]'" in c for c in rules["$(STAMP)"][1])

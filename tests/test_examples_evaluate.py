@@ -78,3 +78,83 @@ def test_gpu_throughput_script_runs_tiny_on_cpu():
     rows = main(["--tiny", "--objectives", "duo,duo-curriculum,ar"])
     assert [r["objective"] for r in rows] == ["duo", "duo-curriculum", "ar"]
     assert all(r["tokens_per_s"] > 0 and r["precision"] == "float32" for r in rows)
+
+
+def test_evaluate_reproduces_the_training_logs_validation_with_its_error_bar(runs, capsys):
+    """By default the loop's seed, batch and sequence count: the logged number to the last
+    digit; the standard error is the delta-method one, recomputed here from the per-sequence
+    bounds in float64."""
+    from examples.backbone import load_trained
+    from examples.data import masked_validation_batches, prepare_data
+    from examples.metrics import read_csv
+
+    logged = read_csv(runs["duo"] / "val_log.csv")[-1]
+    res = evaluate_main([str(runs["duo"]), "--zero-shot", ""])["validation"]
+    assert res["nelbo"] == float(logged["nelbo"]) and res["seed"] == int(logged["seed"])
+    assert res["nelbo_se"] == float(logged["nelbo_se"])
+    assert f"± {res['nelbo_se']:.4f}" in capsys.readouterr().out
+    other = evaluate_main([str(runs["duo"]), "--zero-shot", "", "--seed", "0"])["validation"]
+    assert other["nelbo"] != res["nelbo"] and other["seed"] == 0
+
+    run = load_trained(runs["duo"])
+    cfg = run.config
+    data = prepare_data(cfg.data.source, tokenizer=run.tokenizer, seq_len=cfg.data.seq_len,
+                        val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    gen = torch.Generator().manual_seed(res["seed"])
+    b = []
+    with torch.no_grad():
+        for batch in masked_validation_batches(data.val, 4, cfg.train.eval_sequences):
+            terms = run.objective.bound(run.model, batch.x_0, generator=gen).terms
+            b.append(sum(v.double() for v in terms.values()).sum(1))
+    b = torch.cat(b)
+    n = cfg.data.seq_len  # packed rows: every token counts
+    m = b.numel()
+    r = float(b.sum() / (m * n))
+    se = math.sqrt(float(((b - r * n) ** 2).sum()) / (m * (m - 1))) / n
+    assert res["sequences"] == m == cfg.train.eval_sequences
+    assert res["nelbo"] == pytest.approx(r, rel=1e-12)
+    assert res["nelbo_se"] == pytest.approx(se, rel=1e-9)
+
+
+def test_sample_command_prints_decoded_text_with_a_prompt(runs, capsys):
+    from examples.sample import main as sample_main
+
+    texts = sample_main([str(runs["duo"]), "--steps", "4", "--num-samples", "3", "--seed", "5",
+                         "--prompt", "abc", "--kappa", "0.5", "--top-p", "0.9"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert len(texts) == 3 and all(t.startswith("abc") for t in texts)
+    assert all(t in printed for t in texts) and "4 steps, tail greedy, kappa 0.5" in printed
+    again = sample_main([str(runs["duo"]), "--steps", "4", "--num-samples", "3", "--seed", "5",
+                         "--prompt", "abc", "--kappa", "0.5", "--top-p", "0.9"])  # fmt: skip
+    assert again == texts  # seeded
+    ar = sample_main([str(runs["ar"]), "--num-samples", "2", "--prompt", "ab"])
+    assert all(t.startswith("ab") for t in ar)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kappa", "0.5"], "--kappa is the Psi sampler"),  # an AR run
+    (["--prompt", "x" * 40], "give a shorter prompt"),
+])  # fmt: skip
+def test_sample_command_refusals_are_messages_not_tracebacks(runs, capsys, argv, message):
+    from examples.sample import main as sample_main
+
+    with pytest.raises(SystemExit) as exit_:
+        sample_main([str(runs["ar"]), *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sample_command_turns_a_library_refusal_into_exit_status_2(runs, capsys, monkeypatch):
+    """A library that refuses prompts (e.g. for a denoiser without per-token noise levels)
+    raises a ValueError: the command prints its message alone."""
+    from examples import objectives
+    from examples.sample import main as sample_main
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("prompt: this denoiser does not read per-token noise levels")
+
+    monkeypatch.setattr(objectives.DuoObjective, "sample", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        sample_main([str(runs["duo"]), "--prompt", "abc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "per-token noise levels" in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -15,8 +16,9 @@ import torch
 import torch.multiprocessing as mp
 
 from examples.checkpoint import CheckpointMismatchError, load_checkpoint
+from examples.config import apply_overrides, load_config, parse_args
 from examples.metrics import read_csv
-from examples.train import lr_multiplier, train
+from examples.train import NonFiniteLossError, lr_multiplier, main, train
 from tests.helpers import make_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,17 +105,18 @@ def test_killed_run_resumes_exactly(corpus_dir, tmp_path):
 
 def test_checkpoint_from_another_vocabulary_or_architecture(corpus_dir, tmp_path):
     out = tmp_path / "run"
-    train(tiny_config(corpus_dir, out, **{"train.steps": 2}))
+    train(tiny_config(corpus_dir, out, **{"train.steps": 2, "duo.curriculum_end": 1}))
     with pytest.raises(FileExistsError, match="already holds a checkpoint"):
         train(tiny_config(corpus_dir, out, **{"train.steps": 2}))
-    message = "model.hidden_size: checkpoint 32, this run 64"
-    with pytest.raises(CheckpointMismatchError, match=message):
+    message = r"--model.hidden 64 \(the run has 32\)"  # refused by name, before any work
+    with pytest.raises(ValueError, match=message):
         train(tiny_config(corpus_dir, out, **{"train.resume": True, "model.hidden": 64,
                                              "train.steps": 4}))  # fmt: skip
     with pytest.raises(CheckpointMismatchError, match="vocabulary size"):
         # Resuming reuses the saved tokenizer; corrupt it to another vocabulary.
         (out / "tokenizer_spec.json").write_text('{"kind": "byte"}')
-        train(tiny_config(corpus_dir, out, **{"train.resume": True, "train.steps": 4}))
+        train(tiny_config(corpus_dir, out, **{"train.resume": True, "train.steps": 4,
+                                             "duo.curriculum_end": 1}))  # fmt: skip
 
 
 def test_bf16_on_cpu_is_refused(corpus_dir, tmp_path):
@@ -186,3 +189,134 @@ def test_antithetic_strata_span_ranks_and_accumulation_steps():
     torch.testing.assert_close(spread, whole)
     gaps = torch.diff(spread)  # one time per stratum of width (1 - eps) / 8
     torch.testing.assert_close(gaps, torch.full_like(gaps, (1 - 1e-3) / 8))
+
+
+# --- what a new user hit silently: each now refused, reported or handled -----------------------
+
+
+def test_the_curriculum_is_a_fraction_of_the_run_and_never_swallows_it(corpus_dir, tmp_path):
+    from examples.config import preset
+    from examples.run import resolve_config
+
+    demo = preset("cpu-demo")  # 600 steps, half of them curriculum
+    assert resolve_config(demo).duo.curriculum_end == 300
+    short = apply_overrides(demo, {"train.steps": 300})
+    assert resolve_config(short).duo.curriculum_end == 150  # not the whole run
+    swallowed = apply_overrides(demo, {"train.steps": 300, "duo.curriculum_end": 300})
+    with pytest.raises(ValueError, match="never on the discrete process"):
+        resolve_config(swallowed)
+    assert resolve_config(apply_overrides(swallowed, {"train.objective": "mdlm"}))  # no curriculum
+    # The boundary is fixed when the run starts: more steps on resume do not move it.
+    cfg = tiny_config(corpus_dir, tmp_path / "run", **{"duo.curriculum_end": None,
+                                                       "duo.curriculum_fraction": 0.5})
+    first = train(cfg)
+    assert load_config(tmp_path / "run").duo.curriculum_end == 3
+    rest = train(apply_overrides(cfg, {"train.resume": True, "train.steps": 10}))
+    assert first.step == 6 and rest.step == 10
+    assert load_config(tmp_path / "run").duo.curriculum_end == 3
+    phases = [r["phase"] for r in read_csv(tmp_path / "run" / "train_log.csv")]
+    assert phases == ["curriculum"] * 3 + ["discrete"] * 7
+
+
+def test_resume_refuses_options_that_change_the_run_and_never_rewrites_its_record(
+    corpus_dir, tmp_path
+):
+    out = tmp_path / "run"
+    cfg = tiny_config(corpus_dir, out, **{"data.tokenizer": "byte", "train.steps": 4})
+    train(cfg)
+    before = (out / "config.json").read_text()
+    changed = apply_overrides(cfg, {"train.resume": True, "train.steps": 6,
+                                    "data.tokenizer": "char", "train.lr": 1e-2})  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        train(changed)
+    message = str(err.value)
+    assert "--data.tokenizer 'char' (the run has 'byte')" in message
+    assert "--train.lr 0.01 (the run has 0.001)" in message
+    assert (out / "config.json").read_text() == before  # untouched
+    # From the command line: the saved config is the starting point; more steps are fine.
+    more = train(parse_args(["--train.out_dir", str(out), "--train.resume", "true",
+                             "--train.steps", "6"]))  # fmt: skip
+    assert more.step == 6 and load_config(out).data.tokenizer == "byte"
+    assert load_config(out) == apply_overrides(cfg, {"train.steps": 6, "train.resume": True})
+
+
+def test_resuming_a_complete_run_says_so_and_how_to_extend_it(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(corpus_dir, out, **{"train.steps": 3}))
+    logs = (out / "train_log.csv").read_text()
+    result = main(["--train.out_dir", str(out), "--train.resume", "true"])
+    assert result.complete and result.step == 3 and result.losses == []
+    printed = capsys.readouterr().out
+    assert f"the run in {out} is complete (step 3 of 3)" in printed
+    assert f"--train.out_dir {out} --train.resume true --train.steps 6" in printed
+    assert "tokens/s" not in printed and (out / "train_log.csv").read_text() == logs
+
+
+def test_a_nan_loss_is_skipped_counted_and_stops_the_run_when_it_persists(
+    corpus_dir, tmp_path, monkeypatch, capsys
+):
+    from examples import objectives
+
+    real, calls = objectives.DuoObjective.loss, []
+    bad: set[int] = {2, 3}
+
+    def loss(self, *args, **kwargs):
+        calls.append(len(calls))
+        out = real(self, *args, **kwargs)
+        return out * float("nan") if len(calls) - 1 in bad else out
+
+    monkeypatch.setattr(objectives.DuoObjective, "loss", loss)
+    result = train(tiny_config(corpus_dir, tmp_path / "a"))
+    assert result.step == 6 and result.skipped_steps == 2 and len(calls) == 8
+    assert all(math.isfinite(x) for x in result.losses) and len(result.losses) == 6
+    for value in load_checkpoint(tmp_path / "a")["model"].values():
+        assert torch.isfinite(value).all()  # the NaN never reached the weights
+    skipped = [r["skipped_steps"] for r in read_csv(tmp_path / "a" / "train_log.csv")]
+    assert skipped == ["0", "0", "2", "2", "2", "2"]
+
+    calls.clear()
+    bad.clear()
+    bad.update(range(3, 100))  # from the fourth step on, every loss is NaN
+    with pytest.raises(NonFiniteLossError) as err:
+        train(tiny_config(corpus_dir, tmp_path / "b", **{"train.max_bad_steps": 3}))
+    message = str(err.value)
+    assert message.startswith("step 4:") and "3 steps in a row" in message
+    assert f"{tmp_path / 'b' / 'checkpoint.pt'} (step 2)" in message
+    assert "learning rate" in message and "--train.precision fp32" in message
+    assert len(calls) == 6  # three good steps, three skipped, then the stop
+
+
+def test_a_learning_rate_that_blows_up_the_weights_stops_with_the_message(corpus_dir, tmp_path):
+    """No injection: a DiT whose weights overflow gives non-finite outputs; the loop, not the
+    library's output check, decides (skip, then stop)."""
+    cfg = tiny_config(corpus_dir, tmp_path, **{"train.lr": 1e6, "train.warmup": 1,
+                                               "train.max_bad_steps": 2, "train.steps": 20})
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        train(cfg)
+
+
+def test_a_truncated_checkpoint_is_named_with_the_one_to_fall_back_to(corpus_dir, tmp_path):
+    from examples.checkpoint import CorruptCheckpointError
+
+    out = tmp_path / "run"
+    train(tiny_config(corpus_dir, out, **{"train.stop_after": 4}))  # checkpoints at 2 and 4
+    assert load_checkpoint(out / "checkpoint.prev.pt")["step"] == 2
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CorruptCheckpointError) as err:
+        train(tiny_config(corpus_dir, out, **{"train.resume": True}))
+    message = str(err.value)
+    assert f"{out / 'checkpoint.pt'} is corrupted" in message
+    assert f"the previous checkpoint {out / 'checkpoint.prev.pt'} is intact" in message
+    # Following the advice resumes from step 2.
+    (out / "checkpoint.prev.pt").replace(out / "checkpoint.pt")
+    (out / "checkpoint.prev.pt.sha256").replace(out / "checkpoint.pt.sha256")
+    assert train(tiny_config(corpus_dir, out, **{"train.resume": True})).step == 6
+
+
+def test_distillation_losses_print_in_scientific_notation():
+    from examples.train import format_loss
+
+    assert format_loss(5.8e-09, "dcd") == "5.800e-09"
+    assert format_loss(1.5e-07, "sdtt") == "1.500e-07"
+    assert format_loss(2.3394, "duo") == "2.3394"

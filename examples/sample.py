@@ -1,0 +1,164 @@
+"""Sample a trained run and print the decoded text.
+
+    python -m examples.sample runs/demo/duo                           # 4 samples, 64 steps
+    python -m examples.sample runs/demo/duo --steps 8 --kappa 0.5     # the Psi sampler
+    python -m examples.sample runs/demo/duo --prompt "ROMEO:" --num-samples 2
+    python -m examples.sample runs/demo/dcd --steps 4 --tail greedy --top-p 0.9
+
+RUN is loaded as ``examples.evaluate`` loads it (``examples.loading.load_run``: a run directory of
+``examples.train``, EMA weights by default, or a converted model), in eval mode; the run's
+objective samples it: ``UniformDiffusion.sample`` for Duo, ``MaskedDiffusion.sample`` for
+MDLM, the log-linear schedule of ``DCDistiller.sample`` for a DCD student, the masked sampler
+for an SDTT student, and KV-cached decoding after BOS for the AR model. Each sample has the
+run's sequence length (``data.seq_len``).
+
+``--prompt TEXT`` is encoded with the run's tokenizer and held as a clean prefix
+(``prompt=`` / ``prompt_mask=``: the first tokens of every sample are the prompt's); the AR
+model continues it. A model that cannot take a prompt is refused by the library with a
+``ValueError``, printed here as the message alone (exit status 2). ``--kappa`` (the Psi
+sampler of uniform-state diffusion; 1 is ancestral) is refused for masked and AR runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from examples.backbone import TrainedRun
+from examples.loading import add_run_arguments, load_run
+
+__all__ = ["build_parser", "draw", "main", "prompt_tensors"]
+
+UNIFORM = ("duo", "dcd")
+
+
+def prompt_tensors(run: TrainedRun, text: str, batch_size: int) -> tuple[Tensor, Tensor]:
+    """``text`` as the clean prefix of ``batch_size`` rows of the run's length: token ids
+    (B, L) int64 (0 after the prompt) and the prompt mask (B, L) bool, True on the prompt."""
+    ids = torch.as_tensor(run.tokenizer.encode_array(text), dtype=torch.long)
+    length = run.config.data.seq_len
+    if ids.numel() == 0:
+        raise ValueError(f"--prompt {text!r} encodes to no token")
+    if ids.numel() >= length:
+        raise ValueError(f"--prompt {text!r} is {ids.numel()} tokens, but the run's samples are "
+                         f"{length} long (data.seq_len): give a shorter prompt")  # fmt: skip
+    prompt = torch.zeros(batch_size, length, dtype=torch.long)
+    prompt[:, : ids.numel()] = ids
+    mask = torch.zeros(batch_size, length, dtype=torch.bool)
+    mask[:, : ids.numel()] = True
+    return prompt, mask
+
+
+def _autoregressive(run: TrainedRun, n: int, prompt: str | None, generator: torch.Generator,
+                    top_p: float | None, device: torch.device) -> Tensor:  # fmt: skip
+    """BOS (and the prompt's ids), then the rest of the run's length decoded with a KV cache."""
+    from discdiff.models import generate_ar
+
+    prefix = [run.objective.bos_id]  # type: ignore[attr-defined]
+    if prompt:
+        prefix += run.tokenizer.encode(prompt)
+    length = run.config.data.seq_len
+    if len(prefix) >= length:
+        raise ValueError(f"--prompt is {len(prefix) - 1} tokens, but the run's samples are "
+                         f"{length} long (data.seq_len): give a shorter prompt")  # fmt: skip
+    start = torch.tensor([prefix] * n, dtype=torch.long, device=device)
+    return generate_ar(run.model, start, length - len(prefix), top_p=top_p, generator=generator)
+
+
+@torch.no_grad()
+def draw(
+    run: TrainedRun, *, num_samples: int, steps: int, seed: int = 0, tail: str = "greedy",
+    kappa: float | None = None, top_p: float | None = None, prompt: str | None = None,
+    batch_size: int = 32, device: torch.device | str = "cpu",
+) -> Tensor:  # fmt: skip
+    """``num_samples`` samples (N, L) int64 of the run in ``steps`` steps, seeded by ``seed``
+    (one generator for every batch: the same call gives the same samples)."""
+    name = run.objective.name
+    if kappa is not None and name not in UNIFORM:
+        raise ValueError(f"--kappa is the Psi sampler of uniform-state runs (duo, dcd); this is "
+                         f"a {name} run: leave out --kappa")  # fmt: skip
+    device = torch.device(device)
+    model = run.model.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for lo in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - lo)
+        if name == "ar":
+            out.append(_autoregressive(run, n, prompt, gen, top_p, device).cpu())
+            continue
+        options: dict[str, Any] = {"generator": gen, "tail": tail, "device": device}
+        if top_p is not None:
+            options["top_p"] = top_p
+        if kappa is not None:
+            options["kappa"] = kappa
+        if prompt:
+            ids, mask = prompt_tensors(run, prompt, n)
+            options.update(prompt=ids.to(device), prompt_mask=mask.to(device))
+        length = run.config.data.seq_len
+        out.append(run.objective.sample(model, n, length, steps, **options).cpu())
+    return torch.cat(out)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m examples.sample",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                allow_abbrev=False)  # fmt: skip
+    add_run_arguments(p)
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default: the run's smallest sample.steps; the AR "
+                   "model decodes token by token and ignores it)")
+    p.add_argument("--tail", choices=("greedy", "map", "none"), default=None,
+                   help="how a sample ends (default: the run's sample.tail)")
+    p.add_argument("--kappa", type=float, default=None,
+                   help="the Psi sampler's kappa in [0, 1] (uniform-state runs; 1: ancestral; "
+                   "default: ancestral)")
+    p.add_argument("--prompt", default=None, help="text held as the clean prefix of every sample")
+    p.add_argument("--num-samples", type=_positive_int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=None, help="default: the run's sample.seed")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling (default: the run's sample.top_p)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[str]:
+    args = build_parser().parse_args(argv)
+    run = load_run(args)
+    sc = run.config.sample
+    steps = args.steps if args.steps is not None else min(sc.steps)
+    seed = args.seed if args.seed is not None else sc.seed
+    tail = args.tail or sc.tail
+    top_p = args.top_p if args.top_p is not None else sc.top_p
+    try:
+        samples = draw(run, num_samples=args.num_samples, steps=steps, seed=seed, tail=tail,
+                       kappa=args.kappa, top_p=top_p, prompt=args.prompt,
+                       batch_size=args.batch_size, device=args.device)  # fmt: skip
+    except ValueError as err:  # a refused option: the message, not a traceback
+        print(f"python -m examples.sample: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    texts = [run.tokenizer.decode(row.tolist()) for row in samples]
+    how = ("AR, token by token" if run.objective.name == "ar" else
+           f"{steps} steps, tail {tail}" + (f", kappa {args.kappa}" if args.kappa is not None
+                                            else ""))  # fmt: skip
+    for i, text in enumerate(texts):
+        print(f"--- sample {i + 1}/{len(texts)} ({run.objective.name} step {run.step}; {how}; "
+              f"seed {seed}) ---")  # fmt: skip
+        print(text)
+    return texts
+
+
+if __name__ == "__main__":
+    main()
