@@ -269,9 +269,13 @@ def _describe(ref: ReferenceWeights, config: DiTConfig) -> dict[str, Any]:
     return info
 
 
-def _check_complete(converted: dict[str, Tensor], model: nn.Module, prefix: str) -> None:
+def _check_complete(
+    converted: dict[str, Tensor], model: nn.Module, config: DiTConfig, prefix: str
+) -> None:
+    """Raise a ValueError naming (in the reference's names) missing, unexpected and mis-shaped
+    weights of ``model``, the DiT built from ``config``."""
     expected = model.state_dict()
-    names = reference_parameter_names(model.config.n_blocks, causal=model.config.causal)
+    names = reference_parameter_names(config.n_blocks, causal=config.causal)
     back = {_rename(k): k for k in names}
     missing = sorted(prefix + back.get(k, k) for k in set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -310,7 +314,7 @@ def load_reference(
     config, sources = infer_config(ref, **overrides)
     model = model_class(config)
     converted = pad_output_rows(convert_state_dict(ref.state), config)  # K rows -> padded
-    _check_complete(converted, model, ref.prefix)
+    _check_complete(converted, model, config, ref.prefix)
     dtypes = {t.dtype for t in converted.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtype=dtypes.pop())
