@@ -17,7 +17,8 @@ from discdiff.denoise import FusedHead
 from discdiff.diffusion import NELBO, MaskedDiffusion, UniformDiffusion
 from discdiff.distill import DCDistiller
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
-from discdiff.metrics import BoundMeter
+from discdiff.labels import LabelDropout
+from discdiff.metrics import BoundMeter, sample_entropy
 from discdiff.schedules import (
     CosineSchedule,
     GammaSchedule,
@@ -46,10 +47,12 @@ __all__ = [
     "GaussianArgmaxTransform",
     "GaussianCurriculum",
     "GeometricSchedule",
+    "LabelDropout",
     "LinearSchedule",
     "LogLinearSchedule",
     "MaskedDiffusion",
     "SDTTDistiller",
     "Schedule",
     "UniformDiffusion",
+    "sample_entropy",
 ]

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from discdiff.metrics import sample_entropy
 from discdiff.samplers import nfe
 from examples.backbone import TrainedRun, load_trained
 from examples.data import pack_documents, prepare_data, read_documents
@@ -67,16 +68,6 @@ __all__ = [
     "validation_perplexity",
     "zero_shot_perplexity",
 ]
-
-
-def sample_entropy(samples: Tensor) -> float:
-    """Mean over samples of the entropy (nats) of each sample's empirical token distribution."""
-    values = []
-    for row in samples.cpu():
-        _, counts = torch.unique(row, return_counts=True)
-        p = counts.double() / counts.sum()
-        values.append(float(-(p * p.log()).sum()))
-    return float(np.mean(values)) if values else float("nan")
 
 
 def _precision(device: torch.device, precision: str) -> str:

@@ -22,10 +22,10 @@ the mean; a ``Bound`` carries its own aligned ``mask`` for ``BoundMeter``.
 
 Class labels (``--data.labels``, Duo and MDLM): ``loss`` and ``bound`` take ``label`` (B,)
 int64 and pass it to the model as ``cond={"label": y}``. In training each label becomes the
-null label (id ``num_classes``) with probability ``--train.cond_dropout`` (``LabelDropout``,
-drawn from the training noise generator, so a resumed run draws the same), so that the one
-model also learns the unconditional prediction that classifier-free guidance needs; the
-validation bound is the conditional one, with every row's own label.
+null label (id ``num_classes``) with probability ``--train.cond_dropout``
+(``discdiff.LabelDropout``, drawn from the training noise generator, so a resumed run draws the
+same), so that the one model also learns the unconditional prediction that classifier-free
+guidance needs; the validation bound is the conditional one, with every row's own label.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from discdiff.labels import LabelDropout
 from examples.config import Config
 
 __all__ = [
@@ -107,21 +108,6 @@ def _cond(mask: Tensor | None, label: Tensor | None = None) -> dict[str, Tensor]
     """The model's conditioning for a padding mask and class labels (None: neither)."""
     cond = {k: v for k, v in (("padding_mask", mask), ("label", label)) if v is not None}
     return cond or None
-
-
-@dataclass(frozen=True)
-class LabelDropout:
-    """Classifier-free guidance's training: each row's label becomes the null label (id
-    ``num_classes``) with probability ``p``, drawn from ``generator`` (nothing drawn at p=0)."""
-
-    num_classes: int
-    p: float
-
-    def __call__(self, label: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.p == 0.0:
-            return label
-        drop = torch.rand(label.shape, generator=generator, device=label.device) < self.p
-        return torch.where(drop, torch.full_like(label, self.num_classes), label)
 
 
 class _Stateless:
@@ -286,7 +272,58 @@ def sample_autoregressive(
     return generate_ar(model, bos, length - 1, top_p=top_p, generator=generator)
 
 
-class DCDObjective:
+class _DistillationObjective:
+    """A distillation run behind the adapter: its distiller (``DCDistiller``,
+    ``SDTTDistiller``) gives the loss, the round protocol and the checkpointed state; the
+    student's own diffusion (``self.diffusion``) gives the validation bound and the samples.
+    ``distiller`` is None for an objective built for evaluation and sampling only (no
+    teacher)."""
+
+    causal = False
+    uses_times = False
+    diffusion: Any
+    distiller: Any
+
+    def _require_distiller(self) -> Any:
+        if self.distiller is None:
+            raise RuntimeError(
+                f"this {self.name.upper()} objective was built without a teacher (evaluation only)"
+            )
+        return self.distiller
+
+    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
+        del t
+        return self._require_distiller().loss(
+            model, x_0, step, generator=generator, cond=_cond(mask)
+        )
+
+    def token_mask(self, mask: Tensor) -> Tensor:
+        return mask
+
+    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
+        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
+        return _nelbo_bound(nelbo, mask)
+
+    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
+        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
+
+    def phase(self, step: int) -> str:
+        """``round<r>``: the distiller's round of step ``step`` (``TeacherRounds.round_at``)."""
+        return f"round{self._require_distiller().round_at(step)}"
+
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
+        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
+        self._require_distiller().maybe_refresh(step, model, ema)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._require_distiller().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._require_distiller().load_state_dict(state)
+
+
+class DCDObjective(_DistillationObjective):
     """Discrete consistency distillation of a Duo teacher into a student (same architecture).
 
     Rounds of ``steps_per_round`` steps; dt = 2^round / T; at every round boundary the teacher
@@ -298,8 +335,6 @@ class DCDObjective:
     """
 
     name = "dcd"
-    causal = False
-    uses_times = False
 
     def __init__(
         self, teacher: nn.Module | None, vocab_size: int, *, rounds: int, steps_per_round: int,
@@ -312,7 +347,7 @@ class DCDObjective:
         self.vocab_size = self.model_vocab_size = vocab_size
         self.steps_per_round, self.rounds = steps_per_round, rounds
         self.refresh_from = refresh_from
-        self.distiller: Any = None
+        self.distiller = None
         if teacher is not None:
             from discdiff.distill import DCDistiller
 
@@ -325,43 +360,8 @@ class DCDObjective:
         # as the reference samples them: the distillation window is a training axis only.
         self.diffusion = UniformDiffusion(vocab_size, eps=eps)
 
-    def _require_distiller(self) -> Any:
-        if self.distiller is None:
-            raise RuntimeError("this DCD objective was built without a teacher (evaluation only)")
-        return self.distiller
 
-    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
-        del t
-        return self._require_distiller().loss(
-            model, x_0, step, generator=generator, cond=_cond(mask)
-        )
-
-    def token_mask(self, mask: Tensor) -> Tensor:
-        return mask
-
-    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
-        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
-        return _nelbo_bound(nelbo, mask)
-
-    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
-
-    def phase(self, step: int) -> str:
-        return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
-
-    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
-        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
-        self._require_distiller().maybe_refresh(step, model, ema)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._require_distiller().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._require_distiller().load_state_dict(state)
-
-
-class SDTTObjective:
+class SDTTObjective(_DistillationObjective):
     """Self-distillation through time of an MDLM teacher into a student (same architecture).
 
     Rounds of ``steps_per_round`` steps; round n's student learns to take in one step the
@@ -373,8 +373,6 @@ class SDTTObjective:
     """
 
     name = "sdtt"
-    causal = False
-    uses_times = False
 
     def __init__(
         self, teacher: nn.Module | None, vocab_size: int, *, rounds: int, steps_per_round: int,
@@ -387,7 +385,7 @@ class SDTTObjective:
         self.model_vocab_size = self.diffusion.model_vocab_size
         self.steps_per_round, self.rounds = steps_per_round, rounds
         self.refresh_from = refresh_from
-        self.distiller: Any = None
+        self.distiller = None
         if teacher is not None:
             from discdiff.sdtt import SDTTDistiller
 
@@ -396,41 +394,6 @@ class SDTTObjective:
                 steps_per_round=steps_per_round, n_rounds=rounds, divergence=divergence,
                 refresh_from=refresh_from,
             )  # fmt: skip
-
-    def _require_distiller(self) -> Any:
-        if self.distiller is None:
-            raise RuntimeError("this SDTT objective was built without a teacher (evaluation only)")
-        return self.distiller
-
-    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
-        del t
-        return self._require_distiller().loss(
-            model, x_0, step, generator=generator, cond=_cond(mask)
-        )
-
-    def token_mask(self, mask: Tensor) -> Tensor:
-        return mask
-
-    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
-        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
-        return _nelbo_bound(nelbo, mask)
-
-    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
-
-    def phase(self, step: int) -> str:
-        return f"round{min(step // self.steps_per_round, self.rounds - 1)}"
-
-    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
-        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
-        self._require_distiller().maybe_refresh(step, model, ema)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._require_distiller().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._require_distiller().load_state_dict(state)
 
 
 def build_objective(

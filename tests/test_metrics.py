@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from discdiff.diffusion import NELBO
-from discdiff.metrics import BoundMeter
+from discdiff.metrics import BoundMeter, sample_entropy
 
 F64 = torch.float64
 
@@ -150,3 +150,49 @@ def test_two_gloo_processes_reduce_to_the_single_process_result(tmp_path):
         assert_results_close(result["padded"], want)
         assert_results_close(result["again"], want)  # compute does not consume the sums
         assert_results_close(result["unpadded"], single.compute())
+
+
+# --- sample_entropy ---------------------------------------------------------------------------
+
+
+def _entropy_by_counting(rows: list[list[int]]) -> float:
+    """The mean unigram entropy, independently: a Counter per row and math.log, in Python."""
+    from collections import Counter
+
+    values = []
+    for row in rows:
+        n = len(row)
+        values.append(-sum(c / n * math.log(c / n) for c in Counter(row).values()))
+    return math.fsum(values) / len(values)
+
+
+@pytest.mark.parametrize(("n", "length", "k"), [(1, 1, 2), (3, 7, 2), (8, 33, 5), (5, 64, 1000),
+                                                 (4, 16, 50257)])  # fmt: skip
+def test_sample_entropy_matches_counting(n, length, k):
+    g = torch.Generator().manual_seed(n * 1000 + length)
+    samples = torch.randint(0, k, (n, length), generator=g)
+    got = sample_entropy(samples)
+    assert got == pytest.approx(_entropy_by_counting(samples.tolist()), rel=1e-13, abs=1e-15)
+    assert 0.0 <= got <= math.log(min(length, k)) + 1e-12
+
+
+def test_sample_entropy_known_values():
+    assert sample_entropy(torch.zeros(3, 10, dtype=torch.long)) == 0.0
+    assert sample_entropy(torch.arange(8).repeat(2, 1)) == pytest.approx(math.log(8), rel=1e-15)
+    # one row of two equally frequent ids (log 2) and one constant row (0): the mean
+    rows = torch.tensor([[4, 9, 9, 4], [7, 7, 7, 7]], dtype=torch.int32)
+    assert sample_entropy(rows) == pytest.approx(math.log(2) / 2, rel=1e-15)
+    # the order of the tokens in a row does not matter, the order of the rows neither
+    perm = torch.tensor([[9, 4, 4, 9], [7, 7, 7, 7]])
+    assert sample_entropy(perm.flip(0)) == sample_entropy(rows)
+
+
+def test_sample_entropy_refuses_bad_samples():
+    with pytest.raises(TypeError, match="integer token ids"):
+        sample_entropy(torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"samples\[None\]"):
+        sample_entropy(torch.arange(5))
+    with pytest.raises(ValueError, match="non-empty"):
+        sample_entropy(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="tensor of token ids"):
+        sample_entropy([[1, 2]])

@@ -27,6 +27,8 @@ DOCUMENTED = [
     "discdiff.samplers",
     "discdiff.distill",
     "discdiff.models",
+    "discdiff.metrics",
+    "discdiff.labels",
 ]
 
 
@@ -60,13 +62,21 @@ def test_every_exported_name_resolves(name):
 
 
 def test_top_level_names_are_the_submodules_objects():
-    from discdiff import diffusion, distill, duality, schedules
+    from discdiff import diffusion, distill, duality, labels, metrics, schedules
 
-    for home in (diffusion, distill, duality, schedules):
+    for home in (diffusion, distill, duality, labels, metrics, schedules):
         for attr in home.__all__:
             if attr in discdiff.__all__:
                 assert getattr(discdiff, attr) is getattr(home, attr), attr
     assert discdiff.__version__
+
+
+def test_label_dropout_and_sample_entropy_are_exported():
+    assert {"LabelDropout", "sample_entropy"} <= set(discdiff.__all__)
+    labels = torch.tensor([0, 1, 2])
+    dropped = discdiff.LabelDropout(num_classes=3, p=1.0)(labels)
+    assert dropped.shape == (3,) and dropped.dtype == torch.int64 and bool((dropped == 3).all())
+    assert discdiff.sample_entropy(torch.tensor([[0, 1], [2, 2]])) == math.log(2) / 2
 
 
 def tokens(seed: int) -> torch.Tensor:
