@@ -304,6 +304,32 @@ def test_a_masked_step_object_is_sample_masked_draw_for_draw():
     assert torch.equal(z_0, expected)
 
 
+def test_a_loop_over_blocks_reuses_run_and_the_step_objects():
+    """Semi-autoregressive sampling, block by block: each block is a run on the sequence so far,
+    the earlier blocks held as a Prompt. Block 0 is sample_masked on its length; block 1 is
+    sample_masked on the full length with block 0 as its prompt (the same generator, in turn)."""
+    filt, block, steps = Filter(top_k=4), 3, 4
+    step, finish = MaskedStep(K, filter=filt), Finish(filter=filt, mask_id=K)
+    grid = TimeGrid.build(SCHEDULE, steps)
+    gen = torch.Generator().manual_seed(8)
+    z = torch.empty(B, 0, dtype=torch.long)
+    for end in (block, 2 * block):
+        z = torch.cat([z, torch.full((B, block), K)], dim=1)
+        held = Prompt(z, torch.arange(end).expand(B, end) < end - block)
+        predict = Predictor(masked_denoiser, K + 1, time_conditioned=False, cache=True)
+        z = run(predict, step, grid, z, finish=finish, prompt=held, generator=gen)
+    assert not (z == K).any()
+    ref = torch.Generator().manual_seed(8)
+    common = dict(schedule=SCHEDULE, vocab_size=K + 1, mask_id=K, top_k=4, generator=ref)
+    first = sample_masked(masked_denoiser, B, block, steps, **common)
+    prompt = torch.cat([first, torch.zeros(B, block, dtype=torch.long)], dim=1)
+    held = torch.arange(2 * block).expand(B, -1) < block
+    both = sample_masked(masked_denoiser, B, 2 * block, steps, prompt=prompt, prompt_mask=held,
+                         **common)  # fmt: skip
+    assert torch.equal(z[:, :block], first)
+    assert torch.equal(z, both)
+
+
 @pytest.mark.parametrize(
     ("build", "error", "match"),
     [

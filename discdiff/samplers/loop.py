@@ -59,7 +59,10 @@ Callback = Callable[[StepRecord], None]
 
 
 class Step(Protocol):
-    """One reverse step: (prediction of z_t, z_t (B, L), the step t -> s, randomness) -> z_s."""
+    """One reverse step: (prediction of z_t, z_t (B, L), the step t -> s, randomness) -> z_s.
+
+    It returns a new tensor and leaves z_t as it was: a caching ``Predictor`` compares the next
+    tokens with the ones it predicted for."""
 
     def __call__(
         self, pred: Prediction, z: Int[Tensor, "b l"], at: Interval, generator: Source

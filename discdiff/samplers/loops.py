@@ -35,7 +35,7 @@ from discdiff.samplers.loop import Callback, StepRecord, run
 from discdiff.samplers.masked import MaskedStep
 from discdiff.samplers.parts import Filter, Finish, Guidance, Prompt
 from discdiff.samplers.predict import Predictor
-from discdiff.samplers.psi import Kappa, check_kappa
+from discdiff.samplers.psi import Kappa
 from discdiff.samplers.streams import row_source
 from discdiff.samplers.uniform import UniformStep
 from discdiff.schedules import Schedule
@@ -240,7 +240,7 @@ def sample_uniform(
                               generator)  # fmt: skip
     filt = Filter(top_k, top_p)
     guidance = Guidance.of(guidance_scale, uncond)
-    step = UniformStep(check_kappa(kappa), filt)
+    step = UniformStep(kappa, filt)
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
     source = row_source(generator, seed, length)
     z = randint(vocab_size, batch_size * length, source, dev).view(batch_size, length)
