@@ -20,6 +20,7 @@ from discdiff.samplers import (
     Filter,
     Finish,
     Guidance,
+    Interval,
     MaskedStep,
     Prediction,
     Predictor,
@@ -31,7 +32,6 @@ from discdiff.samplers import (
     sample_masked,
     sample_uniform,
 )
-from discdiff.samplers.grid import Interval
 from discdiff.schedules import LogLinearSchedule
 
 K, B, L = 7, 3, 6

@@ -29,9 +29,9 @@ The modules:
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
 from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
-from discdiff.samplers.grid import T_MIN, Tail, TimeGrid, nfe
+from discdiff.samplers.grid import T_MIN, Interval, Tail, TimeGrid, nfe
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
-from discdiff.samplers.loop import StepRecord, run
+from discdiff.samplers.loop import Step, StepRecord, run
 from discdiff.samplers.loops import masked_loop, sample_masked, sample_uniform, uniform_loop
 from discdiff.samplers.masked import MaskedStep
 from discdiff.samplers.parts import Filter, Finish, Guidance, Prompt
@@ -50,12 +50,14 @@ __all__ = [
     "Filter",
     "Finish",
     "Guidance",
+    "Interval",
     "MaskedStep",
     "Prediction",
     "Predictor",
     "Prompt",
     "RescaledRemask",
     "RowStream",
+    "Step",
     "StepRecord",
     "Tail",
     "TimeGrid",
