@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from discdiff.samplers.correctors import alpha_at
 from discdiff.schedules import Schedule
 from discdiff.typing import as_float, check_count
 
-__all__ = ["T_MIN", "TAILS", "Tail", "TimeGrid", "check_tail", "nfe"]
+__all__ = ["T_MIN", "TAILS", "Interval", "Tail", "TimeGrid", "check_tail", "nfe"]
 
 Tail = Literal["greedy", "map", "none"]
 TAILS = ("greedy", "map", "none")
@@ -38,6 +38,15 @@ def nfe(steps: int, tail: Tail) -> int:
     return check_count(steps, "steps") + (tail != "none")
 
 
+class Interval(NamedTuple):
+    """One reverse step t -> s < t of a grid and its signal levels alpha_t <= alpha_s."""
+
+    t: float
+    s: float
+    alpha_t: float
+    alpha_s: float
+
+
 @dataclass(frozen=True)
 class TimeGrid:
     """The N + 1 decreasing times t_0 = 1 > ... > t_N of a sampling run and their alpha_t.
@@ -51,6 +60,10 @@ class TimeGrid:
     @property
     def steps(self) -> int:
         return len(self.t) - 1
+
+    def interval(self, i: int) -> Interval:
+        """Step ``i`` (from 0) of the grid: t_i -> t_{i+1} with their alpha."""
+        return Interval(self.t[i], self.t[i + 1], self.alpha[i], self.alpha[i + 1])
 
     @staticmethod
     def build(

@@ -35,7 +35,8 @@ from discdiff.samplers.categorical import (
     softmax_weights,
     uniforms,
 )
-from discdiff.samplers.steps import uniform_mixture, unmask_probability
+from discdiff.samplers.psi import uniform_mixture
+from discdiff.samplers.steps import unmask_probability
 from discdiff.samplers.tails import guided_log_weights
 
 __all__ = ["guided_logits", "guided_masked_step", "guided_uniform_step"]
@@ -84,8 +85,8 @@ def guided_uniform_step(
     """One guided reverse step of the uniform-state process (the Ψ step when ``kappa`` is set).
 
     ``logits_c`` / ``logits_u`` (B, L, K) are the conditional and unconditional predictions;
-    levels are floats or flattened float64 (B*L,) tensors (the loops' trusted inputs). Each
-    token's transition is q_c^gamma q_u^(1 - gamma), renormalised, drawn exactly (float64 law).
+    levels are floats or flattened float64 (B*L,) tensors (``UniformStep``'s trusted inputs).
+    Each token's transition is q_c^gamma q_u^(1 - gamma), renormalised, drawn exactly (float64 law).
     Randomness: two float64 uniforms per token (a generator's or a ``RowStream``'s).
     """
     b, ln, k = logits_c.shape

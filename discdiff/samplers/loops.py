@@ -1,8 +1,7 @@
-"""Sampling loops: a denoiser, an initial state and a time grid in; tokens out.
-
-``uniform_loop`` and ``masked_loop`` run the reverse process from a given z_1 along a given
-``TimeGrid`` (k-diffusion style: the caller builds both); ``sample_uniform`` and
-``sample_masked`` build them from a schedule and call the loops.
+"""The keyword layer of the samplers: ``sample_uniform`` / ``sample_masked`` (and the loops
+``uniform_loop`` / ``masked_loop``, which start from a given z_1 and ``TimeGrid``) check their
+keywords, build the parts once (``Filter``, ``Prompt``, ``Guidance``, a ``Predictor``, the step
+object, the ``Finish``) and call the one loop ``discdiff.samplers.loop.run``.
 
 How a sample ends is its ``tail`` (``discdiff.samplers.grid``): "greedy" (the paper's) and
 "map" make one more call at t_min, "none" steps down to t = 0. For the masked process "map"
@@ -20,8 +19,7 @@ denoiser call, with the logits, so analysis needs no wrapper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,23 +27,19 @@ from jaxtyping import Int
 from torch import Tensor
 
 from discdiff.checks import check_generator
-from discdiff.context import require_token_levels, token_levels
-from discdiff.denoise import denoise, noise_level, warn_if_training
-from discdiff.samplers.categorical import Source, check_filters, randint
+from discdiff.context import require_token_levels
+from discdiff.denoise import warn_if_training
+from discdiff.samplers.categorical import Source, randint
 from discdiff.samplers.grid import Tail, TimeGrid
-from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
-from discdiff.samplers.steps import _masked_step, _uniform_step
+from discdiff.samplers.loop import Callback, StepRecord, run
+from discdiff.samplers.masked import MaskedStep
+from discdiff.samplers.parts import Filter, Finish, Guidance, Prompt
+from discdiff.samplers.predict import Predictor
+from discdiff.samplers.psi import Kappa
 from discdiff.samplers.streams import row_source
-from discdiff.samplers.tails import greedy_tail, map_tail
+from discdiff.samplers.uniform import UniformStep
 from discdiff.schedules import Schedule
-from discdiff.typing import (
-    Denoiser,
-    as_float,
-    check_count,
-    check_tokens,
-    check_vocab_size,
-    trusted,
-)
+from discdiff.typing import Denoiser, check_count, check_vocab_size
 
 __all__ = [
     "StepRecord",
@@ -55,43 +49,36 @@ __all__ = [
     "uniform_loop",
 ]
 
-@dataclass(frozen=True)
-class StepRecord:
-    """What a ``callback`` sees after each denoiser call of a sampling run.
 
-    ``step`` counts reverse steps from 0 (the tail call has step = N); the call was at time
-    ``t`` and the tokens are now at time ``s`` (``z_s``, (B, L)); ``logits`` (B, L, K) is what
-    the denoiser returned (the cached prediction when the masked sampler reused it); ``nfe`` the
-    denoiser calls so far.
-    """
-
-    step: int
-    t: float
-    s: float
-    z_s: Tensor
-    logits: Tensor
-    nfe: int
-
-
-Callback = Callable[[StepRecord], None]
-
-
-def _progress(total: int, enabled: bool) -> Iterator[int]:
-    if not enabled:
-        return iter(range(total))
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(range(total), desc="sampling", unit="step"))
+def _uniform_parts(
+    denoiser: Denoiser,
+    vocab_size: int,
+    tail: Tail,
+    step: UniformStep,
+    prompt: Prompt | None,
+    clamp_prompt: bool,
+    cond: Mapping[str, Any] | None,
+    guidance: Guidance | None,
+) -> tuple[Predictor, Finish | None]:
+    """The predictor and the tail of a uniform run. A prompt is clean context for a denoiser
+    that ``reads_token_levels``; for any other it is an error unless ``clamp_prompt``."""
+    clean = None
+    if prompt is not None and not clamp_prompt:
+        require_token_levels(denoiser, "A prompt on a uniform-state model",
+                             "or pass clamp_prompt=True to accept the clamped approximation, "
+                             "which does not sample the conditional law")  # fmt: skip
+        clean = prompt.mask
+    predict = Predictor(denoiser, vocab_size, cond=cond, guidance=guidance, clean=clean)
+    finish = None if tail == "none" else Finish(tail, step.filter)
+    return predict, finish
 
 
-class _Prompt:
-    """Clamps the prompt's positions (``mask`` True) to its tokens."""
-
-    def __init__(self, prompt: Tensor | None, mask: Tensor | None) -> None:
-        self.prompt, self.mask = prompt, mask
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return z if self.mask is None else torch.where(self.mask, self.prompt, z)
+def _prompt_part(prompt: Tensor | None, prompt_mask: Tensor | None) -> Prompt | None:
+    """The trusted loops' prompt (their caller checked it); no prompt when no mask."""
+    if prompt_mask is None:
+        return None
+    assert prompt is not None
+    return Prompt(prompt, prompt_mask)
 
 
 @torch.no_grad()
@@ -102,7 +89,7 @@ def uniform_loop(
     *,
     vocab_size: int,
     tail: Tail = "greedy",
-    kappa: float | Callable[[float, float], float] | None = None,
+    kappa: Kappa | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     prompt: Tensor | None = None,
@@ -117,104 +104,17 @@ def uniform_loop(
 ) -> Int[Tensor, "b l"]:
     """Run the uniform-state reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
-    Trusts its inputs (``sample_uniform`` checks them): ``z`` already holds the prompt. The
-    only value check per step is ``denoise``'s on the logits. A prompt is clean context for a
-    denoiser that ``reads_token_levels``; for any other it is an error unless ``clamp_prompt``
-    (module docstring).
+    The keywords of ``sample_uniform``, turned into parts for ``run``: ``z`` already holds the
+    prompt. A prompt is clean context for a denoiser that ``reads_token_levels``; for any other
+    it is an error unless ``clamp_prompt`` (module docstring).
     """
-    clean = None
-    if prompt_mask is not None and not clamp_prompt:
-        require_token_levels(denoiser, "A prompt on a uniform-state model",
-                             "or pass clamp_prompt=True to accept the clamped approximation, "
-                             "which does not sample the conditional law")  # fmt: skip
-        clean = prompt_mask
-    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond, clean)
-    with trusted():
-        return _uniform_loop(predict, z, grid, tail, kappa, top_k, top_p,
-                             _Prompt(prompt, prompt_mask), callback, progress, generator)
-
-
-class _Predictor:
-    """The denoiser calls of a loop: one per step, or two under guidance (conditional with
-    ``cond``, unconditional with ``uncond``); counts them (the NFE). With a ``clean`` mask
-    (B, L) the denoiser sees per-token levels, 0 there."""
-
-    def __init__(
-        self,
-        denoiser: Denoiser,
-        vocab_size: int,
-        cond: Mapping[str, Any] | None,
-        guidance_scale: float | None,
-        uncond: Mapping[str, Any] | None,
-        clean: Tensor | None = None,
-    ) -> None:
-        self.denoiser, self.vocab_size = denoiser, vocab_size
-        self.cond, self.gamma, self.uncond = cond, guidance_scale, uncond
-        self.clean = clean
-        self.calls = 0
-
-    def __call__(self, z: Tensor, alpha_t: float) -> tuple[Tensor, Tensor | None]:
-        sigma = token_levels(noise_level(alpha_t, z.shape[0], z.device), self.clean)
-        self.calls += 1
-        logits = denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=self.cond)
-        if self.gamma is None:
-            return logits, None
-        self.calls += 1
-        uncond = denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=self.uncond)
-        return logits, uncond
-
-    def shown(self, logits: Tensor, uncond: Tensor | None) -> Tensor:
-        """What the tail and the callback see: the logits, or the guided log-probabilities."""
-        return logits if uncond is None else guided_logits(logits, uncond, self.gamma)
-
-
-def _uniform_loop(
-    predict: _Predictor,
-    z: Tensor,
-    grid: TimeGrid,
-    tail: Tail,
-    kappa: float | Callable[[float, float], float] | None,
-    top_k: int | None,
-    top_p: float | None,
-    clamp: _Prompt,
-    callback: Callback | None,
-    progress: bool,
-    generator: Source,
-) -> Tensor:
-    for i in _progress(grid.steps, progress):
-        t, s = grid.t[i], grid.t[i + 1]
-        a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
-        logits, uncond = predict(z, a_t)
-        kap = None if kappa is None else _kappa_at(kappa, t, s)
-        if uncond is None:
-            z = _uniform_step(logits, z, a_s, a_t, kap, top_k, top_p, generator)
-        else:
-            z = guided_uniform_step(logits, uncond, z, a_s, a_t, predict.gamma, kappa=kap,
-                                    top_k=top_k, top_p=top_p, generator=generator)
-        z = clamp(z)
-        if callback is not None:
-            callback(StepRecord(i, t, s, z, predict.shown(logits, uncond), predict.calls))
-    if tail == "none":
-        return z
-    t_end, a_end = grid.t[-1], grid.alpha[-1]
-    logits, uncond = predict(z, a_end)
-    guided = {} if uncond is None else {"uncond": uncond, "guidance_scale": predict.gamma}
-    if tail == "greedy":
-        z_0 = greedy_tail(logits, top_k=top_k, top_p=top_p, **guided)
-    else:
-        z_0 = map_tail(logits, z, a_end, top_k=top_k, top_p=top_p, **guided)
-    z = clamp(z_0)
-    if callback is not None:
-        callback(StepRecord(grid.steps, t_end, 0.0, z, predict.shown(logits, uncond),
-                            predict.calls))  # fmt: skip
-    return z
-
-
-def _kappa_at(kappa: float | Callable[[float, float], float], t: float, s: float) -> float:
-    value = as_float(kappa(t, s), "kappa(t, s)") if callable(kappa) else kappa
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"kappa(t={t:.6g}, s={s:.6g}) = {value} is outside [0, 1]")
-    return value
+    step = UniformStep(kappa, Filter(top_k, top_p))
+    prompt_part = _prompt_part(prompt, prompt_mask)
+    guidance = Guidance.of(guidance_scale, uncond)
+    predict, finish = _uniform_parts(denoiser, vocab_size, tail, step, prompt_part,
+                                     clamp_prompt, cond, guidance)  # fmt: skip
+    return run(predict, step, grid, z, finish=finish, prompt=prompt_part, callback=callback,
+               progress=progress, generator=generator)  # fmt: skip
 
 
 @torch.no_grad()
@@ -227,7 +127,7 @@ def masked_loop(
     mask_id: int,
     tail: Tail = "greedy",
     time_conditioned: bool = False,
-    cache: bool = True,
+    cache: bool | None = None,
     remask: Callable[[float, float], float] | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -242,143 +142,44 @@ def masked_loop(
 ) -> Int[Tensor, "b l"]:
     """Run the masked reverse process from ``z`` (B, L) along ``grid``, then the tail.
 
-    With ``cache`` (valid only without time conditioning) the prediction is reused while no
-    token changed: the same samples with fewer calls (deciding that is one host sync per step).
-    Trusts its inputs; the only value check per call is ``denoise``'s on the logits.
+    With ``cache`` (valid only without time conditioning; default: on exactly then) the
+    prediction is reused while no token changed: the same samples with fewer calls (deciding
+    that is one host sync per step). The keywords of ``sample_masked``, turned into parts for
+    ``run``.
     """
-    predict = _Predictor(denoiser, vocab_size, cond, guidance_scale, uncond)
-    with trusted():
-        return _masked_loop(predict, z, grid, mask_id, tail, time_conditioned, cache, remask,
-                            top_k, top_p, _Prompt(prompt, prompt_mask), callback, progress,
-                            generator)
-
-
-def _masked_loop(
-    predict: _Predictor,
-    z: Tensor,
-    grid: TimeGrid,
-    mask_id: int,
-    tail: Tail,
-    time_conditioned: bool,
-    cache: bool,
-    remask: Callable[[float, float], float] | None,
-    top_k: int | None,
-    top_p: float | None,
-    clamp: _Prompt,
-    callback: Callback | None,
-    progress: bool,
-    generator: Source,
-) -> Tensor:
-    pred: tuple[Tensor, Tensor | None] | None = None
-    for i in _progress(grid.steps, progress):
-        t, s = grid.t[i], grid.t[i + 1]
-        a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
-        if pred is None:
-            pred = predict(z, a_t if time_conditioned else 1.0)
-        logits, uncond = pred
-        sigma = None if remask is None else _remask_at(remask, t, s, a_t, a_s)
-        if uncond is None:
-            z_new = _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
-        else:
-            z_new = guided_masked_step(logits, uncond, z, a_s, a_t, predict.gamma,
-                                       mask_id=mask_id, sigma=sigma, top_k=top_k, top_p=top_p,
-                                       generator=generator)
-        z_new = clamp(z_new)
-        if callback is not None:
-            callback(StepRecord(i, t, s, z_new, predict.shown(logits, uncond), predict.calls))
-        if not cache or not torch.equal(z_new, z):
-            pred = None
-        z = z_new
-    if tail == "none":
-        return z
-    if pred is None:
-        pred = predict(z, grid.alpha[-1] if time_conditioned else 1.0)
-    logits, uncond = pred
-    guided = {} if uncond is None else {"uncond": uncond, "guidance_scale": predict.gamma}
-    z_0 = greedy_tail(logits, exclude=mask_id, top_k=top_k, top_p=top_p, **guided)
-    z = torch.where(z == mask_id, z_0, z)
-    if callback is not None:
-        callback(StepRecord(grid.steps, grid.t[-1], 0.0, z, predict.shown(logits, uncond),
-                            predict.calls))  # fmt: skip
-    return z
-
-
-def _remask_at(
-    remask: Callable[[float, float], float], t: float, s: float, a_t: float, a_s: float
-) -> float:
-    value = as_float(remask(t, s), "remask(t, s)")
-    sigma_max = 1.0 if a_t <= 0 else min(1.0, (1.0 - a_s) / a_t)
-    if not 0.0 <= value <= sigma_max + 1e-12:
-        raise ValueError(
-            f"remask(t={t:.6g}, s={s:.6g}) = {value} is outside [0, sigma_max] with sigma_max = "
-            f"min(1, (1 - alpha_s) / alpha_t) = {sigma_max:.6g}: the unmasking probability "
-            "would leave [0, 1]"
-        )
-    return value
-
-
-def _check_prompt(
-    prompt: Tensor | None, prompt_mask: Tensor | None, shape: tuple[int, int], vocab_size: int
-) -> tuple[Tensor | None, Tensor | None]:
-    if prompt is None and prompt_mask is None:
-        return None, None
-    if prompt is None:
-        raise ValueError("prompt_mask needs prompt: the (B, L) token ids it marks")
-    if prompt.shape != shape:
-        raise ValueError(f"prompt must be (B, L) = {shape} token ids, got {tuple(prompt.shape)}")
-    check_tokens(prompt, vocab_size, "prompt")
-    if prompt_mask is None:
-        prompt_mask = torch.ones(shape, dtype=torch.bool, device=prompt.device)
-    if prompt_mask.dtype != torch.bool or prompt_mask.shape != shape:
-        raise ValueError(
-            f"prompt_mask must be a (B, L) = {shape} bool tensor, got {prompt_mask.dtype} "
-            f"{tuple(prompt_mask.shape)}"
-        )
-    return prompt.long(), prompt_mask
-
-
-def _check_guidance(guidance_scale: Any, uncond: Any) -> float | None:
-    if guidance_scale is None:
-        if uncond is not None:
-            raise ValueError("uncond is only used with guidance_scale: pass both, or neither")
-        return None
-    gamma = as_float(guidance_scale, "guidance_scale")
-    if not (gamma >= 0 and gamma < float("inf")):
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-    if not isinstance(uncond, Mapping):
-        raise ValueError(
-            "guidance_scale needs uncond: the denoiser's conditioning for the unconditional "
-            "prediction, e.g. uncond={'label': null_label} ({} calls it without conditioning)"
-        )
-    return gamma
+    filt = Filter(top_k, top_p)
+    if cache is None:
+        cache = not time_conditioned
+    predict = Predictor(denoiser, vocab_size, cond=cond,
+                        guidance=Guidance.of(guidance_scale, uncond),
+                        time_conditioned=time_conditioned, cache=cache)  # fmt: skip
+    finish = None if tail == "none" else Finish("greedy", filt, mask_id)
+    return run(predict, MaskedStep(mask_id, remask, filt), grid, z, finish=finish,
+               prompt=_prompt_part(prompt, prompt_mask), callback=callback, progress=progress,
+               generator=generator)  # fmt: skip
 
 
 def _setup(
     batch_size: int,
     length: int,
     vocab_size: int,
-    top_k: int | None,
-    top_p: float | None,
     prompt: Tensor | None,
     prompt_mask: Tensor | None,
     device: Any,
     generator: torch.Generator | None,
-) -> tuple[torch.device, Tensor | None, Tensor | None]:
+) -> tuple[torch.device, Prompt | None]:
     check_vocab_size(vocab_size)
     check_generator(generator)
     check_count(batch_size, "batch_size")
     check_count(length, "length")
-    check_filters(top_k, None if top_p is None else as_float(top_p, "top_p"))
-    prompt, prompt_mask = _check_prompt(prompt, prompt_mask, (batch_size, length), vocab_size)
+    part = Prompt.of(prompt, prompt_mask, (batch_size, length), vocab_size)
     if device is not None:
         dev = torch.device(device)
-    elif prompt is not None:
-        dev = prompt.device
+    elif part is not None:
+        dev = part.tokens.device
     else:
         dev = generator.device if generator is not None else torch.device("cpu")
-    if prompt is not None:
-        prompt, prompt_mask = prompt.to(dev), prompt_mask.to(dev)
-    return dev, prompt, prompt_mask
+    return dev, None if part is None else part.to(dev)
 
 
 def sample_uniform(
@@ -390,7 +191,7 @@ def sample_uniform(
     schedule: Schedule,
     vocab_size: int,
     tail: Tail = "greedy",
-    kappa: float | Callable[[float, float], float] | None = None,
+    kappa: Kappa | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     time_grid: Sequence[float] | Tensor | None = None,
@@ -435,24 +236,20 @@ def sample_uniform(
     ``torch.no_grad()``. Returns int64 ids (B, L).
     """
     warn_if_training(denoiser)
-    dev, prompt, prompt_mask = _setup(
-        batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
-    )
-    guidance_scale = _check_guidance(guidance_scale, uncond)
-    if kappa is not None and not callable(kappa):
-        kappa = as_float(kappa, "kappa")
-        if not 0.0 <= kappa <= 1.0:
-            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+    dev, prompt_part = _setup(batch_size, length, vocab_size, prompt, prompt_mask, device,
+                              generator)  # fmt: skip
+    filt = Filter(top_k, top_p)
+    guidance = Guidance.of(guidance_scale, uncond)
+    step = UniformStep(kappa, filt)
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
     source = row_source(generator, seed, length)
     z = randint(vocab_size, batch_size * length, source, dev).view(batch_size, length)
-    z = _Prompt(prompt, prompt_mask)(z)
-    return uniform_loop(
-        denoiser, z, grid, vocab_size=vocab_size, tail=tail, kappa=kappa, top_k=top_k,
-        top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
-        clamp_prompt=clamp_prompt, cond=cond, guidance_scale=guidance_scale, uncond=uncond,
-        callback=callback, progress=progress, generator=source,
-    )  # fmt: skip
+    if prompt_part is not None:
+        z = prompt_part(z)
+    predict, finish = _uniform_parts(denoiser, vocab_size, tail, step, prompt_part,
+                                     clamp_prompt, cond, guidance)  # fmt: skip
+    return run(predict, step, grid, z, finish=finish, prompt=prompt_part, callback=callback,
+               progress=progress, generator=source)  # fmt: skip
 
 
 def sample_masked(
@@ -500,31 +297,23 @@ def sample_masked(
     int64 ids (B, L).
     """
     warn_if_training(denoiser)
-    dev, prompt, prompt_mask = _setup(
-        batch_size, length, vocab_size, top_k, top_p, prompt, prompt_mask, device, generator
-    )
-    guidance_scale = _check_guidance(guidance_scale, uncond)
-    check_count(mask_id, "mask_id", minimum=0)
-    if mask_id >= vocab_size:
+    dev, prompt_part = _setup(batch_size, length, vocab_size, prompt, prompt_mask, device,
+                              generator)  # fmt: skip
+    filt = Filter(top_k, top_p)
+    guidance = Guidance.of(guidance_scale, uncond)
+    step = MaskedStep(mask_id, remask, filt)
+    if step.mask_id >= vocab_size:
         raise ValueError(f"mask_id={mask_id!r} is outside [0, vocab_size={vocab_size})")
-    if prompt is not None and bool((prompt_mask & (prompt == mask_id)).any()):
+    if prompt_part is not None and bool((prompt_part.mask & (prompt_part.tokens == mask_id)).any()):
         raise ValueError(f"prompt holds the mask token {mask_id} at a prompt position")
-    if cache is None:
-        cache = not time_conditioned
-    elif cache and time_conditioned:
-        raise ValueError(
-            "cache=True reuses predictions across noise levels, which is only valid when the "
-            "denoiser is not time-conditioned; pass cache=False (or time_conditioned=False)"
-        )
+    predict = Predictor(denoiser, vocab_size, cond=cond, guidance=guidance,
+                        time_conditioned=time_conditioned,
+                        cache=not time_conditioned if cache is None else cache)  # fmt: skip
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
     source = row_source(generator, seed, length)
-    z = _Prompt(prompt, prompt_mask)(
-        torch.full((batch_size, length), mask_id, dtype=torch.long, device=dev)
-    )
-    return masked_loop(
-        denoiser, z, grid, vocab_size=vocab_size, mask_id=mask_id, tail=tail,
-        time_conditioned=time_conditioned, cache=cache, remask=remask, top_k=top_k,
-        top_p=None if top_p is None else float(top_p), prompt=prompt, prompt_mask=prompt_mask,
-        cond=cond, guidance_scale=guidance_scale, uncond=uncond, callback=callback,
-        progress=progress, generator=source,
-    )  # fmt: skip
+    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=dev)
+    if prompt_part is not None:
+        z = prompt_part(z)
+    finish = None if tail == "none" else Finish("greedy", filt, mask_id)
+    return run(predict, step, grid, z, finish=finish, prompt=prompt_part, callback=callback,
+               progress=progress, generator=source)  # fmt: skip

@@ -7,8 +7,9 @@ filtering, renormalised; i = z_t the current token.
 The uniform step never builds the (B, L, K) posterior: it is a three-part mixture (stay at z_t,
 draw from x_hat, draw uniformly), so it costs one pass over the logits (softmax, block masses,
 the weight of z_t) plus O(sqrt(K)) work per token that draws from x_hat. The public functions
-check their arguments; the sampling loops call the unchecked kernels (``_uniform_step``,
-``_masked_step``) with levels they built themselves.
+check their arguments; the step objects (``UniformStep``, ``MaskedStep``) call the unchecked
+kernels (``_uniform_step``, ``_masked_step``) with the levels of their grid. The Ψ mixture of the
+uniform step is ``discdiff.samplers.psi.uniform_mixture``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from discdiff.samplers.categorical import (
     softmax_weights,
     uniforms,
 )
+from discdiff.samplers.psi import uniform_mixture
 from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import (
     check_count,
@@ -45,46 +47,6 @@ __all__ = [
 ]
 
 Alpha = lv.Alpha
-
-
-def uniform_mixture(
-    x_zt: Tensor,
-    alpha_s: float | Tensor,
-    alpha_t: float | Tensor,
-    kappa: float | Tensor | None,
-    k: int,
-) -> tuple[Tensor, Tensor]:
-    """(p_stay, p_xhat) of one uniform step, per row; the rest of the mass draws uniformly.
-
-    ``x_zt`` is x_hat[z_t] (float64, per row). The ancestral posterior q(z_s | z_t, x_hat) is,
-    with alpha_ts alpha_s = alpha_t and D = K alpha_t x_hat[i] + 1 - alpha_t (K q(z_t | x_hat)),
-
-        D q(z_s = j) = (K alpha_t x_hat_i + alpha_ts - alpha_t) [j = i]     stay at z_t
-                       + (alpha_s - alpha_t) x_hat_j                        draw from x_hat
-                       + (1 - alpha_ts)(1 - alpha_s) / K                    draw uniformly,
-
-    all three >= 0 for alpha_s >= alpha_t. The Ψ step mixes it, with weight 1 - kappa, with the
-    denoising posterior re-noised to level s, alpha_s q0 + (1 - alpha_s) / K, where
-    D q0(j) = K alpha_t x_hat_i [j = i] + (1 - alpha_t) x_hat_j: the same three draws, so
-
-        p_stay = kappa w_stay / D + (1 - kappa) alpha_s K alpha_t x_hat_i / D
-        p_xhat = kappa w_xhat / D + (1 - kappa) alpha_s (1 - alpha_t) / D.
-
-    A z_t of probability zero (D = 0, only at alpha_t = 1) stays put.
-    """
-    a_ts = lv.ratio(alpha_t, alpha_s)
-    stay_post = k * alpha_t * x_zt + a_ts - alpha_t
-    total = k * alpha_t * x_zt + 1 - alpha_t
-    possible = total > 0
-    d = torch.where(possible, total, 1.0)
-    p_stay = torch.where(possible, stay_post / d, 1.0)
-    p_xhat = torch.where(possible, (alpha_s - alpha_t) / d, 0.0)
-    if kappa is not None:
-        q0_stay = torch.where(possible, k * alpha_t * x_zt / d, 1.0)
-        q0_xhat = torch.where(possible, (1 - alpha_t) / d, 0.0)
-        p_stay = kappa * p_stay + (1 - kappa) * alpha_s * q0_stay
-        p_xhat = kappa * p_xhat + (1 - kappa) * alpha_s * q0_xhat
-    return p_stay, p_xhat
 
 
 def _draw_where(

@@ -1,0 +1,109 @@
+"""Where a sampling run calls the denoiser: a ``Predictor`` turns the tokens z_t (B, L) and the
+level alpha_t into a ``Prediction``.
+
+Everything about the call lives here, so that the loop and the steps never see it: the noise
+level the denoiser is shown (sigma = -log alpha_t, per token with 0 at clean positions, or 0
+for a denoiser that is not time-conditioned), the conditioning ``cond``, classifier-free
+guidance (a second call with the unconditional conditioning: the prediction then carries both
+logits and gamma), and the cache of the masked process (the last prediction again while the
+tokens have not changed, which is exact only without time conditioning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from discdiff.context import token_levels
+from discdiff.denoise import denoise, noise_level
+from discdiff.samplers.guidance import guided_logits
+from discdiff.typing import Denoiser
+
+if TYPE_CHECKING:
+    from discdiff.samplers.parts import Guidance
+
+__all__ = ["Predict", "Prediction", "Predictor"]
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What one prediction gives a step: ``logits`` (B, L, K), the conditional ones under
+    guidance, with the unconditional ``uncond`` (B, L, K) and the scale ``gamma`` (both None
+    without guidance). A step draws from the guided transition when ``uncond`` is set."""
+
+    logits: Float[Tensor, "b l k"]
+    uncond: Float[Tensor, "b l k"] | None = None
+    gamma: float | None = None
+
+    def shown(self) -> Float[Tensor, "b l k"]:
+        """What a callback sees: the logits, or the guided log-probabilities."""
+        if self.uncond is None:
+            return self.logits
+        assert self.gamma is not None
+        return guided_logits(self.logits, self.uncond, self.gamma)
+
+
+class Predict(Protocol):
+    """What ``run`` calls: (z_t (B, L), alpha_t) -> ``Prediction``; ``calls`` counts the denoiser
+    calls so far (the NFE a ``StepRecord`` reports)."""
+
+    calls: int
+
+    def __call__(self, z: Int[Tensor, "b l"], alpha_t: float) -> Prediction: ...
+
+
+class Predictor:
+    """The denoiser calls of a sampling run (a ``Predict``).
+
+    ``denoiser(z_t, sigma, **cond)`` returns (B, L, ``vocab_size``) logits (checked by
+    ``discdiff.denoise.denoise``). With ``guidance`` it is called a second time with
+    ``guidance.uncond``. With a ``clean`` mask (B, L) it sees per-token levels, 0 there.
+    ``time_conditioned=False`` shows it sigma = 0 whatever alpha_t; ``cache`` (only then valid)
+    returns the last prediction again while z is unchanged (one host sync per call), without
+    calling the denoiser.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        vocab_size: int,
+        *,
+        cond: Mapping[str, Any] | None = None,
+        guidance: Guidance | None = None,
+        clean: Bool[Tensor, "b l"] | None = None,
+        time_conditioned: bool = True,
+        cache: bool = False,
+    ) -> None:
+        if cache and time_conditioned:
+            raise ValueError(
+                "cache=True reuses predictions across noise levels, which is only valid when the "
+                "denoiser is not time-conditioned; pass cache=False (or time_conditioned=False)"
+            )
+        self.denoiser, self.vocab_size, self.cond = denoiser, vocab_size, cond
+        self.guidance, self.clean = guidance, clean
+        self.time_conditioned, self.cache = time_conditioned, cache
+        self.calls = 0
+        self._last: tuple[Tensor, Prediction] | None = None
+
+    def __call__(self, z: Int[Tensor, "b l"], alpha_t: float) -> Prediction:
+        if self._last is not None and torch.equal(self._last[0], z):
+            return self._last[1]
+        level = alpha_t if self.time_conditioned else 1.0
+        sigma = token_levels(noise_level(level, z.shape[0], z.device), self.clean)
+        logits = self._denoise(z, sigma, self.cond)
+        pred = Prediction(logits)
+        if self.guidance is not None:
+            uncond = self._denoise(z, sigma, self.guidance.uncond)
+            pred = Prediction(logits, uncond, self.guidance.scale)
+        if self.cache:
+            self._last = (z, pred)
+        return pred
+
+    def _denoise(self, z: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
+        self.calls += 1
+        return denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond)
