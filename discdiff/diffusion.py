@@ -8,19 +8,14 @@ Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the dis
 ``dalpha_dt`` its time derivative; ``sigma = -log(alpha_t)`` the noise level handed to the
 denoiser, shape (B,).
 
-One convention for every training loss (these and the distillers'):
-``loss(denoiser, x_0, step=0, *, ..., mask=None, reduction="none")``; ``step`` positional or
-keyword, ``mask`` (B, L) True at the tokens that count, ``reduction`` "none" (per token, 0 at the
-ignored tokens), "sum" or "mean" (over the tokens that count).
-
-Training losses (``loss``, ``discrete_loss``) of a denoiser that offers
-``discdiff.denoise.FusedHead`` (the DiT does) can be computed from its last hidden state and
-output projection (``discdiff.losses.fused``), never holding the (B, L, K) logits; the result
-equals the loss of the logits to rounding. ``fused=None`` (default) takes it where it pays
-(``discdiff.losses.dispatch``: a reduced loss from 2^24 logits on the CPU, at every size on an
-accelerator, any loss whose logits would not fit), ``True`` / ``False`` force either. Ask for
-``reduction="mean"`` rather than ``loss(...).mean()``: the fused head then forms the gradient in
-the forward pass. The validation bounds (``nelbo``) always take the logits.
+Every training loss (these and the distillers') is ``loss(denoiser, x_0, step=0, *, ...,
+mask=None, reduction="none")``: ``mask`` (B, L) True at the tokens that count, ``reduction``
+"none" (per token, 0 at ignored ones), "sum" or "mean" over the tokens that count. A denoiser
+that offers ``discdiff.denoise.FusedHead`` (the DiT) may have its loss computed from its last
+hidden state and output projection (``discdiff.losses.fused``), never holding the (B, L, K)
+logits, equal to the logits' loss to rounding: ``fused=None`` where it pays
+(``discdiff.losses.dispatch``; ask for ``reduction="mean"``, not ``loss(...).mean()``, so that it
+can), True / False force either. The validation bounds (``nelbo``) always take the logits.
 """
 
 from __future__ import annotations
