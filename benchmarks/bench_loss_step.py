@@ -83,6 +83,7 @@ def step_fn(
 
     def run() -> Tensor:
         model.zero_grad(set_to_none=True)
+        torch.manual_seed(2)  # the same dropout masks on every path
         g = torch.Generator(device=x_0.device).manual_seed(1)
         if path == "reference":
             loss = _reference_loss(diffusion, model, x_0, g)
@@ -176,10 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="also print a summary-json line")
     parser.add_argument("--crossover", action="store_true",
                         help="only the output layer + loss at several rows x K (the crossover)")
+    parser.add_argument("--hidden", type=int, default=256, help="D of the --crossover runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.crossover:
-        crossover([64, 256, 1024, 4096], [4096, 16384, 50257], 256, args.repeats)
+        crossover([64, 256, 1024, 4096], [4096, 16384, 50257], args.hidden, args.repeats)
         return
     summary = []
     for preset in args.presets.split(","):

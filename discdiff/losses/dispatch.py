@@ -3,27 +3,32 @@
 The fused head (``discdiff.losses.fused``) never holds the (B·L, K) logits, and with a reduced
 loss ("sum" / "mean") it forms the gradient in the forward pass: the same arithmetic as the
 materialised path, in blocks. With per-token losses ("none") its backward recomputes every
-block's logits: one more output-layer matmul. Measured on the CPU (one thread, D = 256, the
-output layer and the uniform NELBO forward + backward, ``python -m benchmarks.bench_loss_step
---crossover``), fused time over materialised time:
+block's logits: one more output-layer matmul. Measured on the CPU (one thread, the output layer
+and the uniform NELBO forward + backward; ``python -m benchmarks.bench_loss_step --crossover``
+at D = 256, ``python -m benchmarks.bench_fused`` at D = 768), fused time over materialised time:
 
-    rows x K (logits)     reduced       per-token
-    2.6e5 - 1.3e7         0.98 - 1.19   1.01 - 1.50
-    1.7e7 - 2.1e8         0.87 - 0.99   1.20 - 1.34
+    D     rows x K (logits)     reduced       per-token
+    256   2.6e5 - 1.3e7         0.98 - 1.19   1.01 - 1.50
+    256   1.7e7 - 2.1e8         0.87 - 0.99   1.20 - 1.34
+    768   5.1e7 (1024 x 50257)  1.06 - 1.26   1.50 - 1.61
 
-so the reduced fused loss stops losing at about 2^24 = 16.8M logits (64 MiB of float32), and the
-per-token one always loses while the logits fit in memory. On an accelerator the reduced fused
-loss reads each block of logits while it is in cache (the Triton kernels on CUDA) and saves the
-logits' memory: it is taken at every size; per-token there as on the CPU.
+At D = 256 the reduced fused loss stops losing at about 2^24 = 16.8M logits; at D = 768 it still
+loses at 5.1e7 (each block adds its share into the whole (K, D) weight gradient, a cost that grows
+with D), and per token it always loses while the logits fit in memory. The gain where it wins is
+at most ~13 %, the loss where it loses up to ~26 %: so on the CPU the rule does not take it for
+speed. On an accelerator the reduced fused loss reads each block of logits while it is in cache
+(the Triton kernels on CUDA) and saves the logits' memory: it is taken at every size.
 
-The rule (``fused_head_pays``): fused when the loss is reduced and rows x K >= the crossover of
-the device (CPU: 2^24; accelerators: 0), or whenever the logits and their gradient
-(2 x rows x K x 4 bytes) would exceed the memory budget of the device (CPU: 4 GiB; accelerators:
-2 GiB), reduced or not. ``fused=True`` / ``False`` in the diffusions' ``loss`` overrides it.
+The rule (``fused_head_pays``): fused when the loss is reduced and rows x K >= the device's
+crossover (``CROSSOVER_LOGITS``: never on the CPU, 0 on accelerators), or whenever the logits and
+their gradient (2 x rows x K x ``element_bytes``) would exceed the device's memory budget
+(``LOGITS_BUDGET_BYTES``: 4 GiB on the CPU, 2 GiB on accelerators), reduced or not.
+``fused=True`` / ``False`` in the diffusions' ``loss`` overrides it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -33,9 +38,9 @@ from discdiff.typing import check_count
 
 __all__ = ["CROSSOVER_LOGITS", "LOGITS_BUDGET_BYTES", "fused_head_pays", "use_fused_head"]
 
-CROSSOVER_LOGITS = {"cpu": 1 << 24}
-"""Rows x K from which the reduced fused loss is at least as fast as the materialised one, per
-device type; device types not listed: 0 (always)."""
+CROSSOVER_LOGITS: dict[str, float] = {"cpu": math.inf}
+"""Rows x K from which the reduced fused loss is taken for speed, per device type (the CPU: never,
+see above); device types not listed: 0 (always)."""
 
 LOGITS_BUDGET_BYTES = {"cpu": 4 << 30}
 """Bytes the materialised logits and their gradient may take, per device type; others: 2 GiB."""
