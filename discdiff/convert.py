@@ -24,9 +24,10 @@ __all__ = ["convert", "main"]
 
 def convert(src: str | Path, dst: str | Path, weights: str = "ema", **overrides: Any) -> dict:
     """Write the converted model into ``dst``; returns the ``reference.json`` contents."""
+    from discdiff.models import DiT
     from discdiff.models.reference import INFO_NAME, load_reference
 
-    converted = load_reference(src, weights, **overrides)
+    converted = load_reference(src, weights, model_class=DiT, **overrides)
     dst = Path(dst)
     converted.model.save_pretrained(dst)
     (dst / INFO_NAME).write_text(json.dumps(converted.info, indent=2) + "\n")

@@ -174,7 +174,7 @@ def test_lightning_checkpoint_logits_agree(tmp_path, monkeypatch, weights, causa
     raw, ema = make_models(causal)
     path = tmp_path / "last.ckpt"
     save_lightning(path, raw, ema, ref_config(causal), monkeypatch)
-    converted = load_reference(path, weights)
+    converted = load_reference(path, weights, model_class=DiT)
     diff = max_diff(raw if weights == "raw" else ema, converted.model)
     assert max_diff(raw if weights == "raw" else ema, DiT.from_reference(path, weights)) == diff
     print(f"lightning {weights} {'ar' if causal else 'duo'}: max |logit diff| = {diff:.2e}")
@@ -190,7 +190,7 @@ def test_hub_mixin_directory_logits_agree(tmp_path, weights):
     raw, ema = make_models()
     model = raw if weights == "raw" else ema  # the mixin saves whichever weights were loaded
     save_hub_mixin(tmp_path / "hub", model, {"vocab_size": K})
-    converted = load_reference(tmp_path / "hub")
+    converted = load_reference(tmp_path / "hub", model_class=DiT)
     diff = max_diff(model, converted.model)
     print(f"hub-mixin {weights}: max |logit diff| = {diff:.2e}")
     assert diff <= TOL
@@ -209,7 +209,7 @@ def test_remote_code_directory_mdlm_logits_agree(tmp_path):
     }  # fmt: skip
     save_hub_mixin(tmp_path / "mdlm", raw, config_json, prefix="backbone.",
                    drop=("rotary_emb.inv_freq",))  # fmt: skip
-    converted = load_reference(tmp_path / "mdlm", dropout=0.0)
+    converted = load_reference(tmp_path / "mdlm", dropout=0.0, model_class=DiT)
     # MDLM ignores the noise level (sigma is zeroed); discdiff's MaskedDiffusion passes 0.
     x, _ = inputs()
     zero = torch.zeros(B)
@@ -231,7 +231,7 @@ def test_lightning_config_is_read_without_omegaconf(tmp_path, monkeypatch):
     assert "omegaconf.dictconfig" not in sys.modules
     ref = read_reference(path, "raw")
     assert ref.config["model"]["n_heads"] == HEADS and ref.config["algo"]["name"] == "duo_base"
-    converted = load_reference(path, "ema")
+    converted = load_reference(path, "ema", model_class=DiT)
     assert converted.info["config_sources"]["n_heads"] == "source config model.n_heads"
     assert max_diff(ema, converted.model) <= TOL
 
@@ -261,28 +261,28 @@ def test_errors_name_what_is_missing(tmp_path, monkeypatch):
     save_lightning(incomplete, raw, ema, ref_config(), monkeypatch,
                    drop=("blocks.1.attn_out.weight",))  # fmt: skip
     with pytest.raises(ValueError, match=r"backbone\.blocks\.1\.attn_out\.weight"):
-        load_reference(incomplete, "raw")
+        load_reference(incomplete, "raw", model_class=DiT)
     no_ema = tmp_path / "no-ema.ckpt"
     save_lightning(no_ema, raw, ema, ref_config(), monkeypatch, ema_too=False)
     with pytest.raises(ValueError, match="weights='raw'"):
-        load_reference(no_ema)
+        load_reference(no_ema, model_class=DiT)
     other = tmp_path / "other.ckpt"
     torch.save({"weights": [1, 2, 3]}, other)
     with pytest.raises(ValueError, match="unknown layout"):
-        load_reference(other)
+        load_reference(other, model_class=DiT)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="unknown layout"):
-        load_reference(tmp_path / "empty")
+        load_reference(tmp_path / "empty", model_class=DiT)
     with pytest.raises(FileNotFoundError):
-        load_reference(tmp_path / "nowhere.ckpt")
+        load_reference(tmp_path / "nowhere.ckpt", model_class=DiT)
     headless = tmp_path / "headless"
     save_hub_mixin(headless, raw, {"vocab_size": K}, drop=("rotary_emb.inv_freq",))
     with pytest.raises(ValueError, match="n_heads"):
-        load_reference(headless)
-    assert max_diff(raw, load_reference(headless, n_heads=HEADS).model) <= TOL
+        load_reference(headless, model_class=DiT)
+    assert max_diff(raw, load_reference(headless, n_heads=HEADS, model_class=DiT).model) <= TOL
     with pytest.raises(ValueError, match="contradicts"):
-        load_reference(headless, n_heads=HEADS, hidden_size=64)
+        load_reference(headless, n_heads=HEADS, hidden_size=64, model_class=DiT)
     with pytest.raises(ValueError, match="unknown DiTConfig fields"):
-        load_reference(headless, n_head=HEADS)
+        load_reference(headless, n_head=HEADS, model_class=DiT)
     with pytest.raises(SystemExit, match="n_heads"):
         convert_main([str(headless), str(tmp_path / "out")])

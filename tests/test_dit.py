@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.abc
 import json
 import os
@@ -14,8 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import discdiff.models
 from discdiff.models import DiT, DiTConfig, KVCache, ParamCount
 from discdiff.models import attention as attention_module
+from discdiff.models import projection as projection_module
 from discdiff.models.attention import attention, flash_attn_available
 from discdiff.models.dit import PRESETS
 from discdiff.models.projection import vocab_projection
@@ -336,6 +339,18 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, tie: bool):
     assert DiT.from_pretrained(tmp_path / "m", dropout=0.0).config.dropout == 0.0
 
 
+def test_a_subclass_loads_as_itself(tmp_path):
+    # The loaders take the class to build: a subclass's from_pretrained gives the subclass.
+    class Tagged(DiT):
+        pass
+
+    model = make()
+    model.save_pretrained(tmp_path)
+    loaded = Tagged.from_pretrained(tmp_path).eval()
+    assert type(loaded) is Tagged and type(DiT.from_pretrained(tmp_path)) is DiT
+    assert torch.equal(loaded(ids(), sigmas()), model(ids(), sigmas()))
+
+
 def test_save_load_keeps_bfloat16(tmp_path):
     model = make().to(torch.bfloat16)
     model.save_pretrained(tmp_path)
@@ -386,13 +401,11 @@ def test_the_output_projection_is_padded_and_the_logits_are_exactly_k():
 
 def test_padding_draws_no_random_numbers(monkeypatch):
     # Seeded inits (and every draw after them: dropout, data) are those of an unpadded model.
-    from discdiff.models import dit as dit_module
-
     config = DiTConfig(vocab_size=K, hidden_size=32, n_blocks=2, n_heads=4, cond_dim=16)
     states = []
     for pad in (True, False):
         if not pad:
-            monkeypatch.setattr(dit_module, "padded_rows", lambda k: k)
+            monkeypatch.setattr(projection_module, "padded_rows", lambda k: k)
         torch.manual_seed(0)
         model = DiT(config)
         assert model.final.linear.weight.shape[0] == (128 if pad else K)
@@ -521,6 +534,32 @@ def test_presets_and_parameter_counts():
     assert causal.param_count().conditioning == 0
 
 
+def test_parameter_counts_by_part_equal_the_closed_form():
+    # Every Linear / LayerNorm of the architecture counted by hand from the config.
+    h, c, f, k, blocks = 32, 16, 256, K, 2
+    block = 2 * h + 3 * h * h + h * h + (h * 4 * h + 4 * h) + (4 * h * h + h)  # norms qkv out mlp
+    conditioning = (f * c + c + c * c + c) + blocks * (c * 6 * h + 6 * h) + (c * 2 * h + 2 * h)
+    expected = ParamCount(
+        total=k * h + conditioning + blocks * block + h + k + k * h,
+        embedding=k * h, conditioning=conditioning, blocks=blocks * block, output=h + k + k * h,
+    )  # fmt: skip
+    assert make().param_count() == expected
+    assert make().num_parameters() == expected.total
+    assert make().num_parameters(exclude_embedding=True) == expected.total - k * h
+    tied = make(tie_weights=True).param_count()
+    assert (tied.output, tied.total) == (h + k, expected.total - k * h)
+    causal = make(causal=True).param_count()
+    assert causal == ParamCount(k * h + blocks * block + h + k + k * h, k * h, 0,
+                                blocks * block, h + k + k * h)  # fmt: skip
+
+
+def test_param_count_names_a_parameter_outside_the_dit_layout():
+    model = make()
+    model.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="'extra.weight' belongs to no part of a DiT"):
+        model.param_count()
+
+
 def test_flops_per_token():
     with torch.device("meta"):
         small = DiT.from_preset("small", vocab_size=50258)
@@ -558,3 +597,48 @@ def test_gpu_script_cpu_fallback_runs():
     )
     assert done.returncode == 0, done.stderr
     assert "eager" in done.stdout and "ms/step" in done.stdout
+
+
+# ----------------------------------------------------------------------------- module layout
+PACKAGE = "discdiff.models"
+
+
+def _models_imports() -> dict[str, set[str]]:
+    """discdiff.models' imports of its own modules, module level or inside functions alike."""
+    root = Path(discdiff.models.__file__).parent
+    modules = {path.stem: path for path in root.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith(PACKAGE + "."):
+                        targets.add(alias.name.split(".")[2])
+            elif isinstance(node, ast.ImportFrom) and str(node.module).startswith(PACKAGE):
+                parts = str(node.module).split(".")
+                for alias in node.names:
+                    private = alias.name.startswith("_")
+                    assert not private, f"{name}.py imports the private {node.module}.{alias.name}"
+                    sub = parts[2] if len(parts) > 2 else alias.name
+                    targets.add(sub if sub in modules else "__init__")
+    return graph
+
+
+def test_models_import_no_circle_no_private_names_and_stay_short():
+    graph = _models_imports()
+    assert "reference" in graph["dit"] and "dit" in graph["decode"]  # the graph is read at all
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import circle: " + " -> ".join((*path, name))
+        if name not in done:
+            for target in sorted(graph[name]):
+                visit(target, (*path, name))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
+    root = Path(discdiff.models.__file__).parent
+    lengths = {p.name: len(p.read_text().splitlines()) for p in root.glob("*.py")}
+    assert max(lengths.values()) <= 500, lengths

@@ -1,8 +1,12 @@
 """Reference backbones: the DiT of MDLM / Duo and its causal autoregressive twin.
 
 ``dit`` the model, ``config`` its hyper-parameters, ``attention`` (flash-attn / SDPA, rotary),
-``kv_cache``, ``projection`` (output layer), ``accounting`` (sizes, FLOPs), ``persistence``
-(save / load) and ``decode`` (autoregressive generation with the KV cache).
+``kv_cache``, ``projection`` (output layer, padded rows), ``accounting`` (sizes, FLOPs),
+``persistence`` (save / load), ``reference`` and ``reference_io`` (released checkpoints) and
+``decode`` (autoregressive generation with the KV cache).
+
+Only ``decode`` and this package import ``dit``: the modules the model's methods call take the
+model class or its config as an argument, so the imports here form no circle.
 """
 
 from discdiff.models.accounting import ParamCount as ParamCount

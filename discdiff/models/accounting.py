@@ -1,18 +1,21 @@
-"""Sizes of a DiT: parameter counts by part and matmul FLOPs per token (for MFU)."""
+"""Sizes of a DiT: parameter counts by part and matmul FLOPs per token (for MFU).
+
+The counts read the model's parameters by name (``embed.``, ``sigma_map.``, ``label_embed.``,
+``blocks.``, ``final.``, ``adaLN_modulation``) and its config; they take the model as a plain
+``nn.Module``, so this module never imports the DiT (whose methods call it).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from discdiff.models.config import DiTConfig
 
-if TYPE_CHECKING:
-    from discdiff.models.dit import DiT  # the model imports this module
-
 __all__ = ["ParamCount", "flops_per_token", "num_parameters", "param_count"]
+
+_PROJECTION = ("final.linear.weight", "final.linear.bias")  # (R, h) and (R,): R - K padding rows
 
 
 @dataclass(frozen=True)
@@ -37,36 +40,37 @@ class ParamCount:
         return self.total - self.embedding
 
 
-def _count(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def _part(name: str) -> str:
+    """The ``ParamCount`` field a DiT parameter belongs to, from its name."""
+    if name.startswith(("sigma_map.", "label_embed.")) or ".adaLN_modulation." in name:
+        return "conditioning"
+    for prefix, part in (("embed.", "embedding"), ("blocks.", "blocks"), ("final.", "output")):
+        if name.startswith(prefix):
+            return part
+    raise ValueError(f"parameter {name!r} belongs to no part of a DiT (embed, sigma_map, "
+                     "label_embed, blocks, final): is the model a discdiff DiT?")  # fmt: skip
 
 
-def _padding(model: DiT) -> int:
-    """Parameters in the output projection's padding rows (weight and bias)."""
-    return model.final.padding_rows * (model.config.hidden_size + 1)
+def _parts(model: nn.Module, config: DiTConfig) -> dict[str, int]:
+    """Parameters by part; ``named_parameters`` yields a tied weight once (as ``embed.weight``,
+    registered first), and of the output projection only the K rows ever read are counted."""
+    parts = dict.fromkeys(("embedding", "conditioning", "blocks", "output"), 0)
+    for name, p in model.named_parameters():
+        parts[_part(name)] += p[: config.vocab_size].numel() if name in _PROJECTION else p.numel()
+    return parts
 
 
-def num_parameters(model: DiT, exclude_embedding: bool = False) -> int:
-    """Number of distinct parameters (tied weights once, padding rows not at all); optionally
-    without the input embedding."""
-    total = _count(model) - _padding(model)
-    return total - model.embed.weight.numel() if exclude_embedding else total
+def num_parameters(model: nn.Module, config: DiTConfig, exclude_embedding: bool = False) -> int:
+    """Number of distinct parameters of the DiT ``model`` built from ``config`` (tied weights
+    once, padding rows not at all); optionally without the input embedding."""
+    parts = _parts(model, config)
+    return sum(parts.values()) - (parts["embedding"] if exclude_embedding else 0)
 
 
-def param_count(model: DiT) -> ParamCount:
-    """Parameters of ``model`` by part; see ``ParamCount``."""
-    modulation = sum(_count(block.adaLN_modulation) for block in model.blocks)
-    conditioning = (_count(model.sigma_map) + _count(getattr(model, "label_embed", None))
-                    + _count(model.final.adaLN_modulation) + modulation)  # fmt: skip
-    blocks = sum(_count(block) for block in model.blocks) - modulation
-    embedding = model.embed.weight.numel()
-    k = model.config.vocab_size
-    output = _count(model.final.norm) + k  # the bias's K entries
-    if not model.config.tie_weights:
-        output += k * model.config.hidden_size
-    total = num_parameters(model)
-    assert total == embedding + conditioning + blocks + output
-    return ParamCount(total, embedding, conditioning, blocks, output)
+def param_count(model: nn.Module, config: DiTConfig) -> ParamCount:
+    """Parameters of the DiT ``model`` built from ``config``, by part; see ``ParamCount``."""
+    parts = _parts(model, config)
+    return ParamCount(total=sum(parts.values()), **parts)
 
 
 def flops_per_token(

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 __all__ = [
@@ -103,10 +104,7 @@ def attention(
             )
         mask = _padding_attn_mask(key_padding_mask.to(device=q.device, dtype=torch.bool),
                                   q.shape[1], causal)  # fmt: skip
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
-        )
-        return out.transpose(1, 2)
+        return _sdpa(q, k, v, attn_mask=mask)
     if _use_flash(q, backend):
         # flash-attn >= 2.1 aligns the causal mask bottom-right, as required for Lq < Lk.
         return _flash_attn.flash_attn_func(q, k, v, causal=causal)
@@ -116,10 +114,20 @@ def attention(
     if causal and 1 < n_q < n_k:
         rows = torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q)
         mask = torch.arange(n_k, device=q.device)[None, :] <= rows  # (Lq, Lk)
-    out = F.scaled_dot_product_attention(  # SDPA wants heads first: (B, H, L, D)
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=is_causal
-    )
-    return out.transpose(1, 2)
+    return _sdpa(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def _sdpa(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool = False
+) -> Tensor:
+    """SDPA of q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
+
+    SDPA wants the heads first, (B, H, L, D), where this module (like flash-attn) keeps them
+    second; the permutations are views, nothing is copied.
+    """
+    q, k, v = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    return rearrange(out, "b h l d -> b l h d")
 
 
 def rotary_tables(

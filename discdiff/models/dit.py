@@ -18,7 +18,8 @@ The output projection has ``padded_rows(K)`` rows, K rounded up to a multiple of
 50304), so that its GEMMs run on aligned rows; the rows past K are never read: ``forward``
 returns exactly K logits (a view of the padded product), ``output_projection`` gives K rows,
 and a state dict with K rows (older checkpoints, converted reference weights) loads, padded
-with zeros. With ``tie_weights`` the projection is the (K, h) embedding and is not padded.
+with zeros (``discdiff.models.projection``). With ``tie_weights`` the projection is the (K, h)
+embedding and is not padded.
 The DiT also offers ``discdiff.denoise.FusedHead`` (``hidden_states``, ``output_projection``),
 through which the diffusion losses fuse the output layer with the loss.
 
@@ -27,8 +28,11 @@ conditioning at all: no sigma embedder and no adaLN layers, plain pre-LayerNorm 
 (``x += Attn(LN(x))``), causal attention and an optional KV cache for decoding. ``sigma`` is
 ignored there.
 
-The model alone lives here; attention kernels, the KV cache, sizes, saving and decoding have
-their own modules beside this one (see ``discdiff.models``).
+The model alone lives here; attention kernels, the KV cache, the output projection, sizes,
+saving, reference checkpoints and decoding have their own modules beside this one (see
+``discdiff.models``). Those the model's methods call (``accounting``, ``persistence``,
+``reference``) take the model class or its config as an argument and never import this module,
+so the imports of ``discdiff.models`` form no circle.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from discdiff.checks import check_model_tokens
-from discdiff.models import accounting
+from discdiff.models import accounting, persistence, reference
 from discdiff.models.accounting import ParamCount
 from discdiff.models.attention import (
     ATTENTION_BACKENDS,
@@ -54,7 +59,13 @@ from discdiff.models.attention import (
 )
 from discdiff.models.config import PRESETS, DiTConfig
 from discdiff.models.kv_cache import KVCache
-from discdiff.models.projection import vocab_projection
+from discdiff.models.projection import (
+    OUTPUT_ROW_MULTIPLE,
+    output_rows,
+    pad_rows,
+    padded_rows,
+    vocab_projection,
+)
 from discdiff.typing import (
     Bag,
     Logits,
@@ -76,14 +87,6 @@ __all__ = [
     "TimestepEmbedder",
     "padded_rows",
 ]
-
-OUTPUT_ROW_MULTIPLE = 128
-"""The output projection's rows are padded to a multiple of this (aligned GEMM rows)."""
-
-
-def padded_rows(vocab_size: int) -> int:
-    """``vocab_size`` rounded up to a multiple of ``OUTPUT_ROW_MULTIPLE``."""
-    return -(-vocab_size // OUTPUT_ROW_MULTIPLE) * OUTPUT_ROW_MULTIPLE
 
 
 def sinusoidal_embedding(sigma: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -190,8 +193,7 @@ class DiTBlock(nn.Module):
         padding_mask: Tensor | None = None,
     ) -> Tensor:
         """Self-attention of the normalised stream y (B, L, h), output projection included."""
-        b, n, h = y.shape
-        qkv = self.qkv(y).view(b, n, 3, self.n_heads, h // self.n_heads)  # (B, L, 3, H, D)
+        qkv = rearrange(self.qkv(y), "b l (qkv h d) -> b l qkv h d", qkv=3, h=self.n_heads)
         qk = apply_rotary(qkv[:, :, :2], *rope)  # (B, L, 2, H, D)
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, L, H, D) each
         if kv_cache is not None:
@@ -199,7 +201,7 @@ class DiTBlock(nn.Module):
         out = attention(
             q, k, v, causal=self.causal, backend=backend, key_padding_mask=padding_mask
         )  # (B, L, H, D)
-        return self.attn_out(out.reshape(b, n, h))
+        return self.attn_out(rearrange(out, "b l h d -> b l (h d)"))
 
 
 class FinalLayer(nn.Module):
@@ -213,7 +215,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         h = config.hidden_size
         self.vocab_size = config.vocab_size
-        rows = config.vocab_size if config.tie_weights else padded_rows(config.vocab_size)
+        rows = output_rows(config)
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=False)
         self.linear = nn.Linear(h, config.vocab_size)  # the random stream of an unpadded layer
         if rows > config.vocab_size:  # zero-initialised anyway: padding draws no random numbers
@@ -253,25 +255,9 @@ class FinalLayer(nn.Module):
         return vocab_projection(self.modulated(x, c), weight, bias, self.vocab_size)  # (B, L, K)
 
 
-def _pad_loaded_rows(
-    module: FinalLayer, state: dict[str, Tensor], prefix: str, *args: Any
-) -> None:
+def _pad_loaded_rows(module: FinalLayer, state: dict[str, Tensor], prefix: str, *args: Any) -> None:
     """Load-state-dict pre-hook: a projection stored with K rows gets the padding rows (zeros)."""
-    rows = module.linear.bias.shape[0]
-    for name in ("linear.weight", "linear.bias"):
-        value = state.get(prefix + name)
-        if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == module.vocab_size:
-            if rows > value.shape[0]:
-                pad = value.new_zeros((rows - value.shape[0], *value.shape[1:]))
-                state[prefix + name] = torch.cat([value, pad])
-
-
-def pad_output_rows(state: dict[str, Tensor], model: DiT) -> dict[str, Tensor]:
-    """``state`` with the output projection padded as ``model`` holds it (a K-row projection,
-    as older checkpoints and converted reference weights store it, gets zero rows)."""
-    out = dict(state)
-    _pad_loaded_rows(model.final, out, "final.")
-    return out
+    pad_rows(state, prefix + "linear.", module.linear.bias.shape[0], module.vocab_size)
 
 
 class DiT(nn.Module):
@@ -342,14 +328,13 @@ class DiT(nn.Module):
                     f"{tuple(weights.shape)}"
                 )
             check_model_tokens(ids, k, "DiT", "z_t bag ids")  # even when trusted: its own K
-            b, n, m = ids.shape
-            flat = F.embedding_bag(  # (B * L, h)
-                ids.reshape(b * n, m).long(),
+            flat = F.embedding_bag(  # one bag per position: (B * L, h)
+                rearrange(ids, "b l n -> (b l) n").long(),
                 weight,
-                per_sample_weights=weights.reshape(b * n, m).to(weight.dtype),
+                per_sample_weights=rearrange(weights, "b l n -> (b l) n").to(weight.dtype),
                 mode="sum",
             )
-            return flat.view(b, n, -1)
+            return rearrange(flat, "(b l) h -> b l h", b=ids.shape[0])
         if z_t.dtype.is_floating_point:
             if z_t.ndim != 3 or z_t.shape[-1] != k:
                 raise ValueError(
@@ -457,14 +442,15 @@ class DiT(nn.Module):
         parameters (no padding rows)."""
         return self.final.projection()
 
-    # Sizes and persistence live in their own modules; these methods delegate.
+    # Sizes, saving and reference checkpoints live in their own modules (which take the model
+    # and its config, or the class to build, as arguments); these methods delegate.
     def param_count(self) -> ParamCount:
         """Parameters by part; see ``discdiff.models.accounting.ParamCount``."""
-        return accounting.param_count(self)
+        return accounting.param_count(self, self.config)
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         """Distinct parameters (tied weights once); optionally without the input embedding."""
-        return accounting.num_parameters(self, exclude_embedding)
+        return accounting.num_parameters(self, self.config, exclude_embedding)
 
     def flops_per_token(
         self, seq_len: int, *, training: bool = True, soft_input: bool = False
@@ -476,9 +462,7 @@ class DiT(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors``; see ``discdiff.models.persistence``."""
-        from discdiff.models.persistence import save_pretrained  # it imports this module
-
-        return save_pretrained(self, directory)
+        return persistence.save_pretrained(self, self.config, directory)
 
     @classmethod
     def from_pretrained(
@@ -486,17 +470,13 @@ class DiT(nn.Module):
     ) -> DiT:
         """Load a model written by ``save_pretrained``; ``overrides`` replace config fields that
         leave the weights alone (e.g. dropout). See ``discdiff.models.persistence``."""
-        from discdiff.models.persistence import load_pretrained  # it imports this module
-
-        return load_pretrained(directory, device=device, model_class=cls, **overrides)
+        return persistence.load_pretrained(directory, model_class=cls, device=device, **overrides)
 
     @classmethod
     def from_reference(cls, path: str | Path, weights: str = "ema", **overrides: Any) -> DiT:
         """A released Duo / MDLM checkpoint (Lightning .ckpt, HubMixin or Hugging Face
         directory) with its ``weights`` ("ema" or "raw"). See ``discdiff.models.reference``."""
-        from discdiff.models.reference import from_reference  # it imports this module
-
-        return from_reference(cls, path, weights, **overrides)
+        return reference.load_reference(path, weights, model_class=cls, **overrides).model
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -1,20 +1,22 @@
 """A DiT on disk: ``config.json`` (its ``DiTConfig``) beside ``model.safetensors`` (its weights).
 
-``DiT.save_pretrained`` and ``DiT.from_pretrained`` call the two functions here. safetensors is an
-optional dependency, imported on first use.
+``DiT.save_pretrained`` and ``DiT.from_pretrained`` call the two functions here; they take the
+model and its config, or the class to build, as arguments, so this module never imports the DiT.
+safetensors is an optional dependency, imported on first use.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from discdiff.models.config import DiTConfig
-from discdiff.models.dit import DiT, pad_output_rows
+from discdiff.models.projection import pad_output_rows
 
 __all__ = ["CONFIG_NAME", "MODEL_TYPE", "WEIGHTS_NAME", "load_pretrained", "save_pretrained"]
 
@@ -22,9 +24,12 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "discdiff.DiT"
 
+M = TypeVar("M", bound=nn.Module)
 
-def save_pretrained(model: DiT, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+def save_pretrained(model: nn.Module, config: DiTConfig, directory: str | Path) -> Path:
+    """Write ``config.json`` (``config``) and ``model.safetensors`` (the weights of ``model``, the
+    DiT built from ``config``) into ``directory`` (created if needed).
 
     Tied weights are stored once (under ``embed.weight``). The output projection is stored as
     the model holds it, padding rows included (a file with K rows loads too).
@@ -34,10 +39,10 @@ def save_pretrained(model: DiT, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    if model.config.tie_weights:
+    if config.tie_weights:
         del state["final.linear.weight"]
-    config = {"model_type": MODEL_TYPE, **model.config.to_dict()}
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    values = {"model_type": MODEL_TYPE, **config.to_dict()}
+    (directory / CONFIG_NAME).write_text(json.dumps(values, indent=2) + "\n")
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     return directory
 
@@ -45,11 +50,12 @@ def save_pretrained(model: DiT, directory: str | Path) -> Path:
 def load_pretrained(
     directory: str | Path,
     *,
+    model_class: Callable[[DiTConfig], M],
     device: str | torch.device = "cpu",
-    model_class: type[DiT] = DiT,
     **overrides: Any,
-) -> DiT:
-    """Load a model written by ``save_pretrained`` from a local directory.
+) -> M:
+    """Load a model written by ``save_pretrained`` from a local directory, as
+    ``model_class(config)`` (``DiT.from_pretrained`` passes its class).
 
     ``overrides`` replace config fields that do not change the weights (e.g. dropout).
     The model takes the dtype of the stored weights.
@@ -75,7 +81,7 @@ def load_pretrained(
     if len(dtypes) == 1:
         model = model.to(dtype=dtypes.pop())
     model = model.to(device)
-    state = pad_output_rows(state, model)  # files written before the padding hold K rows
+    state = pad_output_rows(state, config)  # files written before the padding hold K rows
     _check_state(model.state_dict(), state, directory)
     model.load_state_dict(state)
     return model

@@ -1,7 +1,15 @@
-"""The output (vocabulary) projection x @ W^T + b, computed blockwise on the CPU for speed."""
+"""The output (vocabulary) projection x @ W^T + b, computed blockwise on the CPU for speed, and
+the padding of its rows.
+
+The DiT's projection holds ``output_rows(config)`` rows: K rounded up to a multiple of
+``OUTPUT_ROW_MULTIPLE`` (aligned GEMM rows), or exactly K when tied to the (K, h) embedding. Rows
+past K are never read. A state dict storing K rows (older checkpoints, converted reference
+weights) is padded with zero rows by ``pad_output_rows`` before it is checked and loaded.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -9,7 +17,52 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["vocab_projection"]
+from discdiff.models.config import DiTConfig
+
+__all__ = [
+    "OUTPUT_ROW_MULTIPLE",
+    "output_rows",
+    "pad_output_rows",
+    "pad_rows",
+    "padded_rows",
+    "vocab_projection",
+]
+
+OUTPUT_ROW_MULTIPLE = 128
+"""The output projection's rows are padded to a multiple of this (aligned GEMM rows)."""
+
+_OUTPUT_PREFIX = "final.linear."
+"""Where the DiT's state dict holds the output projection (``weight`` (R, h), ``bias`` (R,))."""
+
+
+def padded_rows(vocab_size: int) -> int:
+    """``vocab_size`` rounded up to a multiple of ``OUTPUT_ROW_MULTIPLE``."""
+    return -(-vocab_size // OUTPUT_ROW_MULTIPLE) * OUTPUT_ROW_MULTIPLE
+
+
+def output_rows(config: DiTConfig) -> int:
+    """Rows of the DiT's output projection: ``padded_rows(K)``, or K when tied to the embedding
+    (the projection is then the (K, h) embedding itself)."""
+    return config.vocab_size if config.tie_weights else padded_rows(config.vocab_size)
+
+
+def pad_rows(state: MutableMapping[str, Tensor], prefix: str, rows: int, vocab_size: int) -> None:
+    """In place: ``prefix + "weight"`` (K, h) and ``prefix + "bias"`` (K,) stored with exactly K =
+    ``vocab_size`` rows get zero rows appended up to ``rows``; anything else is left as it is."""
+    for name in (prefix + "weight", prefix + "bias"):
+        value = state.get(name)
+        if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == vocab_size:
+            if rows > vocab_size:
+                pad = value.new_zeros((rows - vocab_size, *value.shape[1:]))
+                state[name] = torch.cat([value, pad])
+
+
+def pad_output_rows(state: Mapping[str, Tensor], config: DiTConfig) -> dict[str, Tensor]:
+    """A copy of a DiT's ``state`` with the output projection padded to ``output_rows(config)``
+    rows (a K-row projection gets zero rows; a padded one is returned as it is)."""
+    out = dict(state)
+    pad_rows(out, _OUTPUT_PREFIX, output_rows(config), config.vocab_size)
+    return out
 
 
 def _autocast_on(device_type: str) -> bool:

@@ -44,15 +44,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from discdiff.models import DiT, DiTConfig
-from discdiff.models.dit import pad_output_rows
+from discdiff.models.config import DiTConfig
+from discdiff.models.projection import pad_output_rows
 from discdiff.models.reference_io import (
     ReferenceWeights,
     count_blocks,
@@ -70,6 +70,8 @@ __all__ = [
     "read_reference",
     "reference_parameter_names",
 ]
+
+M = TypeVar("M", bound=nn.Module)
 
 INFO_NAME = "reference.json"
 """Written beside ``config.json`` by ``discdiff.convert``: where the weights came from."""
@@ -221,10 +223,10 @@ def infer_config(
 
 
 @dataclass(frozen=True)
-class ConvertedModel:
+class ConvertedModel(Generic[M]):
     """A converted model and, as JSON-able ``info``, where everything came from."""
 
-    model: DiT
+    model: M
     info: dict[str, Any]
 
 
@@ -267,9 +269,13 @@ def _describe(ref: ReferenceWeights, config: DiTConfig) -> dict[str, Any]:
     return info
 
 
-def _check_complete(converted: dict[str, Tensor], model: DiT, prefix: str) -> None:
+def _check_complete(
+    converted: dict[str, Tensor], model: nn.Module, config: DiTConfig, prefix: str
+) -> None:
+    """Raise a ValueError naming (in the reference's names) missing, unexpected and mis-shaped
+    weights of ``model``, the DiT built from ``config``."""
     expected = model.state_dict()
-    names = reference_parameter_names(model.config.n_blocks, causal=model.config.causal)
+    names = reference_parameter_names(config.n_blocks, causal=config.causal)
     back = {_rename(k): k for k in names}
     missing = sorted(prefix + back.get(k, k) for k in set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -289,18 +295,26 @@ def _check_complete(converted: dict[str, Tensor], model: DiT, prefix: str) -> No
         raise ValueError(f"shape mismatches: {wrong[:6]}")
 
 
-def load_reference(path: str | Path, weights: str = "ema", **overrides: Any) -> ConvertedModel:
-    """A discdiff ``DiT`` holding a reference checkpoint's weights (see the module docstring).
+def load_reference(
+    path: str | Path,
+    weights: str = "ema",
+    *,
+    model_class: Callable[[DiTConfig], M],
+    **overrides: Any,
+) -> ConvertedModel[M]:
+    """A discdiff DiT holding a reference checkpoint's weights (see the module docstring), built
+    as ``model_class(config)``: ``load_reference(path, model_class=DiT)``.
 
     ``weights``: "ema" (default) or "raw" for Lightning checkpoints. ``overrides``: DiTConfig
     fields the source does not give (e.g. ``n_heads``) or that do not change the weights
     (``dropout``). The model is in eval mode, in the stored weights' dtype.
+    ``DiT.from_reference`` is this function's ``model`` for its class.
     """
     ref = read_reference(path, weights)
     config, sources = infer_config(ref, **overrides)
-    model = DiT(config)
-    converted = pad_output_rows(convert_state_dict(ref.state), model)  # K rows -> padded
-    _check_complete(converted, model, ref.prefix)
+    model = model_class(config)
+    converted = pad_output_rows(convert_state_dict(ref.state), config)  # K rows -> padded
+    _check_complete(converted, model, config, ref.prefix)
     dtypes = {t.dtype for t in converted.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtype=dtypes.pop())
@@ -308,14 +322,3 @@ def load_reference(path: str | Path, weights: str = "ema", **overrides: Any) -> 
     info = _describe(ref, config)
     info["config_sources"] = sources
     return ConvertedModel(model.eval(), info)
-
-
-def from_reference(cls: type[DiT], path: str | Path, weights: str = "ema",
-                   **overrides: Any) -> DiT:  # fmt: skip
-    """``DiT.from_reference``: the model of ``load_reference`` (as an instance of ``cls``)."""
-    model = load_reference(path, weights, **overrides).model
-    if not isinstance(model, cls):
-        converted = cls(model.config).to(dtype=next(model.parameters()).dtype)
-        converted.load_state_dict(model.state_dict())
-        model = converted.eval()
-    return model
