@@ -29,6 +29,7 @@ from torch import Tensor
 
 from discdiff import config, losses, processes, samplers
 from discdiff.checks import check_generator, check_schedule, check_x0
+from discdiff.context import check_clean_mask, hold_clean, require_token_levels, token_levels
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.denoise import Head, denoise, denoise_head, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
@@ -121,6 +122,22 @@ def _check_eps(eps: Any) -> float:
     return eps
 
 
+def _loss_options(
+    denoiser: Any, x_0: Tensor, fused: bool | None, mask: Tensor | None, reduction: Any,
+    clean_mask: Tensor | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The checked options of a uniform loss; clean positions leave the loss's ``mask``."""
+    check_mask(mask, x_0.shape)
+    options = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
+    if clean_mask is not None:
+        check_clean_mask(clean_mask, x_0.shape)
+        require_token_levels(denoiser, "clean_mask", "or train without clean context")
+        clean = clean_mask.to(x_0.device)
+        options["mask"] = ~clean if mask is None else mask & ~clean
+        options["clean"] = clean
+    return options
+
+
 class UniformDiffusion:
     """Duo: uniform-state discrete diffusion with an optional Gaussian curriculum.
 
@@ -179,31 +196,34 @@ class UniformDiffusion:
         return cls(**{k: config.decode(v) for k, v in fields.items()})
 
     def _denoise(
-        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Tensor:
-        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
+        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
+        clean: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
         return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def _denoise_head(
-        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Head:
-        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
+        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
+        clean: Tensor | None = None,
+    ) -> Head:  # fmt: skip
+        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
         return denoise_head(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def _nelbo_of(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
         dalpha_dt: Tensor, cond: Mapping[str, Any] | None, fused: bool | None,
-        mask: Tensor | None, reduction: Reduction,
+        mask: Tensor | None, reduction: Reduction, clean: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """The uniform NELBO of the denoiser's output at ``z_in`` (tokens, or the curriculum's
-        relaxed input), fused with its output layer where ``use_fused_head`` says so."""
+        relaxed input), fused with its output layer where ``use_fused_head`` says so. ``clean``
+        positions are seen at level 0 (``mask`` already leaves them out)."""
         kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
         if use_fused_head(denoiser, fused, x_0.numel(), self.vocab_size, x_0.device, reduction):
-            head = self._denoise_head(denoiser, z_in, alpha_t, cond)
+            head = self._denoise_head(denoiser, z_in, alpha_t, cond, clean)
             return losses.fused_linear_uniform_nelbo(
                 head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias, **kw
             )
-        logits = self._denoise(denoiser, z_in, alpha_t, cond)
+        logits = self._denoise(denoiser, z_in, alpha_t, cond, clean)
         return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
 
     def loss(
@@ -218,6 +238,7 @@ class UniformDiffusion:
         fused: bool | None = None,
         mask: Tensor | None = None,
         reduction: Reduction = "none",
+        clean_mask: Tensor | None = None,
     ) -> Tensor:
         """The training loss at training step ``step``: per token (B, L), or reduced (0-d).
 
@@ -229,12 +250,16 @@ class UniformDiffusion:
         ``fused``: None picks the path by ``discdiff.losses.dispatch``'s rule; True computes the
         loss from the denoiser's hidden state and output projection when it offers them
         (``FusedHead``), never holding the logits; False from its logits.
+
+        ``clean_mask`` (B, L) bool: positions held clean as context (a prompt, the sides of a
+        gap to fill): z_t = x_0 there, seen by the denoiser at level 0 (per-token levels: the
+        denoiser must declare ``reads_token_levels``), and no loss there. A model trained with
+        such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
         """
         x_0 = _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
-        check_mask(mask, x_0.shape)
-        kw = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
+        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():  # checked at the door: the layers below trust their inputs
             if self.curriculum is not None and self.curriculum.active(step):
                 return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, **kw)
@@ -251,13 +276,13 @@ class UniformDiffusion:
         fused: bool | None = None,
         mask: Tensor | None = None,
         reduction: Reduction = "none",
+        clean_mask: Tensor | None = None,
     ) -> Tensor:
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L) or
-        reduced; ``fused``, ``mask`` and ``reduction`` as in ``loss``."""
+        reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
         x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
-        check_mask(mask, x_0.shape)
-        kw = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
+        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():
             return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
 
@@ -268,12 +293,14 @@ class UniformDiffusion:
         t: Tensor,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
-        **kw: Any,  # fused, mask, reduction
+        **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:
         t = t.to(torch.promote_types(t.dtype, torch.float32))
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.uniform_corrupt(x_0, alpha_t, self.vocab_size, generator=generator)
+        if kw.get("clean") is not None:
+            z_t = torch.where(kw["clean"], x_0, z_t)
         return self._nelbo_of(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def _curriculum_loss(
@@ -284,7 +311,7 @@ class UniformDiffusion:
         step: int,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
-        **kw: Any,  # fused, mask, reduction
+        **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:
         assert self.curriculum is not None and self.curriculum_schedule is not None
         schedule, tau = self.curriculum_schedule, self.curriculum.tau_at(step)
@@ -304,6 +331,8 @@ class UniformDiffusion:
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
             relaxed, z_t = Bag(bag.ids, bag.weights.to(dtype)), bag.z_t
+        if kw.get("clean") is not None:  # clean context: the token itself, exactly
+            relaxed, z_t = hold_clean(relaxed, z_t, x_0, kw["clean"], self.vocab_size)
         return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     @torch.no_grad()
