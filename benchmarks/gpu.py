@@ -19,6 +19,10 @@ Rows (full sizes; K = 50257 for the kernels, 50258 for the DiT as in the paper's
   (``seed=``, rows keyed by (seed, row)) against the step with a generator (target <= 1.1x).
 - fused head (``discdiff.losses.fused_linear_uniform_nelbo``) in a training step of the small DiT,
   B8 L1024: peak memory above the weights against the same step with materialised logits.
+- the training step of the small DiT with ``UniformDiffusion.loss``, B8 L1024, float32: the
+  default path (the library's dispatch rule) against ``fused=True``, ``fused=False`` and the
+  readable reference formula, reduced (``reduction="mean"``) and per token (``.mean()`` by the
+  caller); target: the default within 5 % of the fastest (``benchmarks.bench_loss_step``).
 - an 8-step sample of the small DiT, B32 L1024, greedy tail (9 calls): the share of the time
   spent outside the denoiser, for the library's ``sample_uniform`` and for a loop over
   ``discdiff.kernels.uniform_ancestral_step`` (target <= 10 %).
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from benchmarks import bench_loss_step
 from benchmarks.gpu_dit import make_step, peak_flops
 from discdiff import kernels
 from discdiff.losses.fused import fused_linear_uniform_nelbo
@@ -280,6 +285,35 @@ def bench_head(sizes: Sizes, device: torch.device) -> list[Row]:
     ]  # fmt: skip
 
 
+def bench_loss_paths(sizes: Sizes, device: torch.device) -> list[Row]:
+    """The DiT step with its loss by each path of ``UniformDiffusion.loss``, reduced and per
+    token: the default against each other path (``benchmarks.bench_loss_step``)."""
+    from discdiff import UniformDiffusion
+
+    b, length = sizes.head
+    k = sizes.dit_vocab
+    model = _model(sizes, device).train()
+    diffusion = UniformDiffusion(k)
+    x_0 = torch.randint(0, k, (b, length), device=device,
+                        generator=torch.Generator(device=device).manual_seed(5))  # fmt: skip
+    rows = []
+    for mode in bench_loss_step.MODES:
+        times = {path: seconds(bench_loss_step.step_fn(diffusion, model, x_0, path, mode),
+                               device, sizes)
+                 for path in bench_loss_step.PATHS}  # fmt: skip
+        fastest = min(bench_loss_step.PATHS[1:], key=times.__getitem__)
+        ok = times["default"] <= bench_loss_step.TARGET * times[fastest]
+        for other in bench_loss_step.PATHS[1:]:
+            target = f"<= {bench_loss_step.TARGET} x fastest" if other == fastest else "-"
+            rows.append(Row(f"training step, DiT {sizes.preset} B{b} L{length} K{k}, {mode}: "
+                            f"default vs {other}", 1e3 * times["default"], "ms",
+                            1e3 * times[other], "baseline", target,
+                            ok if other == fastest else None))  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 class _TimedDenoiser:
     """The model under bf16 autocast, timing its own calls (synchronised)."""
 
@@ -386,6 +420,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     for part in (lambda: bench_nelbo(sizes, device, bandwidth),
                  lambda: bench_step(sizes, device, bandwidth),
                  lambda: bench_head(sizes, device),
+                 lambda: bench_loss_paths(sizes, device),
                  lambda: bench_sampling(sizes, device),
                  lambda: bench_dit(sizes, device, name)):  # fmt: skip
         rows += part()

@@ -266,6 +266,8 @@ SUITES = (
     Suite("losses", "benchmarks.bench_losses", parse=parse_losses, limit_s=600),
     Suite("fused", "benchmarks.bench_fused", ("--json",), ("--json", "--repeats", "1"),
           parse_json_rows("fused"), 900),
+    Suite("loss_step", "benchmarks.bench_loss_step", ("--json",),
+          ("--json", "--presets", "tiny", "--repeats", "3"), parse_json_rows("loss_step"), 900),
     Suite("samplers", "benchmarks.bench_samplers", (),
           ("--batch", "2", "--length", "256", "--skip-bias"), parse_samplers, 900),
     Suite("dit", "benchmarks.bench_dit", ("--repeats", "7"), ("--repeats", "3"), parse_dit, 600),

@@ -22,8 +22,16 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from discdiff.checks import check_count, check_range
+from discdiff.typing import Bag
 
-__all__ = ["random_clean_mask", "reads_token_levels", "require_token_levels", "token_levels"]
+__all__ = [
+    "check_clean_mask",
+    "hold_clean",
+    "random_clean_mask",
+    "reads_token_levels",
+    "require_token_levels",
+    "token_levels",
+]
 
 
 def reads_token_levels(denoiser: Any) -> bool:
@@ -56,6 +64,37 @@ def token_levels(sigma: Tensor, clean: Bool[Tensor, "b l"] | None) -> Tensor:
     if clean is None:
         return sigma
     return torch.where(clean, sigma.new_zeros(()), sigma.unsqueeze(-1)).contiguous()
+
+
+def check_clean_mask(clean_mask: Any, shape: tuple[int, ...] | torch.Size) -> None:
+    """``clean_mask`` is a bool tensor of the tokens' shape (B, L), True at clean context."""
+    if not isinstance(clean_mask, Tensor) or clean_mask.dtype != torch.bool:
+        got = f"dtype {clean_mask.dtype}" if isinstance(clean_mask, Tensor) else (
+            type(clean_mask).__name__
+        )
+        raise ValueError(f"clean_mask must be a bool tensor, True at the positions held clean "
+                         f"as context, got {got}")  # fmt: skip
+    if tuple(clean_mask.shape) != tuple(shape):
+        raise ValueError(f"clean_mask must have the tokens' shape (B, L) = {tuple(shape)}, got "
+                         f"{tuple(clean_mask.shape)}")  # fmt: skip
+
+
+def hold_clean(
+    relaxed: Tensor | Bag, z_t: Tensor, x_0: Tensor, clean: Tensor, vocab_size: int
+) -> tuple[Tensor | Bag, Tensor]:
+    """The curriculum's relaxed input and its argmax z_t with the ``clean`` positions holding
+    x_0 exactly: a one-hot row of the soft (B, L, K) input, or a bag whose first id is x_0 with
+    weight 1 (the others 0)."""
+    z_t = torch.where(clean, x_0, z_t)
+    if isinstance(relaxed, Bag):
+        first = torch.zeros_like(relaxed.ids, dtype=torch.bool)
+        first[..., 0] = True
+        held = clean.unsqueeze(-1)
+        ids = torch.where(held & first, x_0.unsqueeze(-1), relaxed.ids)
+        weights = torch.where(held, first.to(relaxed.weights.dtype), relaxed.weights)
+        return Bag(ids, weights), z_t
+    one_hot = torch.nn.functional.one_hot(x_0, vocab_size).to(relaxed.dtype)
+    return torch.where(clean.unsqueeze(-1), one_hot, relaxed), z_t
 
 
 def random_clean_mask(

@@ -6,13 +6,16 @@ Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the plain di
 
 Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the discrete signal level;
 ``dalpha_dt`` its time derivative; ``sigma = -log(alpha_t)`` the noise level handed to the
-denoiser, shape (B,). Losses are per token, (B, L): callers mask padding and reduce.
+denoiser, shape (B,).
 
-Training losses (``loss``, ``discrete_loss``) of a denoiser that offers
-``discdiff.denoise.FusedHead`` (the DiT does) are computed from its last hidden state and output
-projection (``discdiff.losses.fused``): the (B, L, K) logits are never held, and the result
-equals the loss of the logits to rounding. ``fused=False`` takes the logits. The validation
-bounds (``nelbo``) always take the logits.
+Every training loss (these and the distillers') is ``loss(denoiser, x_0, step=0, *, ...,
+mask=None, reduction="none")``: ``mask`` (B, L) True at the tokens that count, ``reduction``
+"none" (per token, 0 at ignored ones), "sum" or "mean" over the tokens that count. A denoiser
+that offers ``discdiff.denoise.FusedHead`` (the DiT) may have its loss computed from its last
+hidden state and output projection (``discdiff.losses.fused``), never holding the (B, L, K)
+logits, equal to the logits' loss to rounding: ``fused=None`` where it pays
+(``discdiff.losses.dispatch``; ask for ``reduction="mean"``, not ``loss(...).mean()``, so that it
+can), True / False force either. The validation bounds (``nelbo``) always take the logits.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from torch import Tensor
 
 from discdiff import config, losses, processes, samplers
 from discdiff.checks import check_generator, check_schedule, check_x0
+from discdiff.context import check_clean_mask, hold_clean, require_token_levels, token_levels
 from discdiff.curriculum import GaussianCurriculum
-from discdiff.denoise import Head, denoise, denoise_head, has_fused_head, noise_level
+from discdiff.denoise import Head, denoise, denoise_head, noise_level
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
+from discdiff.losses._common import Reduction, check_mask, check_reduction, reduce_loss
+from discdiff.losses.dispatch import use_fused_head
 from discdiff.schedules import LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
 from discdiff.typing import (
@@ -60,6 +66,12 @@ class NELBO:
     @property
     def total(self) -> Tensor:
         return self.diffusion + self.prior + self.reconstruction
+
+    def mean(self, mask: Tensor | None = None) -> Tensor:
+        """The bound per token, ``total`` averaged over the tokens where ``mask`` (B, L) is True
+        (all without one), 0-d; exp of it bounds the perplexity of this batch."""
+        check_mask(mask, self.diffusion.shape)
+        return reduce_loss(self.total, mask, "mean")
 
     terms = (
         "diffusion (continuous time, t in [eps, 1]) + prior KL at t = 1 + reconstruction at t = eps"
@@ -108,6 +120,22 @@ def _check_eps(eps: Any) -> float:
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must lie in (0, 1), got {eps}")
     return eps
+
+
+def _loss_options(
+    denoiser: Any, x_0: Tensor, fused: bool | None, mask: Tensor | None, reduction: Any,
+    clean_mask: Tensor | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The checked options of a uniform loss; clean positions leave the loss's ``mask``."""
+    check_mask(mask, x_0.shape)
+    options = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
+    if clean_mask is not None:
+        check_clean_mask(clean_mask, x_0.shape)
+        require_token_levels(denoiser, "clean_mask", "or train without clean context")
+        clean = clean_mask.to(x_0.device)
+        options["mask"] = ~clean if mask is None else mask & ~clean
+        options["clean"] = clean
+    return options
 
 
 class UniformDiffusion:
@@ -168,57 +196,74 @@ class UniformDiffusion:
         return cls(**{k: config.decode(v) for k, v in fields.items()})
 
     def _denoise(
-        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Tensor:
-        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
+        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
+        clean: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
         return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def _denoise_head(
-        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Head:
-        sigma = noise_level(alpha_t, alpha_t.shape[0], alpha_t.device)
+        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
+        clean: Tensor | None = None,
+    ) -> Head:  # fmt: skip
+        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
         return denoise_head(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
 
     def _nelbo_of(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
-        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, fused: bool,
+        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, fused: bool | None,
+        mask: Tensor | None, reduction: Reduction, clean: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """The uniform NELBO of the denoiser's output at ``z_in`` (tokens, or the curriculum's
-        relaxed input), fused with its output layer where it offers one."""
-        if fused and has_fused_head(denoiser):
-            head = self._denoise_head(denoiser, z_in, alpha_t, cond)
+        relaxed input), fused with its output layer where ``use_fused_head`` says so. ``clean``
+        positions are seen at level 0 (``mask`` already leaves them out)."""
+        kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
+        if use_fused_head(denoiser, fused, x_0.numel(), self.vocab_size, x_0.device, reduction):
+            head = self._denoise_head(denoiser, z_in, alpha_t, cond, clean)
             return losses.fused_linear_uniform_nelbo(
-                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias
+                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias, **kw
             )
-        logits = self._denoise(denoiser, z_in, alpha_t, cond)
-        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt)
+        logits = self._denoise(denoiser, z_in, alpha_t, cond, clean)
+        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
 
     def loss(
         self,
         denoiser: Denoiser,
         x_0: Tensor,
-        *,
         step: int = 0,
+        *,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
-        fused: bool = True,
+        fused: bool | None = None,
+        mask: Tensor | None = None,
+        reduction: Reduction = "none",
+        clean_mask: Tensor | None = None,
     ) -> Tensor:
-        """The training loss per token (B, L) at training step ``step``.
+        """The training loss at training step ``step``: per token (B, L), or reduced (0-d).
 
         Uses the curriculum while it is active, the discrete process otherwise. ``t`` (B,) fixes
         the times; by default they are antithetic over the batch (``AntitheticTimes`` makes
         them antithetic over a data-parallel global batch). ``cond`` is the denoiser's keyword
-        conditioning. ``fused``: from the denoiser's hidden state and output projection when it
-        offers them (``FusedHead``), never holding the logits; False: from its logits.
+        conditioning. ``mask`` (B, L) bool, True at the tokens that count (None: all);
+        ``reduction`` "none" (0 at ignored tokens), "sum" or "mean" over the tokens that count.
+        ``fused``: None picks the path by ``discdiff.losses.dispatch``'s rule; True computes the
+        loss from the denoiser's hidden state and output projection when it offers them
+        (``FusedHead``), never holding the logits; False from its logits.
+
+        ``clean_mask`` (B, L) bool: positions held clean as context (a prompt, the sides of a
+        gap to fill): z_t = x_0 there, seen by the denoiser at level 0 (per-token levels: the
+        denoiser must declare ``reads_token_levels``), and no loss there. A model trained with
+        such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
         """
         x_0 = _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
+        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():  # checked at the door: the layers below trust their inputs
             if self.curriculum is not None and self.curriculum.active(step):
-                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, fused)
-            return self._discrete_loss(denoiser, x_0, t, generator, cond, fused)
+                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, **kw)
+            return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
 
     def discrete_loss(
         self,
@@ -228,14 +273,18 @@ class UniformDiffusion:
         *,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
-        fused: bool = True,
+        fused: bool | None = None,
+        mask: Tensor | None = None,
+        reduction: Reduction = "none",
+        clean_mask: Tensor | None = None,
     ) -> Tensor:
-        """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L);
-        ``fused`` as in ``loss``."""
+        """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L) or
+        reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
         x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
+        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():
-            return self._discrete_loss(denoiser, x_0, t, generator, cond, fused)
+            return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
 
     def _discrete_loss(
         self,
@@ -244,13 +293,15 @@ class UniformDiffusion:
         t: Tensor,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
-        fused: bool,
+        **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:
         t = t.to(torch.promote_types(t.dtype, torch.float32))
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.uniform_corrupt(x_0, alpha_t, self.vocab_size, generator=generator)
-        return self._nelbo_of(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, fused)
+        if kw.get("clean") is not None:
+            z_t = torch.where(kw["clean"], x_0, z_t)
+        return self._nelbo_of(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def _curriculum_loss(
         self,
@@ -260,7 +311,7 @@ class UniformDiffusion:
         step: int,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
-        fused: bool,
+        **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:
         assert self.curriculum is not None and self.curriculum_schedule is not None
         schedule, tau = self.curriculum_schedule, self.curriculum.tau_at(step)
@@ -280,7 +331,9 @@ class UniformDiffusion:
                 x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
             )
             relaxed, z_t = Bag(bag.ids, bag.weights.to(dtype)), bag.z_t
-        return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, fused)
+        if kw.get("clean") is not None:  # clean context: the token itself, exactly
+            relaxed, z_t = hold_clean(relaxed, z_t, x_0, kw["clean"], self.vocab_size)
+        return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     @torch.no_grad()
     def nelbo(
@@ -303,7 +356,7 @@ class UniformDiffusion:
         with trusted():
             # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
             diffusion = (1 - self.eps) * self._discrete_loss(
-                denoiser, x_0, t, generator, cond, fused=False
+                denoiser, x_0, t, generator, cond, fused=False, mask=None, reduction="none"
             )
             one = torch.ones(x_0.shape[0], 1, device=x_0.device)
             prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
@@ -400,20 +453,25 @@ class MaskedDiffusion:
         self,
         denoiser: Denoiser,
         x_0: Tensor,
-        *,
         step: int = 0,
+        *,
         t: Tensor | None = None,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
-        fused: bool = True,
+        fused: bool | None = None,
+        mask: Tensor | None = None,
+        reduction: Reduction = "none",
     ) -> Tensor:
-        """The continuous-time masked NELBO integrand per token (B, L); ``step`` (>= 0) does
-        not change it (the signature matches ``UniformDiffusion.loss``, ``fused`` too)."""
+        """The continuous-time masked NELBO integrand per token (B, L), or reduced (0-d);
+        ``step`` (>= 0) does not change it. Arguments as in ``UniformDiffusion.loss``
+        (``mask``: the tokens that count, not the mask token)."""
         x_0 = _check_x0(x_0, self.vocab_size)
         _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
+        check_mask(mask, x_0.shape)
+        kw = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
         with trusted():
-            return self._loss(denoiser, x_0, t, generator, cond, fused)
+            return self._loss(denoiser, x_0, t, generator, cond, **kw)
 
     def _loss(
         self,
@@ -422,19 +480,23 @@ class MaskedDiffusion:
         t: Tensor,
         generator: torch.Generator | None,
         cond: Mapping[str, Any] | None,
-        fused: bool,
+        fused: bool | None,
+        mask: Tensor | None,
+        reduction: Reduction,
     ) -> Tensor:
         alpha_t = _column(self.schedule.alpha(t))
         dalpha_dt = _column(self.schedule.dalpha_dt(t))
         z_t = processes.masked_corrupt(x_0, alpha_t, self.mask_id, generator=generator)
-        if fused and has_fused_head(denoiser):
+        kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
+        k = self.model_vocab_size
+        if use_fused_head(denoiser, fused, x_0.numel(), k, x_0.device, reduction):
             head = self._denoise_head(denoiser, z_t, alpha_t, cond)
             return losses.fused_linear_masked_nelbo(
                 head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, self.mask_id,
-                bias=head.bias,
+                bias=head.bias, **kw,
             )  # fmt: skip
         logits = self._denoise(denoiser, z_t, alpha_t, cond)
-        return losses.masked_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id)
+        return losses.masked_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id, **kw)
 
     @torch.no_grad()
     def nelbo(
@@ -450,7 +512,9 @@ class MaskedDiffusion:
         x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
         with trusted():
-            diffusion = (1 - self.eps) * self._loss(denoiser, x_0, t, generator, cond, False)
+            diffusion = (1 - self.eps) * self._loss(
+                denoiser, x_0, t, generator, cond, fused=False, mask=None, reduction="none"
+            )
             one = torch.ones(x_0.shape[0], 1, device=x_0.device)
             prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
             alpha_eps = self.schedule.alpha(one * self.eps)

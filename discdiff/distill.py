@@ -26,7 +26,7 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from discdiff import config, samplers
@@ -34,6 +34,7 @@ from discdiff._chunks import chunk_rows
 from discdiff.checks import check_generator, check_x0
 from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
+from discdiff.losses._common import Reduction, check_mask, check_reduction, reduce_loss
 from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
@@ -313,12 +314,18 @@ class DCDistiller:
         self,
         student: Denoiser,
         x_0: Int[Tensor, "b l"],
-        step: int,
+        step: int = 0,
         *,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
-    ) -> Float[Tensor, "b l"]:
-        """The distillation loss per token (B, L) at distillation step ``step``.
+        mask: Bool[Tensor, "b l"] | None = None,
+        reduction: Reduction = "none",
+    ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
+        """The distillation loss at distillation step ``step``: per token (B, L), or reduced.
+
+        The diffusions' convention (``UniformDiffusion.loss``): ``step`` positional or keyword,
+        ``mask`` (B, L) True at the tokens that count, ``reduction`` "none" (0 at the ignored
+        tokens), "sum" or "mean" over the tokens that count.
 
         t (B,) is antithetic over the batch on [dt + eps, 1], s = t - dt with dt of the step's
         round; (z_t, z_s) is the shared-noise argmax pair (``argmax_pair``); the student sees
@@ -328,6 +335,8 @@ class DCDistiller:
         """
         x_0 = check_x0(x_0, self.vocab_size)  # any integer dtype in, int64 out
         check_generator(generator)
+        check_mask(mask, x_0.shape)
+        check_reduction(reduction)
         dt = self.dt(self.rounds.current(step))
         t = antithetic_times(
             x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
@@ -350,8 +359,10 @@ class DCDistiller:
                 teacher_logits = self._call("teacher", self.teacher, z_s, self._sigma(s), cond)
             student_logits = self._call("student", student, z_t, self._sigma(t), cond)
         if self.divergence == "kl_student_teacher":
-            return token_kl(student_logits, teacher_logits, dtype=self.kl_dtype)
-        return token_kl(teacher_logits, student_logits, dtype=self.kl_dtype)
+            kl = token_kl(student_logits, teacher_logits, dtype=self.kl_dtype)
+        else:
+            kl = token_kl(teacher_logits, student_logits, dtype=self.kl_dtype)
+        return reduce_loss(kl, mask, reduction)
 
     # -- sampling ---------------------------------------------------------------------------
 

@@ -40,13 +40,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from discdiff import config, processes
 from discdiff.checks import check_generator, check_schedule, check_x0
 from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.distill import token_kl
+from discdiff.losses._common import Reduction, check_mask, check_reduction, reduce_loss
 from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.samplers import masked_ancestral_step, sample_masked
 from discdiff.schedules import LogLinearSchedule, Schedule
@@ -287,12 +288,18 @@ class SDTTDistiller:
         self,
         student: Denoiser,
         x_0: Int[Tensor, "b l"],
-        step: int,
+        step: int = 0,
         *,
         generator: torch.Generator | None = None,
         cond: Mapping[str, Any] | None = None,
-    ) -> Float[Tensor, "b l"]:
-        """The distillation loss per token (B, L) at distillation step ``step``.
+        mask: Bool[Tensor, "b l"] | None = None,
+        reduction: Reduction = "none",
+    ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
+        """The distillation loss at distillation step ``step``: per token (B, L), or reduced.
+
+        The diffusions' convention (``UniformDiffusion.loss``): ``step`` positional or keyword,
+        ``mask`` (B, L) True at the tokens that count, ``reduction`` "none" (0 at the ignored
+        tokens), "sum" or "mean" over the tokens that count.
 
         t (B,) is antithetic over the batch on [eps, 1]; z_t ~ q(z_t | x_0); the teacher builds
         its target from z_t (``target``) without gradients; the student sees (z_t, t). Returns
@@ -302,6 +309,8 @@ class SDTTDistiller:
         """
         x_0 = check_x0(x_0, self.vocab_size)  # any integer dtype in, int64 out
         check_generator(generator)
+        check_mask(mask, x_0.shape)
+        check_reduction(reduction)
         if not callable(student):
             raise TypeError(
                 f"student must be a denoiser (a callable), got {type(student).__name__}"
@@ -317,7 +326,8 @@ class SDTTDistiller:
         target = self.target(z_t, t, round, generator=generator, cond=cond).logits
         student_logits = self._call("student", student, z_t, alpha_t, cond)
         # Only the masked rows: SUBS makes the unmasked ones one-hot (infinite KL, NaN gradients).
-        rows = (z_t == self.mask_id).reshape(-1).nonzero().squeeze(-1)
+        counted = z_t == self.mask_id if mask is None else (z_t == self.mask_id) & mask
+        rows = counted.reshape(-1).nonzero().squeeze(-1)
         k = self.vocab_size
         p = student_logits.reshape(-1, k + 1)[rows, :k].unsqueeze(0)
         q = target.reshape(-1, k + 1)[rows, :k].unsqueeze(0)
@@ -326,7 +336,8 @@ class SDTTDistiller:
         else:
             kl = token_kl(q, p, dtype=self.kl_dtype)
         out = torch.zeros(x_0.numel(), dtype=kl.dtype, device=kl.device)
-        return out.index_put((rows,), kl.reshape(-1)).reshape(x_0.shape)
+        return reduce_loss(out.index_put((rows,), kl.reshape(-1)).reshape(x_0.shape), mask,
+                           reduction)  # fmt: skip
 
     # -- sampling -------------------------------------------------------------------------
 

@@ -167,7 +167,7 @@ class DuoObjective(_DiffusionObjective):
     def __init__(
         self, vocab_size: int, *, gamma_min: float, gamma_max: float, tau: float,
         curriculum_end: int, top_k: int | None = None, tau_end: float | None = None,
-        eps: float = 1e-3,
+        eps: float = 1e-3, clean_context: float = 0.0,
     ) -> None:  # fmt: skip
         from discdiff import GammaSchedule, GaussianCurriculum, UniformDiffusion
 
@@ -180,6 +180,22 @@ class DuoObjective(_DiffusionObjective):
         self.diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
         self.vocab_size = self.model_vocab_size = vocab_size
         self.curriculum_end = curriculum_end
+        self.clean_context = clean_context
+        self.held_clean: Tensor | None = None  # the last loss's clean context (no loss there)
+
+    def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
+        """The Duo loss; a ``clean_context`` share of the rows keeps clean context (level 0, no
+        loss), which ``held_clean`` keeps for the step's mean."""
+        if label is not None and self.label_dropout is not None:
+            label = self.label_dropout(label, generator)
+        self.held_clean = None
+        if self.clean_context > 0:
+            from discdiff.context import random_clean_mask
+
+            self.held_clean = random_clean_mask(*x_0.shape, share=self.clean_context,
+                                                generator=generator, device=x_0.device)  # fmt: skip
+        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator,
+                                   cond=_cond(mask, label), clean_mask=self.held_clean)  # fmt: skip
 
     def phase(self, step: int) -> str:
         return "curriculum" if step < self.curriculum_end else "discrete"
@@ -417,6 +433,7 @@ def _objective(
         return DuoObjective(
             vocab_size, gamma_min=d.gamma_min, gamma_max=d.gamma_max, tau=d.tau,
             curriculum_end=d.curriculum_end, top_k=d.top_k, tau_end=d.tau_end, eps=d.eps,
+            clean_context=d.clean_context or 0.0,
         )  # fmt: skip
     if kind == "mdlm":
         return MDLMObjective(vocab_size, eps=cfg.duo.eps)

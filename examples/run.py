@@ -88,7 +88,12 @@ def resolve_config(cfg: Config, saved: Config | None = None) -> Config:
         end = saved.duo.curriculum_end if saved is not None else None
     if end is None:
         end = round(d.curriculum_fraction * cfg.train.steps)
-    cfg = replace(cfg, duo=replace(d, curriculum_end=end))
+    clean = d.clean_context
+    if clean is None:
+        clean = saved.duo.clean_context if saved is not None else None
+    if clean is None:  # the DiT reads per-token levels; a factory backbone is not assumed to
+        clean = 0.0 if cfg.model.factory else 0.1
+    cfg = replace(cfg, duo=replace(d, curriculum_end=end, clean_context=clean))
     if cfg.train.objective == "duo" and end >= cfg.train.steps:
         how = (f"duo.curriculum_end = {d.curriculum_end}" if d.curriculum_end is not None else
                f"duo.curriculum_fraction = {d.curriculum_fraction} of the steps")  # fmt: skip
@@ -213,10 +218,25 @@ def build_model_and_objective(
                             seq_len=cfg.data.seq_len, mask_id=run["mask_id"],
                             num_classes=num_classes)  # fmt: skip
     model = model.to(info.device)
+    _check_clean_context(cfg, model)
     meta = model_meta(model, tokenizer.vocab_size, cfg.train.objective,
                       None if teacher is not None else cfg.model, causal=objective.causal,
                       model_vocab_size=objective.model_vocab_size, run=run)  # fmt: skip
     return objective, model, meta
+
+
+def _check_clean_context(cfg: Config, model: nn.Module) -> None:
+    """Duo's clean-context rows need a backbone that reads per-token noise levels."""
+    from discdiff.context import reads_token_levels
+
+    share = cfg.duo.clean_context or 0.0
+    if cfg.train.objective == "duo" and share > 0 and not reads_token_levels(model):
+        raise ValueError(
+            f"--duo.clean_context {cfg.duo.clean_context} trains rows with clean context, which "
+            f"the backbone must see at noise level 0: {type(model).__name__} does not declare "
+            "reads_token_levels = True (a forward that accepts sigma of shape (B, L)). Give it "
+            "one, or pass --duo.clean_context 0 (its prompts are then refused at sampling)"
+        )
 
 
 def build_run(cfg: Config, info: D.DistInfo, run_dir: Path, resuming: bool) -> Run:

@@ -14,8 +14,10 @@ run's sequence length (``data.seq_len``).
 
 ``--prompt TEXT`` is encoded with the run's tokenizer and held as a clean prefix
 (``prompt=`` / ``prompt_mask=``: the first tokens of every sample are the prompt's); the AR
-model continues it. A model that cannot take a prompt is refused by the library with a
-``ValueError``, printed here as the message alone (exit status 2). ``--kappa`` (the Psi
+model continues it. A Duo run samples p(rest | prompt) because it trained with clean context
+(``duo.clean_context``: the DiT sees the prompt at noise level 0); a Duo run trained without
+it, and a DCD student (distilled without it), are refused, as is any model the library refuses,
+with the message alone (exit status 2). ``--kappa`` (the Psi
 sampler of uniform-state diffusion; 1 is ancestral) is refused for masked and AR runs.
 """
 
@@ -70,6 +72,20 @@ def _autoregressive(run: TrainedRun, n: int, prompt: str | None, generator: torc
     return generate_ar(run.model, start, length - len(prefix), top_p=top_p, generator=generator)
 
 
+def _check_prompt_training(run: TrainedRun) -> None:
+    """A uniform-state model samples p(rest | prompt) only if it learned to read clean context."""
+    name = run.objective.name
+    if name == "duo" and not (run.config.duo.clean_context or 0.0) > 0:
+        raise ValueError("this Duo run was trained without clean context (duo.clean_context = "
+                         "0): it never learned to read a prompt at noise level 0, so its "
+                         "prompted samples would not follow p(rest | prompt). Train with "
+                         "--duo.clean_context 0.1, or sample without --prompt")  # fmt: skip
+    if name == "dcd":
+        raise ValueError("a DCD student is distilled without clean context, so its prompted "
+                         "samples would not follow p(rest | prompt): prompt its Duo teacher, "
+                         "or sample without --prompt")  # fmt: skip
+
+
 @torch.no_grad()
 def draw(
     run: TrainedRun, *, num_samples: int, steps: int, seed: int = 0, tail: str = "greedy",
@@ -97,6 +113,7 @@ def draw(
         if kappa is not None:
             options["kappa"] = kappa
         if prompt:
+            _check_prompt_training(run)
             ids, mask = prompt_tensors(run, prompt, n)
             options.update(prompt=ids.to(device), prompt_mask=mask.to(device))
         length = run.config.data.seq_len

@@ -121,9 +121,12 @@ def _mean_loss(objective: Objective, per_token: Tensor, mask: Tensor | None) -> 
 
     Padded positions are selected away (not multiplied by 0), so whatever they hold is ignored.
     """
-    if mask is None:
+    keep = None if mask is None else objective.token_mask(mask)
+    held = getattr(objective, "held_clean", None)  # clean context: no loss there, not counted
+    if held is not None:
+        keep = ~held if keep is None else keep & ~held
+    if keep is None:
         return per_token.float().mean()
-    keep = objective.token_mask(mask)
     return torch.where(keep, per_token.float(), 0.0).sum() / keep.sum().clamp_min(1)
 
 

@@ -325,7 +325,7 @@ def test_an_error_inside_hidden_states_is_noted_too():
     model = small_dit(K)
     model.hidden_states = lambda z_t, sigma, **cond: (_ for _ in ()).throw(KeyError("boom"))
     with pytest.raises(KeyError) as caught:
-        UniformDiffusion(K).loss(model, x0())
+        UniformDiffusion(K).loss(model, x0(), fused=True)
     assert ("vocab_size=7" in notes_of(caught.value)) is NOTES
 
 

@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from examples.checkpoint import CheckpointMismatchError, load_checkpoint
 from examples.config import apply_overrides, load_config, parse_args
 from examples.metrics import read_csv
+from examples.run import resolve_config
 from examples.train import NonFiniteLossError, lr_multiplier, main, train
 from tests.helpers import make_corpus, tiny_config
 
@@ -237,7 +238,9 @@ def test_resume_refuses_options_that_change_the_run_and_never_rewrites_its_recor
     more = train(parse_args(["--train.out_dir", str(out), "--train.resume", "true",
                              "--train.steps", "6"]))  # fmt: skip
     assert more.step == 6 and load_config(out).data.tokenizer == "byte"
-    assert load_config(out) == apply_overrides(cfg, {"train.steps": 6, "train.resume": True})
+    resolved = resolve_config(cfg)  # the record holds the resolved config (clean context too)
+    assert resolved.duo.clean_context == 0.1  # the DiT's default
+    assert load_config(out) == apply_overrides(resolved, {"train.steps": 6, "train.resume": True})
 
 
 def test_resuming_a_complete_run_says_so_and_how_to_extend_it(corpus_dir, tmp_path, capsys):

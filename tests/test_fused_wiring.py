@@ -124,7 +124,7 @@ class _Broken(torch.nn.Module):
 def test_the_seam_checks_the_hidden_state_and_the_projection(fault, message):
     model = _Broken(fault)
     with pytest.raises(ValueError, match=message):
-        UniformDiffusion(K).loss(model, tokens())
+        UniformDiffusion(K).loss(model, tokens(), fused=True)
     with pytest.raises(ValueError, match=message):
         denoise_head(model, tokens(), torch.ones(B), vocab_size=K)
     UniformDiffusion(K).loss(model, tokens(), fused=False)  # the logits path is unaffected
@@ -165,7 +165,7 @@ def test_fused_diffusion_losses_equal_the_losses_of_the_logits(name, dtype):
         assert torch.all(grads["final.linear.weight"][K + 1 :] == 0)
 
 
-def test_discrete_loss_is_fused_and_the_bound_takes_the_logits(monkeypatch):
+def test_discrete_loss_can_be_fused_and_the_bound_takes_the_logits(monkeypatch):
     diffusion, model = UniformDiffusion(K), make(dtype=torch.float64)
     x_0, t = tokens(), torch.tensor([0.2, 0.4, 0.8], dtype=torch.float64)
     calls = []
@@ -176,7 +176,8 @@ def test_discrete_loss_is_fused_and_the_bound_takes_the_logits(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "hidden_states", counted)
-    fused = diffusion.discrete_loss(model, x_0, t, generator=torch.Generator().manual_seed(2))
+    fused = diffusion.discrete_loss(model, x_0, t, generator=torch.Generator().manual_seed(2),
+                                    fused=True)  # fmt: skip
     assert calls
     plain = diffusion.discrete_loss(model, x_0, t, generator=torch.Generator().manual_seed(2),
                                     fused=False)  # fmt: skip

@@ -100,6 +100,34 @@ def test_uniform_nelbo_is_exactly_zero_at_the_one_hot_of_x0_and_finite_with_minu
     torch.testing.assert_close(g_tr, g_pt, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_uniform_nelbo_kernel_with_an_ignore_mask(reduction):
+    # The kernel's per-token loss, masked and reduced over the tokens that count, is the PyTorch
+    # path's; an impossible token (alpha = 1, z_t != x_0) that is ignored raises nothing.
+    logits, x_0, z_t, a, da = _case(7, 2, 5, 50, 0.3, 2.0, True)
+    a[1, 4], z_t[1, 4] = 1.0, (x_0[1, 4] + 1) % 50
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 3:], mask[1, 4] = False, False
+    out = []
+    for backend in ("triton", "torch"):
+        leaf = logits.clone().requires_grad_()
+        loss = kernels.uniform_nelbo(leaf, x_0, z_t, a, da, mask=mask, reduction=reduction,
+                                     backend=backend)  # fmt: skip
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        out.append((loss.detach(), grad))
+    (l_tr, g_tr), (l_pt, g_pt) = out
+    assert torch.all(g_tr[~mask] == 0) and torch.isfinite(g_tr).all()
+    per_token = torch_uniform_nelbo(logits, x_0, z_t, a.clamp(max=0.5), da)[mask].double()
+    expected = {"none": None, "sum": per_token.sum(), "mean": per_token.mean()}[reduction]
+    if expected is None:
+        assert torch.all(l_tr[~mask] == 0)
+        torch.testing.assert_close(l_tr[mask].double(), per_token, rtol=2e-5, atol=0.0)
+    else:
+        torch.testing.assert_close(l_tr.double(), expected, rtol=2e-5, atol=0.0)
+    torch.testing.assert_close(l_tr, l_pt, rtol=2e-5, atol=0.0)
+    torch.testing.assert_close(g_tr, g_pt, rtol=1e-4, atol=2e-5 * float(g_pt.abs().max()))
+
+
 def test_uniform_nelbo_checks_and_dispatch():
     logits, x_0, z_t, a, da = _case(1, 2, 3, 6, 0.5, 1.0, False)
     # On a CPU tensor "auto" is the PyTorch path itself.
@@ -122,8 +150,9 @@ def test_uniform_nelbo_half_logits():
     torch.testing.assert_close(g_tr.float(), g_pt.float(), rtol=2e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_the_fused_head_runs_the_kernels_per_block(reduction):
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_the_fused_head_runs_the_kernels_per_block(reduction, masked):
     # The fused output layer + loss takes the kernels for each block of rows on CUDA ("auto");
     # under the interpreter "triton" forces them: the same loss and gradients as the PyTorch rows.
     from discdiff.losses import fused_linear_uniform_nelbo
@@ -137,12 +166,16 @@ def test_the_fused_head_runs_the_kernels_per_block(reduction):
     z_t = torch.where(torch.rand(b, length, generator=g) < 0.5, x_0,
                       torch.randint(0, k, (b, length), generator=g))  # fmt: skip
     alpha, dalpha = torch.tensor([[0.3], [1e-9]]), torch.full((b, 1), -1.0)  # a series row too
+    # The ignore mask: the kernels see only the rows that count (the rest give 0).
+    mask = torch.rand(b, length, generator=g) < 0.6 if masked else None
     out = []
     for backend in ("triton", "torch"):
         leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
         loss = fused_linear_uniform_nelbo(leaves[0], leaves[1], x_0, z_t, alpha, dalpha,
-                                          bias=leaves[2], reduction=reduction, block_rows=5,
-                                          backend=backend)  # fmt: skip
+                                          bias=leaves[2], mask=mask, reduction=reduction,
+                                          block_rows=5, backend=backend)  # fmt: skip
+        if mask is not None and reduction == "none":
+            assert torch.all(loss[~mask] == 0) and torch.all(loss[mask] > 0)
         w = torch.linspace(0.5, 1.5, loss.numel()).view(loss.shape)
         grads = torch.autograd.grad((loss * w).sum(), leaves)
         out.append((loss.detach(), grads))

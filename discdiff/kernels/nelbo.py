@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -26,10 +26,14 @@ from discdiff.kernels._backend import Backend, use_triton
 from discdiff.losses import uniform as _uniform
 from discdiff.losses._common import (
     Level,
+    Reduction,
     accumulation_dtype,
     check_common,
     check_levels,
+    check_mask,
+    check_reduction,
     per_token,
+    reduce_loss,
     result_dtype,
 )
 from discdiff.losses.uniform import row_terms, series_split
@@ -99,20 +103,28 @@ def uniform_nelbo(
     alpha_t: Level,
     dalpha_t: Level,
     *,
+    mask: Bool[Tensor, "b l"] | None = None,
+    reduction: Reduction = "none",
     backend: Backend = "auto",
-) -> Float[Tensor, "b l"]:
+) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """``discdiff.losses.uniform_nelbo`` (same arguments, result and gradient), by the Triton
     kernels on CUDA when Triton imports and by the library's PyTorch path otherwise.
 
-    ``backend``: "auto" (as above), "torch", or "triton" (also on CPU tensors under the Triton
-    interpreter, ``TRITON_INTERPRET=1``: how the tests run it). The Triton path computes the
+    ``mask`` and ``reduction`` as in ``discdiff.losses.uniform_nelbo`` (the tokens that count;
+    "none", "sum" or "mean" over them). ``backend``: "auto" (as above), "torch", or "triton"
+    (also on CPU tensors under the Triton interpreter, ``TRITON_INTERPRET=1``: how the tests run
+    it). The Triton path computes the
     reductions in float32 (in the logits' precision for float32 logits; float64 logits are read
     as float32 too, so use "torch" for float64 work) and the per-row closed form in float64.
     """
     if not use_triton(logits, backend):
-        return _uniform.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_t)
+        return _uniform.uniform_nelbo(
+            logits, x_0, z_t, alpha_t, dalpha_t, mask=mask, reduction=reduction
+        )
     k = check_common(logits, x_0, z_t)
     check_levels(alpha_t, dalpha_t, "alpha_t")
+    check_mask(mask, x_0.shape)
+    check_reduction(reduction)
     if isinstance(alpha_t, Tensor) and alpha_t.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             "alpha_t requires grad, but uniform_nelbo treats it as a constant; pass "
@@ -122,6 +134,8 @@ def uniform_nelbo(
     acc = accumulation_dtype(logits.device)
     shape = x_0.shape
     alpha = per_token(alpha_t, shape, logits, acc)
+    if mask is not None:
+        z_t = torch.where(mask, z_t, x_0)  # as in the PyTorch path: ignored rows stay finite
     if checks_enabled() and bool(((alpha == 1) & (z_t != x_0)).any()):
         raise ValueError(
             "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
@@ -132,4 +146,4 @@ def uniform_nelbo(
         alpha.reshape(-1).contiguous(),
     )  # fmt: skip
     dalpha = per_token(dalpha_t, shape, logits, acc)
-    return ((-dalpha / (k * alpha)) * d.view(shape)).to(out_dtype)
+    return reduce_loss((-dalpha / (k * alpha)) * d.view(shape), mask, reduction).to(out_dtype)

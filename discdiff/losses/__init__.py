@@ -2,14 +2,16 @@
 
 Notation (Concepts §3): K vocabulary size (read from the last axis of ``logits``), ``x_0`` the clean
 token x, ``z_t`` the noisy token i, ``alpha_t`` = α_t in (0, 1], ``dalpha_t`` = α'_t = dα_t/dt <= 0,
-x̂ = softmax(logits) the denoiser's estimate of the one-hot **x**. Every loss is returned
-unreduced, shape (B, L); the caller masks padding and reduces. ``alpha_t`` and ``dalpha_t`` are
-python floats, 0-d tensors, or tensors that broadcast as (B, 1) or (B, L).
+x̂ = softmax(logits) the denoiser's estimate of the one-hot **x**. Every loss takes ``mask``
+(B, L), True at the tokens that count (None: all), and ``reduction``: "none" (the default, per
+token (B, L), 0 at the ignored tokens), "sum" or "mean" over the tokens that count. ``alpha_t`` and
+``dalpha_t`` are python floats, 0-d tensors, or tensors that broadcast as (B, 1) or (B, L).
 
 Modules: ``uniform`` (the memory-lean uniform-state NELBO), ``masked`` (the masked NELBO),
 ``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss),
 ``reference`` (both NELBOs exactly as Concepts §3 writes them, the readable formulas that the tests
-and benchmarks hold the fast paths to).
+and benchmarks hold the fast paths to), ``fused`` (the losses from the last hidden state and the
+output projection), ``dispatch`` (when the diffusions take the fused head).
 """
 
 from discdiff.losses.bounds import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -17,6 +19,9 @@ from discdiff.typing import (
 
 Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
 """alpha_t or dalpha_t: a python number, a 0-d tensor, or a tensor broadcasting as (B, 1)/(B, L)."""
+
+Reduction = Literal["none", "sum", "mean"]
+"""How a loss is returned: "none" per token (B, L); "sum" or "mean" over the tokens that count."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +92,48 @@ def check_mask_id(mask_id: int, k: int, x_0: Tensor) -> None:
         raise ValueError(f"mask_id must be a token id in [0, {k}) (K from logits), got {mask_id}")
     if checks_enabled() and bool((x_0 == mask_id).any()):
         raise ValueError(f"x_0 contains the mask token mask_id={mask_id}; clean data never does")
+
+
+def check_reduction(reduction: Any) -> Reduction:
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+    return reduction
+
+
+def check_mask(mask: Any, shape: torch.Size | tuple[int, ...], name: str = "mask") -> None:
+    """``mask`` is None or a bool tensor of the tokens' shape (True at the tokens that count)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(
+            f"{name} must be a bool tensor, True at the tokens that count (e.g. "
+            f"x_0 != pad_id), got {got}"
+        )
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have the tokens' shape (B, L) = {tuple(shape)}, got {tuple(mask.shape)}"
+        )
+
+
+def reduce_loss(loss: Tensor, mask: Tensor | None, reduction: Reduction) -> Tensor:
+    """Per-token ``loss`` (B, L) with the ignored tokens set to 0 ("none"), or their sum or mean
+    over the tokens where ``mask`` is True (all tokens without a mask).
+
+    ``torch.where``, not a product: an ignored token's loss may be inf or NaN (a padding token is
+    not drawn from the forward process) and must not reach the result or the gradient. "mean"
+    divides by the number of tokens that count; with none it is 0 (a step on a batch of padding
+    changes nothing), not NaN.
+    """
+    if mask is not None:
+        loss = torch.where(mask.to(loss.device), loss, 0.0)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    count = loss.numel() if mask is None else mask.sum()
+    return total / (count.clamp_min(1) if isinstance(count, Tensor) else max(count, 1))
 
 
 def per_token(level: Tensor | float, shape: torch.Size, like: Tensor, dtype: torch.dtype) -> Tensor:

@@ -13,9 +13,11 @@ the unfused losses, reused, not rewritten), then the block's share of the gradie
     fused_linear_cross_entropy(hidden, weight, targets) == ar_loss(logits, targets)
 
 ``reduction``: "none" gives the (B, L) per-token loss, as the unfused functions; the backward
-then recomputes each block's logits (one more matmul). "sum" and "mean" (over the B·L tokens)
-give a 0-d loss whose gradient is formed in the forward pass, while each block's logits are at
-hand: no recomputation, and the backward only scales the stored gradients.
+then recomputes each block's logits (one more matmul). "sum" and "mean" (over the tokens that
+count) give a 0-d loss whose gradient is formed in the forward pass, while each block's logits are
+at hand: no recomputation, and the backward only scales the stored gradients. ``mask`` (B, L),
+True at the tokens that count: the others are dropped before the projection (loss 0, no work).
+When the fused head pays against materialised logits is ``discdiff.losses.dispatch``'s rule.
 
 Gradients flow to ``hidden``, ``weight``, ``bias`` and ``dalpha_t`` (through the per-token weight
 of each loss), as in the unfused losses. Under ``torch.autocast`` the matmuls run in the autocast
@@ -30,16 +32,19 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from discdiff import _chunks
 from discdiff.losses._common import (
     Level,
+    Reduction,
     accumulation_dtype,
     check_levels,
+    check_mask,
     check_mask_id,
+    check_reduction,
     log_prob_without_mask,
     per_token,
     result_dtype,
@@ -56,7 +61,6 @@ from discdiff.typing import (
 
 __all__ = ["fused_linear_cross_entropy", "fused_linear_masked_nelbo", "fused_linear_uniform_nelbo"]
 
-Reduction = Literal["none", "sum", "mean"]
 
 BLOCK_ELEMENTS_CPU = 1 << 22
 """Logits per block on the CPU (16 MiB of float32): large enough for full-rate matmuls."""
@@ -235,7 +239,9 @@ class _FusedLinearLoss(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, reduction: str) -> int:
+def _check_head(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, reduction: str, mask: Tensor | None
+) -> int:
     k, d = weight.shape
     check_vocab_size(k, "weight.shape[0] (the vocabulary size K)")
     if hidden.shape[-1] != d:
@@ -244,9 +250,34 @@ def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, reduction: 
         )
     if bias is not None and bias.shape != (k,):
         raise ValueError(f"bias must have shape (K,) = ({k},), got {tuple(bias.shape)}")
-    if reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+    check_reduction(reduction)
+    check_mask(mask, hidden.shape[:2])
     return k
+
+
+class _Rows:
+    """The rows of the (B·L) tokens that the loss computes: those where ``mask`` is True, or all.
+
+    Ignored tokens are dropped before the output layer (no logits, no loss, no gradient), so
+    padding costs nothing and its ids and levels are never read.
+    """
+
+    def __init__(self, mask: Tensor | None, shape: torch.Size, device: torch.device) -> None:
+        self.shape = shape
+        self.n = shape.numel()
+        self.keep = None if mask is None else mask.to(device).reshape(-1).nonzero().squeeze(1)
+        self.count = self.n if self.keep is None else int(self.keep.numel())
+
+    def take(self, x: Tensor) -> Tensor:
+        """(B, L, ...) per-token values -> (count, ...) of the kept tokens."""
+        flat = x.reshape(self.n, *x.shape[2:])
+        return flat if self.keep is None else flat.index_select(0, self.keep)
+
+    def put(self, values: Tensor) -> Tensor:
+        """(count,) losses of the kept tokens -> (B, L), 0 at the ignored ones."""
+        if self.keep is not None:
+            values = values.new_zeros(self.n).index_put((self.keep,), values)
+        return values.view(self.shape)
 
 
 def _run(
@@ -258,9 +289,11 @@ def _run(
     reduction: str,
     block_rows: int | None,
     out_dtype: torch.dtype,
+    rows: _Rows,
 ) -> Tensor:
-    b, length, d = hidden.shape
-    n = b * length
+    """The loss over the kept rows: ``hidden`` (count, D), ``row_weight`` (count,), ``raw`` of a
+    block of kept rows."""
+    n, d = hidden.shape
     k = weight.shape[0]
     mm_dtype = _autocast_dtype(hidden.device)
     if mm_dtype is None or not hidden.dtype.is_floating_point:
@@ -271,14 +304,13 @@ def _run(
         )
     block_rows = min(block_rows, max(n, 1))
     reduced = reduction != "none"
-    flat = hidden.reshape(n, d)
     loss = _FusedLinearLoss.apply(
-        flat, weight, bias, row_weight.reshape(n), raw, reduced, block_rows, mm_dtype,
+        hidden, weight, bias, row_weight, raw, reduced, block_rows, mm_dtype,
         torch.is_grad_enabled(),
-    )
+    )  # fmt: skip
     if reduction == "mean":
-        loss = loss / max(n, 1)
-    return loss.to(out_dtype) if reduced else loss.view(b, length).to(out_dtype)
+        loss = loss / max(rows.count, 1)  # the tokens that count; 0 when none does
+    return loss.to(out_dtype) if reduced else rows.put(loss).to(out_dtype)
 
 
 def _compute(logits: Tensor) -> Tensor:
@@ -309,6 +341,7 @@ def fused_linear_uniform_nelbo(
     dalpha_t: Level,
     *,
     bias: Float[Tensor, " k"] | None = None,
+    mask: Bool[Tensor, "b l"] | None = None,
     reduction: Reduction = "none",
     block_rows: int | None = None,
     backend: Literal["auto", "torch", "triton"] = "auto",
@@ -321,8 +354,10 @@ def fused_linear_uniform_nelbo(
         x_0, z_t: (B, L) clean and noisy token ids in [0, K).
         alpha_t, dalpha_t: as in ``uniform_nelbo`` (alpha_t a constant; dalpha_t may carry grad).
         bias: (K,) output bias, or None.
-        reduction: "none" (B, L), "sum" or "mean" over the B·L tokens (0-d; gradient formed in the
-            forward pass).
+        mask: (B, L) bool, True at the tokens that count, or None (all count). The ignored rows
+            are dropped before the projection: loss 0, no gradient, no work.
+        reduction: "none" (B, L), "sum" or "mean" over the tokens that count (0-d; gradient
+            formed in the forward pass; "mean" divides by their number, 0 when there is none).
         block_rows: rows of the (B·L, K) logits per block (default: 16 MiB of float32 logits on
             the CPU, 128 MiB on an accelerator).
         backend: the per-block loss: "auto" runs ``discdiff.kernels``' Triton kernels on CUDA
@@ -333,7 +368,7 @@ def fused_linear_uniform_nelbo(
     Memory: one block of logits and one of their gradient at a time; nothing of size (B·L, K) is
     held. The per-row loss and gradient are ``discdiff.losses.uniform``'s closed forms.
     """
-    k = _check_head(hidden, weight, bias, reduction)
+    k = _check_head(hidden, weight, bias, reduction, mask)
     check_tokens(x_0, k, "x_0")
     check_tokens(z_t, k, "z_t")
     check_levels(alpha_t, dalpha_t, "alpha_t")
@@ -347,29 +382,30 @@ def fused_linear_uniform_nelbo(
     out_dtype = result_dtype(hidden, alpha_t, dalpha_t)
     acc = accumulation_dtype(hidden.device)
     shape = x_0.shape
-    alpha = per_token(alpha_t, shape, hidden, acc)
-    if checks_enabled() and bool(((alpha == 1) & (z_t != x_0)).any()):
+    rows = _Rows(mask, shape, hidden.device)
+    alpha = rows.take(per_token(alpha_t, shape, hidden, acc)).contiguous()
+    x_f, z_f = rows.take(x_0).view(-1, 1), rows.take(z_t).view(-1, 1)
+    if checks_enabled() and bool(((alpha == 1) & (z_f != x_f).view(-1)).any()):
         raise ValueError(
             "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
             "(the uniform NELBO is +inf there)"
         )
-    dalpha = per_token(dalpha_t, shape, hidden, acc)
-    row_weight = -dalpha / (k * alpha)
-    x_f, z_f = x_0.reshape(-1, 1), z_t.reshape(-1, 1)
-    alpha_f = alpha.reshape(-1).contiguous()
+    row_weight = -rows.take(per_token(dalpha_t, shape, hidden, acc)) / (k * alpha)
     inner = _chunks.chunk_rows(k, hidden.device)
     kernel = _uniform_kernel(hidden, weight, backend)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         r = logits.shape[0]
         if kernel is not None:  # the Triton kernels: d per row of a (r, K) block
-            return kernel.apply(logits, x_f[sl].view(r), z_f[sl].view(r), alpha_f[sl])
+            return kernel.apply(logits, x_f[sl].view(r), z_f[sl].view(r), alpha[sl])
         d = _UniformNelboCore.apply(
-            logits.unsqueeze(0), x_f[sl].view(1, r), z_f[sl].view(1, r), alpha_f[sl], inner
+            logits.unsqueeze(0), x_f[sl].view(1, r), z_f[sl].view(1, r), alpha[sl], inner
         )
         return d.view(r)
 
-    return _run(hidden, weight, bias, row_weight, raw, reduction, block_rows, out_dtype)
+    return _run(
+        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
+    )
 
 
 @typechecked
@@ -383,12 +419,14 @@ def fused_linear_masked_nelbo(
     mask_id: int,
     *,
     bias: Float[Tensor, " k"] | None = None,
+    mask: Bool[Tensor, "b l"] | None = None,
     reduction: Reduction = "none",
     block_rows: int | None = None,
 ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """``masked_nelbo(hidden @ weight.T + bias, x_0, z_t, alpha_t, dalpha_t, mask_id)``, block by
-    block; arguments as in ``fused_linear_uniform_nelbo``. K (weight's rows) counts the mask."""
-    k = _check_head(hidden, weight, bias, reduction)
+    block; arguments as in ``fused_linear_uniform_nelbo`` (``mask``: the tokens that count, not
+    ``mask_id``). K (weight's rows) counts the mask token."""
+    k = _check_head(hidden, weight, bias, reduction, mask)
     check_tokens(x_0, k, "x_0")
     check_tokens(z_t, k, "z_t")
     check_mask_id(mask_id, k, x_0)
@@ -398,18 +436,21 @@ def fused_linear_masked_nelbo(
     out_dtype = result_dtype(hidden, alpha_t, dalpha_t)
     acc = accumulation_dtype(hidden.device)
     shape = x_0.shape
-    alpha = per_token(alpha_t, shape, hidden, acc)
-    dalpha = per_token(dalpha_t, shape, hidden, acc)
-    masked = z_t == mask_id
+    rows = _Rows(mask, shape, hidden.device)
+    alpha = rows.take(per_token(alpha_t, shape, hidden, acc))
+    dalpha = rows.take(per_token(dalpha_t, shape, hidden, acc))
+    masked = rows.take(z_t) == mask_id
     # As in masked_nelbo: 1 - α floored so that unmasked positions at α = 1 stay finite.
     row_weight = torch.where(masked, dalpha / (1 - alpha).clamp_min(torch.finfo(acc).tiny), 0.0)
-    x_f = x_0.reshape(-1)
+    x_f = rows.take(x_0)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         log_p = log_prob_without_mask(_compute(logits).unsqueeze(0), x_f[sl].unsqueeze(0), mask_id)
         return log_p.view(-1).to(acc)
 
-    return _run(hidden, weight, bias, row_weight, raw, reduction, block_rows, out_dtype)
+    return _run(
+        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
+    )
 
 
 @typechecked
@@ -419,24 +460,29 @@ def fused_linear_cross_entropy(
     targets: Int[Tensor, "b l"],
     *,
     bias: Float[Tensor, " k"] | None = None,
+    mask: Bool[Tensor, "b l"] | None = None,
     reduction: Reduction = "none",
     block_rows: int | None = None,
 ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """``ar_loss(hidden @ weight.T + bias, targets)`` (next-token cross-entropy), block by block.
 
     ``targets`` are already shifted (``hidden[:, j]`` predicts ``targets[:, j]``); other
-    arguments as in ``fused_linear_uniform_nelbo``.
+    arguments as in ``fused_linear_uniform_nelbo`` (``mask`` False where ``F.cross_entropy``
+    would take ``ignore_index``).
     """
-    k = _check_head(hidden, weight, bias, reduction)
+    k = _check_head(hidden, weight, bias, reduction, mask)
     check_tokens(targets, k, "targets")
     if block_rows is not None:
         block_rows = check_count(block_rows, "block_rows")
     out_dtype = result_dtype(hidden)
     acc = accumulation_dtype(hidden.device)
-    row_weight = torch.ones(targets.shape, dtype=acc, device=hidden.device)
-    t_f = targets.reshape(-1)
+    rows = _Rows(mask, targets.shape, hidden.device)
+    t_f = rows.take(targets)
+    row_weight = torch.ones(t_f.shape, dtype=acc, device=hidden.device)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         return F.cross_entropy(_compute(logits), t_f[sl], reduction="none").to(acc)
 
-    return _run(hidden, weight, bias, row_weight, raw, reduction, block_rows, out_dtype)
+    return _run(
+        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
+    )

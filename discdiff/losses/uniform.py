@@ -10,18 +10,22 @@ import math
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from discdiff import _chunks
 from discdiff.losses._common import (
     Level,
+    Reduction,
     accumulation_dtype,
     check_common,
     check_levels,
+    check_mask,
+    check_reduction,
     g_small,
     per_token,
+    reduce_loss,
     result_dtype,
 )
 from discdiff.typing import check_count, checks_enabled, typechecked
@@ -250,8 +254,10 @@ def uniform_nelbo(
     alpha_t: Level,
     dalpha_t: Level,
     *,
+    mask: Bool[Tensor, "b l"] | None = None,
+    reduction: Reduction = "none",
     chunk_rows: int | None = None,
-) -> Float[Tensor, "b l"]:
+) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """Continuous-time uniform-state NELBO per token (UDLM; Concepts §3).
 
     With x̄ = Kα_t **x** + (1 - α_t), x̄_θ = Kα_t x̂ + (1 - α_t) and i = z_t::
@@ -267,11 +273,16 @@ def uniform_nelbo(
         alpha_t: α_t in (0, 1]; float, 0-d, (B, 1) or (B, L). Treated as a constant: a tensor
             that requires grad is rejected (the loss differentiates w.r.t. logits and dalpha_t).
         dalpha_t: α'_t <= 0, same shapes as alpha_t.
+        mask: (B, L) bool, True at the tokens that count (e.g. ``x_0 != pad_id``), or None (all
+            count). Ignored tokens get loss 0 and no gradient (whatever their ids and levels).
+        reduction: "none" (B, L) per token; "sum" or "mean" over the tokens that count, 0-d
+            ("mean" divides by their number, as ``F.cross_entropy`` with ``ignore_index``).
         chunk_rows: rows of the flattened (B*L, K) logits processed at a time (default: about
             1 MiB of float32 per temporary on CPU, 128 MiB on accelerators).
 
     Returns:
-        (B, L) loss; float64 when any input is float64, float32 for float32 or half inputs.
+        (B, L) loss, or 0-d when reduced; float64 when any input is float64, float32 for float32
+        or half inputs.
 
     Memory: nothing of size (B, L, K) is kept for backward besides the logits themselves; the
     backward recomputes softmax chunk by chunk and writes the closed-form gradient straight into
@@ -280,6 +291,8 @@ def uniform_nelbo(
     """
     k = check_common(logits, x_0, z_t)
     check_levels(alpha_t, dalpha_t, "alpha_t")
+    check_mask(mask, x_0.shape)
+    check_reduction(reduction)
     if isinstance(alpha_t, Tensor) and alpha_t.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             "alpha_t requires grad, but uniform_nelbo treats it as a constant; pass "
@@ -291,6 +304,10 @@ def uniform_nelbo(
     acc = accumulation_dtype(logits.device)
     shape = x_0.shape
     alpha = per_token(alpha_t, shape, logits, acc).reshape(-1)
+    if mask is not None:
+        # An ignored token is never drawn from q(z_t | x_0) (padding): z_t = x_0 there keeps its
+        # row finite, so that its zero gradient stays zero (0 * inf would be NaN).
+        z_t = torch.where(mask, z_t, x_0)
     if checks_enabled():
         impossible = (alpha.view(shape) == 1) & (z_t != x_0)
         if bool(impossible.any()):
@@ -304,4 +321,4 @@ def uniform_nelbo(
     alpha_bl = alpha.view(shape)
     dalpha = per_token(dalpha_t, shape, logits, acc)
     loss = (-dalpha / (k * alpha_bl)) * d
-    return loss.to(out_dtype)
+    return reduce_loss(loss, mask, reduction).to(out_dtype)
