@@ -8,7 +8,7 @@ Two switches skip value checks inside a ``with`` block: ``unchecked()`` (a user'
 and ``trusted()`` (the library's own layers below a public call that checked its inputs). Both
 live in ``contextvars``: each thread and each asyncio task sees its own value, so a sampler
 running in one thread never silences the checks of a call in another, and every block restores
-exactly the value it found (``ContextVar.reset``). ``host_checks`` (how many value checks were
+exactly the value it found (``ContextVar.reset``). host_checks (how many value checks were
 decided on the host) is counted per context too.
 """
 
@@ -104,7 +104,7 @@ def output_checks_enabled() -> bool:
 
 def host_check_count() -> int:
     """How many value checks this thread (or asyncio task) decided on the host so far; each is
-    a device sync on an accelerator. ``discdiff.checks.host_checks`` reads the same number."""
+    a device sync on an accelerator. The module attribute host_checks reads the same number."""
     return _host_checks.get()
 
 
