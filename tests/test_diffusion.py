@@ -31,6 +31,10 @@ def test_readme_snippets_run():
     assert namespace["tokens"].shape == namespace["psi"].shape == (4, 32)
     assert namespace["few_step"].shape == (4, 32)
     assert namespace["distiller"].round == 0
+    exec(compile(_readme_snippet("prompts"), "README.md", "exec"), namespace)
+    assert math.isfinite(namespace["loss"].item())
+    given = namespace["prompt_mask"]
+    assert torch.equal(namespace["exact"][given], namespace["x_0"][:4][given])
 
 
 class Recorder(torch.nn.Module):
