@@ -186,7 +186,7 @@ def test_mask_and_reduction_errors_name_the_argument():
 def test_the_rule_takes_the_fused_head_where_it_pays_or_where_the_logits_would_not_fit():
     pays = dispatch.fused_head_pays
     k = 50257
-    # The CPU: never for speed (measured: at most ~13 % faster at D = 256, slower at D = 768).
+    # The CPU: never for speed (measured: at most ~13 % faster at D = 256, no gain at D = 768).
     assert dispatch.CROSSOVER_LOGITS["cpu"] == math.inf
     fits = (4 << 30) // (8 * k)  # rows whose float32 logits and gradient fit in 4 GiB
     assert not pays(1, k, "cpu", reduced=True) and not pays(fits, k, "cpu", reduced=True)

@@ -10,14 +10,15 @@ at D = 256, ``python -m benchmarks.bench_fused`` at D = 768), fused time over ma
     D     rows x K (logits)     reduced       per-token
     256   2.6e5 - 1.3e7         0.98 - 1.19   1.01 - 1.50
     256   1.7e7 - 2.1e8         0.87 - 0.99   1.20 - 1.34
-    768   5.1e7 (1024 x 50257)  1.06 - 1.26   1.50 - 1.61
+    768   5.1e7 (1024 x 50257)  0.91 - 1.26   1.31 - 1.61   (four runs, median 1.06 / 1.42)
 
-At D = 256 the reduced fused loss stops losing at about 2^24 = 16.8M logits; at D = 768 it still
-loses at 5.1e7 (each block adds its share into the whole (K, D) weight gradient, a cost that grows
-with D), and per token it always loses while the logits fit in memory. The gain where it wins is
-at most ~13 %, the loss where it loses up to ~26 %: so on the CPU the rule does not take it for
-speed. On an accelerator the reduced fused loss reads each block of logits while it is in cache
-(the Triton kernels on CUDA) and saves the logits' memory: it is taken at every size.
+At D = 256 the reduced fused loss stops losing at about 2^24 = 16.8M logits; at D = 768 it does
+not win consistently at 5.1e7 (each block adds its share into the whole (K, D) weight gradient, a
+cost that grows with D), and per token it always loses while the logits fit in memory. The gain
+where it wins is at most ~13 %, the loss where it loses up to ~26 % (these runs were on a shared,
+loaded machine): so on the CPU the rule does not take it for speed. On an accelerator the reduced
+fused loss reads each block of logits while it is in cache (the Triton kernels on CUDA) and saves
+the logits' memory: it is taken at every size.
 
 The rule (``fused_head_pays``): fused when the loss is reduced and rows x K >= the device's
 crossover (``CROSSOVER_LOGITS``: never on the CPU, 0 on accelerators), or whenever the logits and
