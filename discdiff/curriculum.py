@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from discdiff import config
-from discdiff.duality import AlphaWindow
+from discdiff.context import hold_clean
+from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
+from discdiff.processes.gaussian import gaussian_latent, relax, topk_gaussian_latent
 from discdiff.schedules import GammaSchedule
-from discdiff.typing import as_float, check_count
+from discdiff.typing import Bag, as_float, check_count
 
 __all__ = ["PAPER_CURRICULUM_WINDOW", "GaussianCurriculum"]
 
@@ -87,6 +90,32 @@ class GaussianCurriculum:
         if isinstance(self.window, GammaSchedule):
             return self.window
         return self.window.for_vocab(vocab_size)
+
+    def schedule(self, vocab_size: int) -> DualSchedule:
+        """The discrete schedule of the window: alpha_t = T(alpha_tilde_t) and its derivative."""
+        return DualSchedule(self.gamma_window(vocab_size), GaussianArgmaxTransform(vocab_size))
+
+    def relaxed_input(
+        self, x_0: Tensor, alpha_tilde: Tensor, step: int, vocab_size: int, dtype: torch.dtype,
+        *, generator: torch.Generator | None = None, clean: Tensor | None = None,
+    ) -> tuple[Tensor | Bag, Tensor]:  # fmt: skip
+        """The denoiser's input at step ``step`` and its argmax z_t (B, L): softmax(w_t / tau)
+        (B, L, K) of the Gaussian latent at level ``alpha_tilde`` (B, 1), or with ``top_k`` its
+        top-k entries as a ``Bag``; the soft values in ``dtype`` (``input_dtype``). ``clean``
+        (B, L) positions hold x_0 exactly (a one-hot row, or a bag of weight 1 on x_0)."""
+        tau = self.tau_at(step)
+        if self.top_k is None:
+            latent = gaussian_latent(x_0, alpha_tilde, vocab_size, generator=generator)
+            relaxed: Tensor | Bag = relax(latent.w_t, tau).to(dtype)
+            z_t = latent.z_t
+        else:
+            bag = topk_gaussian_latent(
+                x_0, alpha_tilde, vocab_size, self.top_k, tau, generator=generator
+            )
+            relaxed, z_t = Bag(bag.ids, bag.weights.to(dtype)), bag.z_t
+        if clean is not None:  # clean context: the token itself, exactly
+            relaxed, z_t = hold_clean(relaxed, z_t, x_0, clean, vocab_size)
+        return relaxed, z_t
 
     def active(self, step: int) -> bool:
         return step < self.end_step

@@ -1,8 +1,12 @@
-"""The diffusion objects: a schedule, a forward process and a loss around any denoiser.
+"""The diffusion objects: a forward process, a schedule and a loss around any denoiser.
 
-``UniformDiffusion`` is Duo: uniform-state discrete diffusion, optionally trained first with the
-Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the plain discrete process.
-``MaskedDiffusion`` is MDLM (absorbing state, SUBS parameterisation), the usual baseline.
+``Diffusion`` holds what every diffusion object shares: a ``discdiff.processes.Process`` (the
+forward process and the per-token terms of its bound), a schedule, the smallest time ``eps``,
+the checked training loss, the NELBO (also conditional on clean positions), sampling and the
+dict round trip. ``UniformDiffusion`` is Duo: uniform-state discrete diffusion, optionally
+trained first with the Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the
+plain discrete process. ``MaskedDiffusion`` is MDLM (absorbing state, SUBS parameterisation),
+the usual baseline.
 
 Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the discrete signal level;
 ``dalpha_dt`` its time derivative; ``sigma = -log(alpha_t)`` the noise level handed to the
@@ -21,65 +25,24 @@ can), True / False force either. The validation bounds (``nelbo``) always take t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from discdiff import config, losses, processes, samplers
+from discdiff import config, samplers
 from discdiff.checks import check_generator, check_schedule, check_x0
-from discdiff.context import check_clean_mask, hold_clean, require_token_levels, token_levels
+from discdiff.context import check_clean_mask, require_token_levels
 from discdiff.curriculum import GaussianCurriculum
-from discdiff.denoise import Head, denoise, denoise_head, noise_level
-from discdiff.duality import DualSchedule, GaussianArgmaxTransform
-from discdiff.losses._common import Reduction, check_mask, check_reduction, reduce_loss
-from discdiff.losses.dispatch import use_fused_head
+from discdiff.duality import DualSchedule
+from discdiff.losses._common import Reduction, check_mask, check_reduction
+from discdiff.processes import NELBO, MaskedProcess, Process, UniformProcess
+from discdiff.processes.base import column
 from discdiff.schedules import LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
-from discdiff.typing import (
-    Bag,
-    Denoiser,
-    as_float,
-    check_count,
-    check_range,
-    check_vocab_size,
-    trusted,
-)
+from discdiff.typing import Denoiser, as_float, check_count, check_range, trusted
 
-__all__ = ["NELBO", "GaussianCurriculum", "MaskedDiffusion", "UniformDiffusion"]
-
-
-@dataclass(frozen=True)
-class NELBO:
-    """An upper bound on -log p(x_0), per token (B, L), split into its terms.
-
-    ``diffusion`` is a one-sample Monte Carlo estimate of the continuous-time loss integrated over
-    t in [eps, 1]; ``prior`` is KL(q(z_1 | x_0) || prior); ``reconstruction`` is
-    -log p_theta(x_0 | z_eps). ``total`` is their sum.
-    """
-
-    diffusion: Tensor
-    prior: Tensor
-    reconstruction: Tensor
-
-    @property
-    def total(self) -> Tensor:
-        return self.diffusion + self.prior + self.reconstruction
-
-    def mean(self, mask: Tensor | None = None) -> Tensor:
-        """The bound per token, ``total`` averaged over the tokens where ``mask`` (B, L) is True
-        (all without one), 0-d; exp of it bounds the perplexity of this batch."""
-        check_mask(mask, self.diffusion.shape)
-        return reduce_loss(self.total, mask, "mean")
-
-    terms = (
-        "diffusion (continuous time, t in [eps, 1]) + prior KL at t = 1 + reconstruction at t = eps"
-    )
-
-
-def _column(x: Tensor) -> Tensor:
-    return x.unsqueeze(-1)  # (B,) -> (B, 1): broadcasts over the sequence
+__all__ = ["NELBO", "Diffusion", "GaussianCurriculum", "MaskedDiffusion", "UniformDiffusion"]
 
 
 def _check_x0(x_0: Any, vocab_size: int) -> Tensor:
@@ -122,109 +85,65 @@ def _check_eps(eps: Any) -> float:
     return eps
 
 
-def _loss_options(
-    denoiser: Any, x_0: Tensor, fused: bool | None, mask: Tensor | None, reduction: Any,
-    clean_mask: Tensor | None,
-) -> dict[str, Any]:  # fmt: skip
-    """The checked options of a uniform loss; clean positions leave the loss's ``mask``."""
-    check_mask(mask, x_0.shape)
-    options = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
-    if clean_mask is not None:
-        check_clean_mask(clean_mask, x_0.shape)
-        require_token_levels(denoiser, "clean_mask", "or train without clean context")
-        clean = clean_mask.to(x_0.device)
-        options["mask"] = ~clean if mask is None else mask & ~clean
-        options["clean"] = clean
-    return options
-
-
-class UniformDiffusion:
-    """Duo: uniform-state discrete diffusion with an optional Gaussian curriculum.
-
-    Args:
-        vocab_size: K, the number of token ids (the denoiser returns K logits).
-        schedule: the discrete schedule alpha_t used after the curriculum and for validation.
-        curriculum: a ``GaussianCurriculum`` for the first training phase, or None.
-        eps: the smallest time; t is drawn on [eps, 1].
+class Diffusion:
+    """What the diffusion objects share: a ``Process``, a schedule alpha_t and the smallest
+    time ``eps``, and from them the training loss, the validation bound, sampling and the dict
+    round trip. Subclasses name their settings in ``_fields`` (the ``__init__`` keywords that
+    ``to_dict`` writes, in order) and may override ``_loss`` (the uniform curriculum does).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        schedule: Schedule | None = None,
-        curriculum: GaussianCurriculum | None = None,
-        eps: float = 1e-3,
-    ) -> None:
-        check_vocab_size(vocab_size)
-        if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
-            kind = type(curriculum).__name__
-            raise TypeError(f"curriculum must be a GaussianCurriculum or None, got {kind}")
-        self.vocab_size = vocab_size
+    _fields: ClassVar[tuple[str, ...]]
+
+    def __init__(self, process: Process, schedule: Schedule | None, eps: float) -> None:
+        self.process = process
+        self.vocab_size = process.vocab_size
         self.eps = _check_eps(eps)
         self.schedule: Schedule = (
             _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
         )
-        self.curriculum = curriculum
-        self.curriculum_schedule: DualSchedule | None = None
-        if curriculum is not None:
-            self.curriculum_schedule = DualSchedule(
-                curriculum.gamma_window(vocab_size), GaussianArgmaxTransform(vocab_size)
-            )
 
     def __repr__(self) -> str:
-        return (
-            f"UniformDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
-            f"curriculum={self.curriculum!r}, eps={self.eps!r})"
-        )
+        settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
+        return f"{type(self).__name__}({settings})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe settings with the schedule and curriculum nested: ``{"type":
+        """JSON-safe settings with the schedule (and curriculum) nested: ``{"type":
         "UniformDiffusion", "vocab_size": K, "schedule": {"type": "LogLinearSchedule", ...},
-        "curriculum": {...} or None, "eps": ...}`` (see ``discdiff.config``)."""
-        return {
-            "type": "UniformDiffusion",
-            "vocab_size": self.vocab_size,
-            "schedule": config.encode(self.schedule),
-            "curriculum": config.encode(self.curriculum),
-            "eps": self.eps,
-        }
+        ...}``, one key per ``__init__`` keyword (see ``discdiff.config``)."""
+        settings = {k: config.encode(getattr(self, k)) for k in self._fields}
+        return {"type": type(self).__name__, **settings}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UniformDiffusion:
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """The diffusion ``to_dict`` describes."""
-        fields = config.check_keys(cls, data, {"vocab_size", "schedule", "curriculum", "eps"})
+        fields = config.check_keys(cls, data, set(cls._fields))
         return cls(**{k: config.decode(v) for k, v in fields.items()})
 
-    def _denoise(
-        self, denoiser: Denoiser, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
-        clean: Tensor | None = None,
-    ) -> Tensor:  # fmt: skip
-        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
-        return denoise(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
+    def checked_clean_mask(
+        self, denoiser: Any, clean_mask: Any, x_0: Tensor, fix: str
+    ) -> Tensor | None:
+        """``clean_mask`` (B, L) bool checked and on ``x_0``'s device, or None. A process that
+        tells clean context by per-token levels needs a denoiser that reads them; ``fix`` is
+        the way out the error names besides that."""
+        if clean_mask is None:
+            return None
+        check_clean_mask(clean_mask, x_0.shape)
+        if self.process.needs_token_levels:
+            require_token_levels(denoiser, "clean_mask", fix)
+        return clean_mask.to(x_0.device)
 
-    def _denoise_head(
-        self, denoiser: Any, z_t: Any, alpha_t: Tensor, cond: Mapping[str, Any] | None,
-        clean: Tensor | None = None,
-    ) -> Head:  # fmt: skip
-        sigma = token_levels(noise_level(alpha_t, alpha_t.shape[0], alpha_t.device), clean)
-        return denoise_head(denoiser, z_t, sigma, vocab_size=self.vocab_size, cond=cond)
-
-    def _nelbo_of(
-        self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
-        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, fused: bool | None,
-        mask: Tensor | None, reduction: Reduction, clean: Tensor | None = None,
-    ) -> Tensor:  # fmt: skip
-        """The uniform NELBO of the denoiser's output at ``z_in`` (tokens, or the curriculum's
-        relaxed input), fused with its output layer where ``use_fused_head`` says so. ``clean``
-        positions are seen at level 0 (``mask`` already leaves them out)."""
-        kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
-        if use_fused_head(denoiser, fused, x_0.numel(), self.vocab_size, x_0.device, reduction):
-            head = self._denoise_head(denoiser, z_in, alpha_t, cond, clean)
-            return losses.fused_linear_uniform_nelbo(
-                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias, **kw
-            )
-        logits = self._denoise(denoiser, z_in, alpha_t, cond, clean)
-        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
+    def _loss_options(
+        self, denoiser: Any, x_0: Tensor, fused: bool | None, mask: Tensor | None,
+        reduction: Any, clean_mask: Tensor | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The checked options of a loss; clean positions leave the loss's ``mask``."""
+        check_mask(mask, x_0.shape)
+        options = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
+        clean = self.checked_clean_mask(denoiser, clean_mask, x_0, "or train without clean context")
+        if clean is not None:
+            options["mask"] = ~clean if mask is None else mask & ~clean
+            options["clean"] = clean
+        return options
 
     def loss(
         self,
@@ -242,28 +161,113 @@ class UniformDiffusion:
     ) -> Tensor:
         """The training loss at training step ``step``: per token (B, L), or reduced (0-d).
 
-        Uses the curriculum while it is active, the discrete process otherwise. ``t`` (B,) fixes
-        the times; by default they are antithetic over the batch (``AntitheticTimes`` makes
-        them antithetic over a data-parallel global batch). ``cond`` is the denoiser's keyword
-        conditioning. ``mask`` (B, L) bool, True at the tokens that count (None: all);
-        ``reduction`` "none" (0 at ignored tokens), "sum" or "mean" over the tokens that count.
-        ``fused``: None picks the path by ``discdiff.losses.dispatch``'s rule; True computes the
-        loss from the denoiser's hidden state and output projection when it offers them
-        (``FusedHead``), never holding the logits; False from its logits.
+        ``t`` (B,) fixes the times; by default they are antithetic over the batch
+        (``AntitheticTimes`` makes them antithetic over a data-parallel global batch). ``cond``
+        is the denoiser's keyword conditioning. ``mask`` (B, L) bool, True at the tokens that
+        count (None: all; not the mask token); ``reduction`` "none" (0 at ignored tokens),
+        "sum" or "mean" over the tokens that count. ``fused``: None picks the path by
+        ``discdiff.losses.dispatch``'s rule; True computes the loss from the denoiser's hidden
+        state and output projection when it offers them (``FusedHead``), never holding the
+        logits; False from its logits.
 
         ``clean_mask`` (B, L) bool: positions held clean as context (a prompt, the sides of a
-        gap to fill): z_t = x_0 there, seen by the denoiser at level 0 (per-token levels: the
-        denoiser must declare ``reads_token_levels``), and no loss there. A model trained with
-        such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
+        gap to fill): z_t = x_0 there and no loss there. The uniform process shows them to the
+        denoiser at level 0 (per-token levels: the denoiser must declare
+        ``reads_token_levels``); the masked process simply never masks them. A model trained
+        with such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
         """
         x_0 = _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
-        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
+        kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():  # checked at the door: the layers below trust their inputs
-            if self.curriculum is not None and self.curriculum.active(step):
-                return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, **kw)
-            return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
+            return self._loss(denoiser, x_0, t, step, generator, cond, **kw)
+
+    def _loss(
+        self, denoiser: Denoiser, x_0: Tensor, t: Tensor, step: int,
+        generator: torch.Generator | None, cond: Mapping[str, Any] | None,
+        **kw: Any,  # fused, mask, reduction, clean
+    ) -> Tensor:  # fmt: skip
+        return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
+
+    def _discrete_loss(
+        self, denoiser: Denoiser, x_0: Tensor, t: Tensor, generator: torch.Generator | None,
+        cond: Mapping[str, Any] | None, **kw: Any,  # fused, mask, reduction, clean
+    ) -> Tensor:  # fmt: skip
+        """The continuous-time NELBO integrand of the process at times ``t`` (B,)."""
+        t = t.to(torch.promote_types(t.dtype, torch.float32))
+        alpha_t = column(self.schedule.alpha(t))
+        dalpha_dt = column(self.schedule.dalpha_dt(t))
+        z_t = self.process.corrupt(x_0, alpha_t, generator=generator, clean=kw.get("clean"))
+        return self.process.integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    @torch.no_grad()
+    def nelbo(
+        self,
+        denoiser: Denoiser,
+        x_0: Tensor,
+        *,
+        t: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        cond: Mapping[str, Any] | None = None,
+        clean_mask: Tensor | None = None,
+    ) -> NELBO:
+        """A validation bound on -log p(x_0) per token (see ``NELBO``), always on the discrete
+        process; with ``clean_mask`` (B, L) the bound on -log p(x_free | x_clean), the clean
+        positions held as ``loss(..., clean_mask=)`` holds them and 0 in every term
+        (``discdiff.processes.base``).
+
+        One Monte Carlo sample of t per sequence (antithetic over the batch, or ``t`` (B,));
+        average over a validation set for the bound ``exp(sum(total) / n_tokens)`` on
+        perplexity (``discdiff.metrics`` reduces it across ranks).
+        """
+        x_0 = _check_x0(x_0, self.vocab_size)
+        t = _draw_times(x_0, self.eps, t, generator)
+        clean = self.checked_clean_mask(denoiser, clean_mask, x_0, "or drop clean_mask")
+        with trusted():
+            return self.process.nelbo(
+                denoiser, x_0, t, self.schedule, self.eps, generator=generator, cond=cond,
+                clean=clean,
+            )  # fmt: skip
+
+
+class UniformDiffusion(Diffusion):
+    """Duo: uniform-state discrete diffusion with an optional Gaussian curriculum.
+
+    Args:
+        vocab_size: K, the number of token ids (the denoiser returns K logits).
+        schedule: the discrete schedule alpha_t used after the curriculum and for validation.
+        curriculum: a ``GaussianCurriculum`` for the first training phase, or None.
+        eps: the smallest time; t is drawn on [eps, 1].
+    """
+
+    _fields = ("vocab_size", "schedule", "curriculum", "eps")
+
+    def __init__(
+        self,
+        vocab_size: int,
+        schedule: Schedule | None = None,
+        curriculum: GaussianCurriculum | None = None,
+        eps: float = 1e-3,
+    ) -> None:
+        process = UniformProcess(vocab_size)
+        if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
+            kind = type(curriculum).__name__
+            raise TypeError(f"curriculum must be a GaussianCurriculum or None, got {kind}")
+        super().__init__(process, schedule, eps)
+        self.curriculum = curriculum
+        self.curriculum_schedule: DualSchedule | None = (
+            None if curriculum is None else curriculum.schedule(vocab_size)
+        )
+
+    def _loss(
+        self, denoiser: Denoiser, x_0: Tensor, t: Tensor, step: int,
+        generator: torch.Generator | None, cond: Mapping[str, Any] | None, **kw: Any,
+    ) -> Tensor:  # fmt: skip
+        """The curriculum's loss while it is active, the discrete process's otherwise."""
+        if self.curriculum is not None and self.curriculum.active(step):
+            return self._curriculum_loss(denoiser, x_0, t, step, generator, cond, **kw)
+        return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
 
     def discrete_loss(
         self,
@@ -282,89 +286,28 @@ class UniformDiffusion:
         reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
         x_0 = _check_x0(x_0, self.vocab_size)
         t = _draw_times(x_0, self.eps, t, generator)
-        kw = _loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
+        kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():
             return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
 
-    def _discrete_loss(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        t: Tensor,
-        generator: torch.Generator | None,
-        cond: Mapping[str, Any] | None,
-        **kw: Any,  # fused, mask, reduction, clean
-    ) -> Tensor:
-        t = t.to(torch.promote_types(t.dtype, torch.float32))
-        alpha_t = _column(self.schedule.alpha(t))
-        dalpha_dt = _column(self.schedule.dalpha_dt(t))
-        z_t = processes.uniform_corrupt(x_0, alpha_t, self.vocab_size, generator=generator)
-        if kw.get("clean") is not None:
-            z_t = torch.where(kw["clean"], x_0, z_t)
-        return self._nelbo_of(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
-
     def _curriculum_loss(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        t: Tensor,
-        step: int,
-        generator: torch.Generator | None,
-        cond: Mapping[str, Any] | None,
+        self, denoiser: Denoiser, x_0: Tensor, t: Tensor, step: int,
+        generator: torch.Generator | None, cond: Mapping[str, Any] | None,
         **kw: Any,  # fused, mask, reduction, clean
-    ) -> Tensor:
+    ) -> Tensor:  # fmt: skip
+        """The uniform NELBO at z_t = argmax w_t, the denoiser seeing the relaxed latent."""
         assert self.curriculum is not None and self.curriculum_schedule is not None
-        schedule, tau = self.curriculum_schedule, self.curriculum.tau_at(step)
+        schedule = self.curriculum_schedule
         t = t.to(torch.float32)
-        alpha_tilde = _column(schedule.alpha_tilde(t))
-        alpha_t = _column(schedule.alpha(t))
-        dalpha_dt = _column(schedule.dalpha_dt(t))
+        alpha_tilde = column(schedule.alpha_tilde(t))
+        alpha_t = column(schedule.alpha(t))
+        dalpha_dt = column(schedule.dalpha_dt(t))
         dtype = self.curriculum.input_dtype(denoiser)  # the soft input's dtype: the model's
-        if self.curriculum.top_k is None:
-            latent = processes.gaussian_latent(
-                x_0, alpha_tilde, self.vocab_size, generator=generator
-            )
-            relaxed: Any = processes.relax(latent.w_t, tau).to(dtype)
-            z_t = latent.z_t
-        else:
-            bag = processes.topk_gaussian_latent(
-                x_0, alpha_tilde, self.vocab_size, self.curriculum.top_k, tau, generator=generator
-            )
-            relaxed, z_t = Bag(bag.ids, bag.weights.to(dtype)), bag.z_t
-        if kw.get("clean") is not None:  # clean context: the token itself, exactly
-            relaxed, z_t = hold_clean(relaxed, z_t, x_0, kw["clean"], self.vocab_size)
-        return self._nelbo_of(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
-
-    @torch.no_grad()
-    def nelbo(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        *,
-        t: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        cond: Mapping[str, Any] | None = None,
-    ) -> NELBO:
-        """A validation bound on -log p(x_0) per token, always on the discrete process.
-
-        One Monte Carlo sample of t per sequence (antithetic over the batch); average over a
-        validation set for the bound ``exp(sum(total) / n_tokens)`` on perplexity
-        (``discdiff.metrics`` reduces it across ranks).
-        """
-        x_0 = _check_x0(x_0, self.vocab_size)
-        t = _draw_times(x_0, self.eps, t, generator)
-        with trusted():
-            # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.
-            diffusion = (1 - self.eps) * self._discrete_loss(
-                denoiser, x_0, t, generator, cond, fused=False, mask=None, reduction="none"
-            )
-            one = torch.ones(x_0.shape[0], 1, device=x_0.device)
-            prior = losses.uniform_prior_kl(x_0, self.schedule.alpha(one), self.vocab_size)
-            alpha_eps = self.schedule.alpha(one * self.eps)
-            z_eps = processes.uniform_corrupt(x_0, alpha_eps, self.vocab_size, generator=generator)
-            logits = self._denoise(denoiser, z_eps, alpha_eps, cond)
-            reconstruction = losses.uniform_reconstruction(logits, x_0, z_eps, alpha_eps)
-        return NELBO(diffusion.float(), prior.float(), reconstruction.float())
+        relaxed, z_t = self.curriculum.relaxed_input(
+            x_0, alpha_tilde, step, self.vocab_size, dtype, generator=generator,
+            clean=kw.get("clean"),
+        )  # fmt: skip
+        return self.process.integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def sample(
         self,
@@ -384,7 +327,7 @@ class UniformDiffusion:
         )  # fmt: skip
 
 
-class MaskedDiffusion:
+class MaskedDiffusion(Diffusion):
     """MDLM: absorbing-state diffusion with the SUBS parameterisation.
 
     Args:
@@ -396,132 +339,20 @@ class MaskedDiffusion:
             denoiser then gets sigma = 0, and the sampler may reuse x_hat while no token changes.
     """
 
+    _fields = ("vocab_size", "schedule", "eps", "time_conditioned")
+
     def __init__(
         self,
         vocab_size: int,
         schedule: Schedule | None = None,
         eps: float = 1e-3,
         time_conditioned: bool = False,
-    ):
-        check_vocab_size(vocab_size)
-        self.time_conditioned = bool(time_conditioned)
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size
-        self.model_vocab_size = vocab_size + 1
-        self.eps = _check_eps(eps)
-        self.schedule: Schedule = (
-            _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"MaskedDiffusion(vocab_size={self.vocab_size}, schedule={self.schedule!r}, "
-            f"eps={self.eps!r}, time_conditioned={self.time_conditioned})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe settings with the schedule nested: ``{"type": "MaskedDiffusion",
-        "vocab_size": K, "schedule": {...}, "eps": ..., "time_conditioned": ...}``."""
-        return {
-            "type": "MaskedDiffusion",
-            "vocab_size": self.vocab_size,
-            "schedule": config.encode(self.schedule),
-            "eps": self.eps,
-            "time_conditioned": self.time_conditioned,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MaskedDiffusion:
-        """The diffusion ``to_dict`` describes."""
-        known = {"vocab_size", "schedule", "eps", "time_conditioned"}
-        fields = config.check_keys(cls, data, known)
-        return cls(**{k: config.decode(v) for k, v in fields.items()})
-
-    def _denoise(
-        self, denoiser: Denoiser, z_t: Tensor, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Tensor:
-        sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
-        return denoise(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
-
-    def _denoise_head(
-        self, denoiser: Any, z_t: Tensor, alpha_t: Tensor, cond: Mapping[str, Any] | None
-    ) -> Head:
-        sigma = noise_level(alpha_t if self.time_conditioned else 1.0, z_t.shape[0], z_t.device)
-        return denoise_head(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
-
-    def loss(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        step: int = 0,
-        *,
-        t: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        cond: Mapping[str, Any] | None = None,
-        fused: bool | None = None,
-        mask: Tensor | None = None,
-        reduction: Reduction = "none",
-    ) -> Tensor:
-        """The continuous-time masked NELBO integrand per token (B, L), or reduced (0-d);
-        ``step`` (>= 0) does not change it. Arguments as in ``UniformDiffusion.loss``
-        (``mask``: the tokens that count, not the mask token)."""
-        x_0 = _check_x0(x_0, self.vocab_size)
-        _check_step(step)
-        t = _draw_times(x_0, self.eps, t, generator)
-        check_mask(mask, x_0.shape)
-        kw = {"fused": fused, "mask": mask, "reduction": check_reduction(reduction)}
-        with trusted():
-            return self._loss(denoiser, x_0, t, generator, cond, **kw)
-
-    def _loss(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        t: Tensor,
-        generator: torch.Generator | None,
-        cond: Mapping[str, Any] | None,
-        fused: bool | None,
-        mask: Tensor | None,
-        reduction: Reduction,
-    ) -> Tensor:
-        alpha_t = _column(self.schedule.alpha(t))
-        dalpha_dt = _column(self.schedule.dalpha_dt(t))
-        z_t = processes.masked_corrupt(x_0, alpha_t, self.mask_id, generator=generator)
-        kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
-        k = self.model_vocab_size
-        if use_fused_head(denoiser, fused, x_0.numel(), k, x_0.device, reduction):
-            head = self._denoise_head(denoiser, z_t, alpha_t, cond)
-            return losses.fused_linear_masked_nelbo(
-                head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, self.mask_id,
-                bias=head.bias, **kw,
-            )  # fmt: skip
-        logits = self._denoise(denoiser, z_t, alpha_t, cond)
-        return losses.masked_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id, **kw)
-
-    @torch.no_grad()
-    def nelbo(
-        self,
-        denoiser: Denoiser,
-        x_0: Tensor,
-        *,
-        t: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        cond: Mapping[str, Any] | None = None,
-    ) -> NELBO:
-        """A validation bound on -log p(x_0) per token (see ``NELBO``)."""
-        x_0 = _check_x0(x_0, self.vocab_size)
-        t = _draw_times(x_0, self.eps, t, generator)
-        with trusted():
-            diffusion = (1 - self.eps) * self._loss(
-                denoiser, x_0, t, generator, cond, fused=False, mask=None, reduction="none"
-            )
-            one = torch.ones(x_0.shape[0], 1, device=x_0.device)
-            prior = losses.masked_prior_kl(x_0, self.schedule.alpha(one), self.model_vocab_size)
-            alpha_eps = self.schedule.alpha(one * self.eps)
-            z_eps = processes.masked_corrupt(x_0, alpha_eps, self.mask_id, generator=generator)
-            logits = self._denoise(denoiser, z_eps, alpha_eps, cond)
-            reconstruction = losses.masked_reconstruction(logits, x_0, z_eps, self.mask_id)
-        return NELBO(diffusion.float(), prior.float(), reconstruction.float())
+    ) -> None:
+        process = MaskedProcess(vocab_size, time_conditioned)
+        super().__init__(process, schedule, eps)
+        self.time_conditioned = process.time_conditioned
+        self.mask_id = process.mask_id
+        self.model_vocab_size = process.model_vocab_size
 
     def sample(
         self,

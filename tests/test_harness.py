@@ -80,7 +80,11 @@ def test_context_is_seen_clean_and_never_scored():
 
     def denoiser(z, sigma):
         seen.append(z.clone())
+        levels.append(sigma.clone())
         return torch.zeros(*z.shape, K)
+
+    levels = []
+    denoiser.reads_token_levels = True  # a uniform-state context is told by sigma = 0 there
 
     x = torch.randint(0, K, (8, 6), generator=torch.Generator().manual_seed(1))
     clean = torch.zeros_like(x, dtype=torch.bool)
@@ -88,6 +92,7 @@ def test_context_is_seen_clean_and_never_scored():
     bound = conditional_nelbo(UniformDiffusion(K), denoiser, x, clean, torch.full((8,), 0.9))
     assert all(torch.equal(z[:, :3], x[:, :3]) for z in seen)
     assert (seen[0][:, 3:] != x[:, 3:]).any()  # the continuation was noised
+    assert all((sigma[:, :3] == 0).all() and (sigma[:, 3:] > 0).all() for sigma in levels)
     for term in (bound.diffusion, bound.prior, bound.reconstruction):
         assert (term[:, :3] == 0).all() and (term[:, 3:] != 0).any()
 
@@ -112,6 +117,8 @@ def test_exact_denoiser_recovers_the_conditional_law(kind):
         if kind == "masked":
             logits = torch.cat([logits, torch.full((*logits.shape[:2], 1), -1e4)], dim=-1)
         return logits
+
+    denoiser.reads_token_levels = True  # it ignores sigma: position 0 is always the context
 
     scorer = DiffusionScorer(diffusion, denoiser, num_samples=16384, batch_size=4096)
     for c, y in ((0, 3), (2, 2), (5, 1)):

@@ -1,22 +1,10 @@
-"""Forward processes: corrupting clean tokens, their marginals, and Duo's Gaussian latents.
+"""Duo's Gaussian latents (Concepts §4): w_t = alpha~_t onehot(x_0) + sigma~_t eps, its argmax,
+its relaxation softmax(w_t / tau), and the top-k latent of Duo++ (no (B, L, K) tensor).
 
-Notation (Concepts §1, §2, §4):
-
-=================  ==========================================================================
-``x_0``            clean token ids x, (B, L)
-``alpha_t``        discrete signal level alpha_t in [0, 1], (B, 1) or (B, L)
-``vocab_size``     K, the number of classes (the mask id included for the masked process)
-``alpha_tilde``    Gaussian signal level alpha~_t in [0, 1]; sigma~_t = sqrt(1 - alpha~_t^2)
-``w_t``            Gaussian latent alpha~_t onehot(x) + sigma~_t eps, eps ~ N(0, I_K), (B, L, K)
-``z_t``            noisy token ids, (B, L); for the Gaussian latent z_t = argmax_k w_t[k]
-``tau``            temperature of the relaxation softmax(w_t / tau)
-=================  ==========================================================================
-
-Uniform state: q(z_t | x) = Cat(alpha_t x + (1 - alpha_t) / K). Masked: q(z_t | x) =
-Cat(alpha_t x + (1 - alpha_t) m). Under the Gaussian latent, z_t = argmax w_t follows the uniform
-process with alpha_t = T(alpha~_t) (``discdiff.duality``).
-
-Every sampler takes an explicit ``generator`` (on the tensors' device) and never seeds.
+``alpha_tilde`` is the Gaussian signal level alpha~_t in [0, 1], (B, 1) or (B, L);
+sigma~_t = sqrt(1 - alpha~_t^2). Under the Gaussian latent, z_t = argmax w_t follows the uniform
+process with alpha_t = T(alpha~_t) (``discdiff.duality``). Every sampler takes an explicit
+``generator`` and never seeds.
 """
 
 from __future__ import annotations
@@ -28,153 +16,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.typing import (
-    check_range,
-    check_tokens,
-    check_vocab_size,
-    checks_enabled,
-    reject_if,
-    typechecked,
-)
+from discdiff.processes._common import Alpha, _check_tau, _float_dtype
+from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
 
-__all__ = [
-    "GaussianLatent",
-    "TopKLatent",
-    "gaussian_latent",
-    "masked_corrupt",
-    "masked_marginal",
-    "relax",
-    "topk_gaussian_latent",
-    "uniform_corrupt",
-    "uniform_marginal",
-]
-
-Alpha = Float[Tensor, "b #l"]
-"""A signal level per sequence (B, 1) or per token (B, L)."""
-
-
-def _float_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The promoted floating dtype of ``dtypes``, at least float32."""
-    out = torch.float32
-    for dtype in dtypes:
-        out = torch.promote_types(out, dtype)
-    return out
-
-
-def _check_index(value: int, name: str, vocab_size: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab_size:
-        raise ValueError(f"{name} must be an integer in [0, {vocab_size}), got {value!r}")
-
-
-def _check_tau(tau: float) -> None:
-    if not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a finite temperature > 0, got {tau!r}")
-
-
-def _keep(x_0: Tensor, alpha_t: Tensor, generator: torch.Generator | None) -> Tensor:
-    """A (B, L) boolean draw: True with probability alpha_t (the token survives)."""
-    dtype = _float_dtype(alpha_t.dtype)
-    u = torch.rand(x_0.shape, generator=generator, device=x_0.device, dtype=dtype)
-    return u < alpha_t.to(dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Uniform-state and masked processes
-# --------------------------------------------------------------------------------------------
-
-
-@typechecked
-def uniform_marginal(
-    x_0: Int[Tensor, "b l"], alpha_t: Alpha, vocab_size: int
-) -> Float[Tensor, "b l k"]:
-    """q(z_t | x_0) = alpha_t onehot(x_0) + (1 - alpha_t) / K, shape (B, L, K).
-
-    ``alpha_t`` is (B, 1) or (B, L); the result has its dtype (at least float32).
-    """
-    check_vocab_size(vocab_size)
-    check_tokens(x_0, vocab_size, "x_0")
-    check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    dtype = _float_dtype(alpha_t.dtype)
-    alpha = alpha_t.to(dtype).expand(x_0.shape)
-    probs = ((1 - alpha) / vocab_size).unsqueeze(-1).expand(*x_0.shape, vocab_size).clone()
-    return probs.scatter_add_(-1, x_0.long().unsqueeze(-1), alpha.unsqueeze(-1))
-
-
-@typechecked
-def uniform_corrupt(
-    x_0: Int[Tensor, "b l"],
-    alpha_t: Alpha,
-    vocab_size: int,
-    *,
-    generator: torch.Generator | None = None,
-) -> Int[Tensor, "b l"]:
-    """Draw z_t ~ q(z_t | x_0) of the uniform-state process, shape (B, L), dtype of ``x_0``.
-
-    Each token survives with probability alpha_t, otherwise it is redrawn uniformly over all K
-    classes (so it may land on itself). O(B L) work: no (B, L, K) tensor is built.
-    """
-    check_vocab_size(vocab_size)
-    check_tokens(x_0, vocab_size, "x_0")
-    check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    keep = _keep(x_0, alpha_t, generator)
-    noise = torch.randint(
-        vocab_size, x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype
-    )
-    return torch.where(keep, x_0, noise)
-
-
-@typechecked
-def masked_marginal(
-    x_0: Int[Tensor, "b l"], alpha_t: Alpha, mask_id: int, vocab_size: int
-) -> Float[Tensor, "b l k"]:
-    """q(z_t | x_0) = alpha_t onehot(x_0) + (1 - alpha_t) onehot(mask_id), shape (B, L, K).
-
-    K = ``vocab_size`` counts the mask id, which must lie in [0, K). A position whose clean token
-    already is ``mask_id`` stays there with probability one.
-    """
-    check_vocab_size(vocab_size)
-    _check_index(mask_id, "mask_id", vocab_size)
-    check_tokens(x_0, vocab_size, "x_0")
-    check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    dtype = _float_dtype(alpha_t.dtype)
-    alpha = alpha_t.to(dtype).expand(x_0.shape)
-    probs = torch.zeros(*x_0.shape, vocab_size, dtype=dtype, device=x_0.device)
-    probs[..., mask_id] = 1 - alpha
-    return probs.scatter_add_(-1, x_0.long().unsqueeze(-1), alpha.unsqueeze(-1))
-
-
-@typechecked
-def masked_corrupt(
-    x_0: Int[Tensor, "b l"],
-    alpha_t: Alpha,
-    mask_id: int,
-    *,
-    vocab_size: int | None = None,
-    generator: torch.Generator | None = None,
-) -> Int[Tensor, "b l"]:
-    """Draw z_t ~ q(z_t | x_0) of the masked process: keep x_0 w.p. alpha_t, else ``mask_id``.
-
-    Shape (B, L), dtype of ``x_0``. Pass ``vocab_size`` to also check that ids lie in [0, K).
-    """
-    if vocab_size is not None:
-        check_vocab_size(vocab_size)
-        _check_index(mask_id, "mask_id", vocab_size)
-        check_tokens(x_0, vocab_size, "x_0")
-    else:
-        if not isinstance(mask_id, int) or isinstance(mask_id, bool) or mask_id < 0:
-            raise ValueError(f"mask_id must be a non-negative integer, got {mask_id!r}")
-        check_tokens(x_0, torch.iinfo(torch.int64).max, "x_0")
-    if checks_enabled() and x_0.numel() > 0:
-        reject_if(x_0 == mask_id, f"x_0 holds the mask id mask_id={mask_id}; clean data never "
-                  "does (the mask token is the extra id K of a masked model)")  # fmt: skip
-    check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    keep = _keep(x_0, alpha_t, generator)
-    return torch.where(keep, x_0, torch.full_like(x_0, mask_id))
-
-
-# --------------------------------------------------------------------------------------------
-# Gaussian latents (Duo)
-# --------------------------------------------------------------------------------------------
+__all__ = ["GaussianLatent", "TopKLatent", "gaussian_latent", "relax", "topk_gaussian_latent"]
 
 
 @dataclass(frozen=True)
