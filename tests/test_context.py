@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from discdiff import GaussianCurriculum, UniformDiffusion, losses
+from discdiff import GaussianCurriculum, MaskedDiffusion, UniformDiffusion, losses
 from discdiff.context import hold_clean, random_clean_mask, reads_token_levels
 from discdiff.models import DiT
 from discdiff.schedules import GammaSchedule
@@ -129,6 +129,38 @@ def test_clean_context_needs_a_denoiser_that_reads_token_levels():
         UniformDiffusion(K).loss(Recorder(), x_0, clean_mask=clean.long())
     with pytest.raises(ValueError, match=r"clean_mask must have the tokens' shape"):
         UniformDiffusion(K).loss(Recorder(), x_0, clean_mask=clean[:, :3])
+    # The validation bound holds the context the same way, so it asks the same of the denoiser.
+    with pytest.raises(ValueError, match="clean_mask needs a denoiser .* or drop clean_mask"):
+        UniformDiffusion(K).nelbo(blind, x_0, clean_mask=clean)
+    with pytest.raises(ValueError, match=r"clean_mask must have the tokens' shape"):
+        UniformDiffusion(K).nelbo(Recorder(), x_0, clean_mask=clean[:, :3])
+
+
+def test_the_masked_loss_never_masks_clean_positions_and_scores_only_the_others():
+    """A mask is visible as such: any denoiser takes masked clean context (one level per
+    sequence), the clean positions are never masked and carry no loss."""
+    seen = []
+
+    def blind(z_t, sigma):  # reads one level per sequence
+        seen.append((z_t, sigma))
+        return torch.log_softmax(torch.arange(K + 1.0, dtype=torch.float64), -1).expand(
+            *z_t.shape, K + 1
+        )
+
+    diffusion = MaskedDiffusion(K)
+    x_0 = torch.randint(0, K, (B, L), generator=gen(14))
+    clean = random_clean_mask(B, L, share=0.5, generator=gen(15))
+    t = torch.rand(B, generator=gen(16), dtype=torch.float64) * 0.9 + 0.05
+    got = diffusion.loss(blind, x_0, t=t, generator=gen(17), clean_mask=clean)
+    z_t, sigma = seen[-1]
+    assert sigma.shape == (B,) and torch.equal(z_t[clean], x_0[clean])
+    assert bool((z_t[~clean] == K).any())  # the free positions were masked
+    a_t = diffusion.schedule.alpha(t).unsqueeze(-1)
+    da = diffusion.schedule.dalpha_dt(t).unsqueeze(-1)
+    logits = blind(z_t, sigma)
+    want = losses.masked_nelbo(logits, x_0, z_t, a_t, da, K) * ~clean
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert bool((got[clean] == 0).all()) and bool((got[~clean & (z_t == K)] > 0).all())
 
 
 @pytest.mark.parametrize("fused", [False, True])

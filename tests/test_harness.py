@@ -97,6 +97,35 @@ def test_context_is_seen_clean_and_never_scored():
         assert (term[:, :3] == 0).all() and (term[:, 3:] != 0).any()
 
 
+def test_the_former_module_name_re_exports_the_adapter():
+    import discdiff.harness as former
+    import discdiff.integrations.lm_eval as adapter
+
+    for name in former.__all__:
+        assert getattr(former, name) is getattr(adapter, name)
+
+
+def test_the_bound_is_the_librarys_conditional_nelbo():
+    """The adapter adds no maths of its own: with a context, ``diffusion.nelbo(...,
+    clean_mask=)`` on the same draws; a uniform-state denoiser must read per-token levels."""
+    x = torch.randint(0, K, (4, 6), generator=torch.Generator().manual_seed(2))
+    clean = torch.zeros_like(x, dtype=torch.bool)
+    clean[:, :2] = True
+    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    for diffusion in (UniformDiffusion(K), MaskedDiffusion(K)):
+        model = tiny_dit(getattr(diffusion, "model_vocab_size", K))
+        ours = conditional_nelbo(diffusion, model, x, clean, t,
+                                 generator=torch.Generator().manual_seed(4))  # fmt: skip
+        ref = diffusion.nelbo(model, x, t=t, clean_mask=clean,
+                              generator=torch.Generator().manual_seed(4))  # fmt: skip
+        assert torch.equal(ours.total, ref.total) and (ours.total[:, :2] == 0).all()
+    blind = lambda z, sigma: torch.zeros(*z.shape, K)  # noqa: E731
+    with pytest.raises(ValueError, match="reads per-token noise levels"):
+        conditional_nelbo(UniformDiffusion(K), blind, x, clean, t)
+    with pytest.raises(ValueError, match="reads per-token noise levels"):
+        DiffusionScorer(UniformDiffusion(K), blind).score(torch.tensor([1]), torch.tensor([2]))
+
+
 def test_stratified_stderr():
     assert stratified_stderr(torch.ones(8)) == 0.0
     # pairs (1, 3) and (2, 2): sqrt(4 + 0) / 4
