@@ -218,3 +218,23 @@ def test_uniform_sampling_reproduces_a_single_token_law():
     freq = torch.bincount(samples.flatten(), minlength=3).double() / samples.numel()
     # 5 standard errors of a multinomial frequency at n = 20000
     assert (freq - p_data).abs().max() < 5 * math.sqrt(0.25 / 20000)
+
+
+def test_both_diffusions_are_a_process_around_one_base():
+    """The shared pieces live once in ``Diffusion``; each object is its process + schedule."""
+    from discdiff.diffusion import Diffusion
+    from discdiff.processes import MaskedProcess, UniformProcess
+
+    uniform, masked = UniformDiffusion(5), MaskedDiffusion(5, time_conditioned=True)
+    assert isinstance(uniform, Diffusion) and isinstance(masked, Diffusion)
+    assert isinstance(uniform.process, UniformProcess) and uniform.process.vocab_size == 5
+    assert isinstance(masked.process, MaskedProcess) and masked.process.time_conditioned
+    assert (masked.mask_id, masked.model_vocab_size) == (5, 6)
+    assert repr(masked) == (
+        "MaskedDiffusion(vocab_size=5, schedule=LogLinearSchedule(eps=0.001), eps=0.001, "
+        "time_conditioned=True)"
+    )
+    assert list(uniform.to_dict()) == ["type", "vocab_size", "schedule", "curriculum", "eps"]
+    assert list(masked.to_dict()) == ["type", "vocab_size", "schedule", "eps", "time_conditioned"]
+    with pytest.raises(ValueError, match="MaskedDiffusion.from_dict got a config of type"):
+        MaskedDiffusion.from_dict(uniform.to_dict())

@@ -149,7 +149,8 @@ class DiffusionScorer:
 
     Args:
         diffusion: a ``UniformDiffusion`` or ``MaskedDiffusion`` (its schedule and eps).
-        denoiser: the model, ``denoiser(z_t, sigma) -> logits``.
+        denoiser: the model, ``denoiser(z_t, sigma) -> logits``; for a ``UniformDiffusion`` one
+            that reads per-token levels (``reads_token_levels``), as prompts need.
         num_samples: n, the antithetic times per continuation (the module docstring).
         batch_size: sequences per denoiser call.
         seed: the grid offset u and the noise, the same for every request.
