@@ -169,6 +169,21 @@ class UniformNelboCore(torch.autograd.Function):
         return grad.view(b, length, k), None, None, None, None
 
 
+def _divergence(
+    logits: Tensor, x_0: Tensor, z_t: Tensor, alpha: Tensor, chunk_rows: int | None,
+    backend: Backend,
+) -> Tensor:  # fmt: skip
+    """D (B, L) of checked inputs (α_t flattened, (B·L,)), by the Triton kernels or by
+    ``UniformNelboCore``, as ``discdiff.kernels.dispatch`` decides for ``backend``."""
+    b, length, k = logits.shape
+    if use_triton(logits, backend):
+        x_f, z_f = x_0.reshape(-1).contiguous(), z_t.reshape(-1).contiguous()
+        return TritonUniformNelbo.apply(rows_of(logits), x_f, z_f, alpha).view(b, length)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(k, logits.device)
+    return UniformNelboCore.apply(logits, x_0, z_t, alpha, chunk_rows)
+
+
 @provide("uniform_nelbo")
 @typechecked
 def uniform_nelbo(
@@ -246,15 +261,7 @@ def uniform_nelbo(
                 "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
                 "(the uniform NELBO is +inf there)"
             )
-    if use_triton(logits, backend):
-        d = TritonUniformNelbo.apply(
-            rows_of(logits), x_0.reshape(-1).contiguous(), z_t.reshape(-1).contiguous(),
-            alpha.contiguous(),
-        ).view(shape)  # fmt: skip
-    else:
-        if chunk_rows is None:
-            chunk_rows = default_chunk_rows(k, logits.device)
-        d = UniformNelboCore.apply(logits, x_0, z_t, alpha.contiguous(), chunk_rows)
+    d = _divergence(logits, x_0, z_t, alpha.contiguous(), chunk_rows, backend)
     alpha_bl = alpha.view(shape)
     dalpha = per_token(dalpha_t, shape, logits, acc)
     loss = (-dalpha / (k * alpha_bl)) * d
