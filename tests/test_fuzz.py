@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import discdiff
+import discdiff.context
 from discdiff import (
     AlphaWindow,
     AntitheticTimes,
@@ -1010,6 +1011,81 @@ for kind, (fn, err, names) in EVAL_BAD.items():
     row(f"cli-evaluate-{kind}", fn, err, *names)
 
 
+# --- where options meet: prompts, clean context, seeds, tails, reductions, sampler parts ------
+
+
+class Blind(Net):
+    """A denoiser that reads one noise level per sequence (no ``reads_token_levels``)."""
+
+
+class Told(Net):
+    reads_token_levels = True
+
+
+def prompt_pair(b: int = B, length: int = L) -> dict:
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    mask[:, 0] = True
+    return {"prompt": x0(b, length), "prompt_mask": mask}
+
+
+def clean(b: int = B, length: int = L) -> torch.Tensor:
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    mask[:, :2] = True
+    return mask
+
+
+row("sample_uniform-prompt-blind-denoiser", lambda: sample_u(denoiser=Blind(), **prompt_pair()),
+    V, "prompt", "per-token noise levels", "clamp_prompt=True")
+row("uniform.sample-prompt-blind-denoiser", lambda: UniformDiffusion(K).sample(
+    Blind(), B, L, 2, **prompt_pair()), V, "prompt", "reads_token_levels")
+row("dcd.sample-prompt-blind-student", lambda: distiller().sample(Blind(), B, L, 2,
+    **prompt_pair()), V, "prompt", "clamp_prompt")  # fmt: skip
+row("uniform.loss-clean_mask-blind", lambda: UniformDiffusion(K).loss(Blind(), x0(),
+    clean_mask=clean()), V, "clean_mask", "per-token noise levels")  # fmt: skip
+row("uniform.loss-clean_mask-int", lambda: UniformDiffusion(K).loss(Told(), x0(),
+    clean_mask=clean().long()), V, "clean_mask", "bool")  # fmt: skip
+row("uniform.loss-clean_mask-shape", lambda: UniformDiffusion(K).loss(Told(), x0(),
+    clean_mask=clean()[:, :2]), V, "clean_mask", "(B, L)")  # fmt: skip
+row("uniform.loss-mask-float", lambda: UniformDiffusion(K).loss(Net(), x0(),
+    mask=torch.ones(B, L)), V, "mask", "bool")  # fmt: skip
+row("uniform.loss-mask-shape", lambda: UniformDiffusion(K).loss(Net(), x0(),
+    mask=torch.ones(B, L + 1, dtype=torch.bool)), V, "mask", "(B, L)")  # fmt: skip
+row("uniform.loss-reduction-avg", lambda: UniformDiffusion(K).loss(Net(), x0(),
+    reduction="avg"), V, "reduction")  # fmt: skip
+row("masked.loss-reduction-None", lambda: MaskedDiffusion(K).loss(Net(K + 1), x0(),
+    reduction=None), V, "reduction")  # fmt: skip
+row("dcd.loss-reduction-max", lambda: distiller().loss(Net(), x0(), 0, reduction="max"), V,
+    "reduction")
+row("uniform_nelbo-mask-int", lambda: u_nelbo(mask=torch.ones(B, L, dtype=torch.long)), VT,
+    "mask")
+for bad in (-1, 2**64, 1.5, "7", True):
+    row(f"sample_uniform-seed-{bad!r}", lambda bad=bad: sample_u(seed=bad), VT, "seed")
+row("sample_uniform-seed-and-generator", lambda: sample_u(seed=0,
+    generator=torch.Generator().manual_seed(0)), V, "seed", "generator")  # fmt: skip
+row("sample_masked-seed-string", lambda: sample_m(seed="0"), VT, "seed")
+row("sample_categorical-seed-float", lambda: samplers.sample_categorical(
+    torch.ones(B, K), seed=0.5), VT, "seed")  # fmt: skip
+row("greedy_tail-uncond-without-scale", lambda: samplers.greedy_tail(logits(),
+    uncond=logits()), V, "guidance_scale")  # fmt: skip
+row("map_tail-top_k-zero", lambda: samplers.map_tail(logits(), x0(), 0.5, top_k=0), VT, "top_k")
+row("map_tail-uncond-shape", lambda: samplers.map_tail(logits(), x0(), 0.5,
+    uncond=logits(length=L + 1), guidance_scale=1.0), VT, "uncond")  # fmt: skip
+row("greedy_tail-guidance-negative", lambda: samplers.greedy_tail(logits(), uncond=logits(),
+    guidance_scale=-1.0), V, "guidance_scale")  # fmt: skip
+row("Filter-top_p-zero", lambda: samplers.Filter(top_p=0.0), VT, "top_p")
+row("Filter-top_k-float", lambda: samplers.Filter(top_k=2.5), VT, "top_k")
+row("UniformStep-kappa-two", lambda: samplers.UniformStep(kappa=2.0), VT, "kappa")
+row("MaskedStep-mask_id-negative", lambda: samplers.MaskedStep(mask_id=-1), VT, "mask_id")
+row("Guidance-scale-nan", lambda: samplers.Guidance(scale=math.nan, uncond={}), VT,
+    "guidance_scale")
+row("random_clean_mask-share", lambda: discdiff.context.random_clean_mask(B, L, share=1.5), VT,
+    "share")
+row("random_clean_mask-length", lambda: discdiff.context.random_clean_mask(B, 0), VT, "length")
+row("dit-sigma-per-token-shape", lambda: dit()(x0(), torch.zeros(B, L + 1)), VT, "sigma")
+row("dit-ids-beyond-vocab", lambda: UniformDiffusion(K + 3).sample(dit().eval(), B, L, 2,
+    seed=0), V, "vocab", str(K))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the table
 # ---------------------------------------------------------------------------------------------
@@ -1048,8 +1124,10 @@ def test_bad_input_fails_clearly(entry: Row, env: Env, record_property):
 
 
 def test_the_table_is_large_enough():
-    # 445 rows since the per-thread checks and the denoiser seam's rows; GOOD holds 25 calls.
-    assert len(ROWS) >= 445 and len(GOOD) >= 25
+    # 445 rows since the per-thread checks and the denoiser seam's rows, 478 since the rows
+    # where options meet (prompts, clean context, seeds, tails, reductions, sampler parts);
+    # GOOD holds 25 calls.
+    assert len(ROWS) >= 478 and len(GOOD) >= 25
 
 
 # ---------------------------------------------------------------------------------------------

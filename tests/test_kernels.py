@@ -26,7 +26,7 @@ pytest.importorskip("triton")
 stats = pytest.importorskip("scipy.stats")
 
 from discdiff import kernels  # noqa: E402
-from discdiff.kernels import _triton  # noqa: E402
+from discdiff.kernels import triton_kernels  # noqa: E402
 from discdiff.losses import uniform_nelbo as torch_uniform_nelbo  # noqa: E402
 
 F64 = torch.float64
@@ -185,6 +185,105 @@ def test_the_fused_head_runs_the_kernels_per_block(reduction, masked):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=2e-5 * float(e.abs().max()))
 
 
+# --- one dispatch -------------------------------------------------------------------------------
+
+
+def test_the_one_backend_rule(monkeypatch):
+    from discdiff.kernels import dispatch
+
+    x32, x64 = torch.zeros(2, 3), torch.zeros(2, 3, dtype=F64)
+    assert not dispatch.use_triton(x32, "auto")  # a CPU tensor: PyTorch
+    assert not dispatch.use_triton(x32, "torch")
+    assert dispatch.use_triton(x32, "triton")  # under the interpreter
+    with pytest.raises(ValueError, match="backend must be 'auto', 'triton' or 'torch'"):
+        dispatch.use_triton(x32, "cuda")  # type: ignore[arg-type]
+    # Where "auto" takes Triton (CUDA; here the CPU, forced), float64 work stays on PyTorch.
+    monkeypatch.setattr(dispatch, "TRITON_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    assert dispatch.use_triton(x32, "auto")
+    assert not dispatch.use_triton(x64, "auto")
+    assert not dispatch.use_triton(x32, "auto", dtype=F64)
+    assert dispatch.use_triton(x64, "triton")  # forced: read as float32
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dispatch.use_triton(x32, "triton")
+
+
+def test_kernels_import_nothing_from_losses_or_samplers():
+    import ast
+
+    import discdiff.kernels
+
+    for path in sorted(Path(discdiff.kernels.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith(("discdiff.losses", "discdiff.samplers")), (path, name)
+
+
+def test_the_kernels_entry_points_are_the_library_functions():
+    import discdiff
+    from discdiff.kernels.dispatch import entry_point
+
+    assert entry_point("uniform_nelbo") is discdiff.losses.uniform_nelbo
+    assert entry_point("uniform_ancestral_step") is discdiff.samplers.uniform_ancestral_step
+    assert kernels.mixture_weights is discdiff.numerics.mixture_weights
+    logits, x_0, z_t, a, da = _case(3, 2, 4, 9, 0.4, 2.0, True)
+    for backend in ("triton", "torch"):
+        ours = kernels.uniform_nelbo(logits, x_0, z_t, a, da, backend=backend)
+        assert torch.equal(ours, torch_uniform_nelbo(logits, x_0, z_t, a, da, backend=backend))
+    with pytest.raises(ValueError, match="backend='triton' draws from the unfiltered"):
+        discdiff.samplers.uniform_ancestral_step(logits, z_t, 0.7, 0.3, top_k=2, backend="triton")
+
+
+class _Table(torch.nn.Module):
+    """A denoiser without the fused head: logits from a table of the token and its neighbour."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.nn.Parameter(torch.randn(k, k, generator=g))
+
+    def forward(self, z_t, sigma):
+        return self.table[z_t] + 0.5 * self.table[z_t.roll(1, -1)]
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_the_diffusion_loss_of_any_model_reaches_the_triton_nelbo(monkeypatch, reduction):
+    # "auto" forced to take Triton on the CPU as on CUDA: UniformDiffusion.loss on a model that
+    # only returns logits runs the Triton NELBO, with the PyTorch path's loss and gradient.
+    from discdiff import UniformDiffusion
+    from discdiff.kernels import dispatch
+    from discdiff.losses import uniform as uniform_module
+
+    k = 11
+    model, diffusion = _Table(k), UniformDiffusion(k)
+    x_0 = torch.randint(0, k, (3, 8), generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grad():
+        loss = diffusion.loss(model, x_0, generator=torch.Generator().manual_seed(2),
+                              reduction=reduction)  # fmt: skip
+        (grad,) = torch.autograd.grad(loss.sum(), model.table)
+        return loss.detach(), grad
+
+    l_pt, g_pt = loss_and_grad()
+    calls: list[int] = []
+
+    class Counted(uniform_module.TritonUniformNelbo):
+        @classmethod
+        def apply(cls, *args):
+            calls.append(1)
+            return super().apply(*args)
+
+    monkeypatch.setattr(dispatch, "TRITON_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    monkeypatch.setattr(uniform_module, "TritonUniformNelbo", Counted)
+    l_tr, g_tr = loss_and_grad()
+    assert calls
+    torch.testing.assert_close(l_tr, l_pt, rtol=2e-5, atol=1e-6 * float(l_pt.abs().max()))
+    torch.testing.assert_close(g_tr, g_pt, rtol=1e-4, atol=2e-5 * float(g_pt.abs().max()))
+
+
 # --- the ancestral / Ψ step: its law ------------------------------------------------------------
 
 
@@ -250,20 +349,20 @@ def _configurations(k: int, per: int, seed: int):
 
 
 def _force_the_kernel(monkeypatch) -> list[int]:
-    """Make the samplers' uniform step dispatch to the kernel as on CUDA (it runs under the
-    interpreter); returns the list that counts the kernel's calls."""
-    from discdiff.kernels import step as kernel_step
+    """Make "auto" pick Triton on CPU tensors, as it does on CUDA (the kernels run under the
+    interpreter); returns the list that counts the Triton step's calls."""
+    from discdiff.kernels import dispatch
     from discdiff.samplers import steps
 
     calls: list[int] = []
-    original = kernel_step.triton_step
+    original = steps.triton_step
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "_kernel_step", lambda logits: True)
-    monkeypatch.setattr(kernel_step, "triton_step", counted)
+    monkeypatch.setattr(dispatch, "TRITON_DEVICE_TYPES", frozenset({"cuda", "cpu"}))
+    monkeypatch.setattr(steps, "triton_step", counted)
     return calls
 
 
@@ -297,7 +396,7 @@ def test_the_samplers_step_dispatches_to_the_kernel_as_on_cuda(monkeypatch):
     law = _exact_law(logits[0], z[0], a_s[0, :, None], a_t[0, :, None], kap[0, :, None])
     assert _chi2_pvalue(draws[0], law, groups) > 1e-3
     # Float levels, as the loops pass them, and kappa None (ancestral).
-    anc = steps._uniform_step(logits, z, 0.7, 0.4, None, None, None, gen)
+    anc = steps.uniform_step(logits, z, 0.7, 0.4, None, None, None, gen)
     law = _exact_law(logits[0], z[0], torch.full((z.numel(), 1), 0.7, dtype=F64),
                      torch.full((z.numel(), 1), 0.4, dtype=F64), None)  # fmt: skip
     assert _chi2_pvalue(anc[0], law, groups) > 1e-3
@@ -370,7 +469,7 @@ def test_the_exponential_race_draws_softmax_across_many_blocks():
     out = torch.empty(n, dtype=torch.int64)
     zeros = torch.zeros(n, dtype=F64)
     seed = torch.tensor([123], dtype=torch.int64)
-    _triton.ancestral_step(logits, torch.zeros(n, dtype=torch.int64), zeros + 1, zeros, None,
+    triton_kernels.ancestral_step(logits, torch.zeros(n, dtype=torch.int64), zeros + 1, zeros, None,
                            seed, out, block_k=16, rows=512)  # fmt: skip
     law = torch.softmax(row.to(F64), -1).expand(n, k)
     assert _chi2_pvalue(out, law, [list(range(n))]) > 1e-3
@@ -418,7 +517,7 @@ def test_kernels_build_for_hopper():
     if importlib.util.find_spec("triton.backends.nvidia") is None:
         pytest.skip("this triton has no NVIDIA backend")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    code = ("from discdiff.kernels._triton import compile_for\n"
+    code = ("from discdiff.kernels.triton_kernels import compile_for\n"
             "compile_for(90, 'fp32'); compile_for(90, 'bf16')")  # fmt: skip
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,

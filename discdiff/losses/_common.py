@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from discdiff.numerics import g_small
 from discdiff.typing import (
     check_count,
     check_finite,
@@ -146,19 +147,6 @@ def per_token(level: Tensor | float, shape: torch.Size, like: Tensor, dtype: tor
 # ---------------------------------------------------------------------------------------------
 # Shared numerics
 # ---------------------------------------------------------------------------------------------
-
-
-def g_small(z: Tensor) -> Tensor:
-    """z - log1p(z) to rounding for |z| <= 0.1 (the naive difference loses all digits).
-
-    With s = z / (2 + z), log1p(z) = 2 atanh(s) = 2 (s + s³/3 + s⁵/5 + ...) and z = 2s / (1 - s),
-    so z - log1p(z) = 2s² / (1 - s) - 2s³ (1/3 + s²/5 + ...); |s| <= 0.053 and the series is cut
-    where its next term is below float64 rounding relative to the result.
-    """
-    s = z / (2 + z)
-    s2 = s * s
-    poly = 1 / 3 + s2 * (1 / 5 + s2 * (1 / 7 + s2 * (1 / 9 + s2 * (1 / 11 + s2 / 13))))
-    return 2 * s2 / (1 - s) - 2 * s * s2 * poly
 
 
 def g(z: Tensor) -> Tensor:

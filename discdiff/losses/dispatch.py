@@ -25,6 +25,13 @@ crossover (``CROSSOVER_LOGITS``: never on the CPU, 0 on accelerators), or whenev
 their gradient (2 x rows x K x ``element_bytes``) would exceed the device's memory budget
 (``LOGITS_BUDGET_BYTES``: 4 GiB on the CPU, 2 GiB on accelerators), reduced or not.
 ``fused=True`` / ``False`` in the diffusions' ``loss`` overrides it.
+
+How this composes with the Triton-vs-PyTorch choice: this rule only decides how the logits are
+produced (materialised by the denoiser, or block by block from its hidden state). Which
+implementation then computes each row's loss is ``discdiff.kernels.dispatch.use_triton``'s
+rule, the only place that choice is made: ``discdiff.losses.uniform_nelbo`` applies it to the
+materialised logits, ``fused_linear_uniform_nelbo`` to each block. So on CUDA both paths of
+``UniformDiffusion.loss`` run the Triton NELBO, whatever the denoiser.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ is accumulated in the weight's dtype. No double backward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from discdiff import _chunks
+from discdiff._chunks import chunk_rows as default_chunk_rows
+from discdiff.kernels.dispatch import Backend, use_triton
+from discdiff.kernels.nelbo import TritonUniformNelbo
 from discdiff.losses._common import (
     Level,
     Reduction,
@@ -49,7 +51,7 @@ from discdiff.losses._common import (
     per_token,
     result_dtype,
 )
-from discdiff.losses.uniform import _UniformNelboCore
+from discdiff.losses.uniform import UniformNelboCore
 from discdiff.typing import (
     check_count,
     check_finite,
@@ -299,7 +301,7 @@ def _run(
     if mm_dtype is None or not hidden.dtype.is_floating_point:
         mm_dtype = torch.promote_types(hidden.dtype, weight.dtype)
     if block_rows is None:
-        block_rows = _chunks.chunk_rows(
+        block_rows = default_chunk_rows(
             k, hidden.device, cpu_elements=BLOCK_ELEMENTS_CPU, device_elements=BLOCK_ELEMENTS_DEVICE
         )
     block_rows = min(block_rows, max(n, 1))
@@ -318,17 +320,11 @@ def _compute(logits: Tensor) -> Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def _uniform_kernel(hidden: Tensor, weight: Tensor, backend: str) -> Any:
-    """The Triton autograd function of the uniform NELBO's rows when ``backend`` picks it."""
-    from discdiff.kernels._backend import use_triton
-
-    if backend == "auto" and torch.float64 in (hidden.dtype, weight.dtype):
-        return None  # the kernels reduce in float32: float64 work stays on the PyTorch path
-    if not use_triton(hidden, backend):  # type: ignore[arg-type]
-        return None
-    from discdiff.kernels.nelbo import _TritonUniformNelbo
-
-    return _TritonUniformNelbo
+def _uniform_kernel(hidden: Tensor, weight: Tensor, backend: Backend) -> Any:
+    """The Triton autograd function of the uniform NELBO's rows when ``discdiff.kernels.
+    dispatch``'s rule picks it for blocks of logits in the matmuls' dtype, else None."""
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    return TritonUniformNelbo if use_triton(hidden, backend, dtype=dtype) else None
 
 
 @typechecked
@@ -344,7 +340,7 @@ def fused_linear_uniform_nelbo(
     mask: Bool[Tensor, "b l"] | None = None,
     reduction: Reduction = "none",
     block_rows: int | None = None,
-    backend: Literal["auto", "torch", "triton"] = "auto",
+    backend: Backend = "auto",
 ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """``uniform_nelbo(hidden @ weight.T + bias, x_0, z_t, alpha_t, dalpha_t)``, block by block.
 
@@ -360,10 +356,10 @@ def fused_linear_uniform_nelbo(
             formed in the forward pass; "mean" divides by their number, 0 when there is none).
         block_rows: rows of the (B·L, K) logits per block (default: 16 MiB of float32 logits on
             the CPU, 128 MiB on an accelerator).
-        backend: the per-block loss: "auto" runs ``discdiff.kernels``' Triton kernels on CUDA
-            when Triton imports and the matmuls are not float64 (one read of a block forward,
-            one read and one write backward), the PyTorch path otherwise; "torch" or "triton"
-            force one ("triton" on the CPU needs the interpreter, as in ``discdiff.kernels``).
+        backend: the per-block loss, by ``discdiff.kernels.dispatch``'s rule: "auto" runs the
+            Triton kernels on CUDA when Triton imports and the matmuls are not float64 (one read
+            of a block forward, one read and one write backward), the PyTorch path otherwise;
+            "torch" or "triton" force one ("triton" on the CPU needs the interpreter).
 
     Memory: one block of logits and one of their gradient at a time; nothing of size (B·L, K) is
     held. The per-row loss and gradient are ``discdiff.losses.uniform``'s closed forms.
@@ -391,14 +387,14 @@ def fused_linear_uniform_nelbo(
             "(the uniform NELBO is +inf there)"
         )
     row_weight = -rows.take(per_token(dalpha_t, shape, hidden, acc)) / (k * alpha)
-    inner = _chunks.chunk_rows(k, hidden.device)
+    inner = default_chunk_rows(k, hidden.device)
     kernel = _uniform_kernel(hidden, weight, backend)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         r = logits.shape[0]
         if kernel is not None:  # the Triton kernels: d per row of a (r, K) block
             return kernel.apply(logits, x_f[sl].view(r), z_f[sl].view(r), alpha[sl])
-        d = _UniformNelboCore.apply(
+        d = UniformNelboCore.apply(
             logits.unsqueeze(0), x_f[sl].view(1, r), z_f[sl].view(1, r), alpha[sl], inner
         )
         return d.view(r)

@@ -1,12 +1,13 @@
 """The uniform-state NELBO (UDLM / Duo), memory-lean: an autograd function in rewritten algebra.
 
 The formula as Concepts §3 writes it is ``discdiff.losses.reference.uniform_nelbo_reference``; the
-tests hold this fast path to it.
+tests hold this fast path to it. The per-row closed form (``row_terms``) is
+``discdiff.numerics``', shared with the Triton kernels, which ``uniform_nelbo`` runs instead of
+``UniformNelboCore`` where ``discdiff.kernels.dispatch`` says so (``backend=``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -14,7 +15,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from discdiff import _chunks
+from discdiff._chunks import chunk_rows as default_chunk_rows
+from discdiff.kernels.dispatch import Backend, provide, use_triton
+from discdiff.kernels.nelbo import TritonUniformNelbo, rows_of
 from discdiff.losses._common import (
     Level,
     Reduction,
@@ -23,26 +26,14 @@ from discdiff.losses._common import (
     check_levels,
     check_mask,
     check_reduction,
-    g_small,
     per_token,
     reduce_loss,
     result_dtype,
 )
+from discdiff.numerics import g_small, row_terms, series_split
 from discdiff.typing import check_count, checks_enabled, typechecked
 
-__all__ = ["uniform_nelbo"]
-
-# Below this β = Kα/(1-α) the bracket of the uniform NELBO is O(β²) while its pieces are O(β):
-# those rows use a form where the first order cancels analytically (see _UniformNelboCore).
-_BETA_SERIES = 0.1
-_BETA_MAX = 1e30  # β is +inf at α = 1, where its terms carry weight zero; keep them finite
-
-
-def _log_ratio(v: Tensor, xbar_x: Tensor, a_: Tensor, p: Tensor, one_m_p: Tensor) -> Tensor:
-    """log(v / x̄_x) = log((A p + c) / (A + c)), from whichever of p, 1 - p is accurate."""
-    near_one = torch.log1p(-a_ * one_m_p / xbar_x)
-    return torch.where(p > 0.5, near_one, torch.log(v / xbar_x))
-
+__all__ = ["UniformNelboCore", "row_terms", "series_split", "uniform_nelbo"]
 
 def _row_reader(logits: Tensor):
     """Return ``rows(r0, r1) -> (r1 - r0, K)`` over the flattened (B*L, K) logits, never copying
@@ -66,75 +57,7 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
 
 
-def series_split(alpha: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """β = Kα / (1 - α) per row (+inf at α = 1 clamped) and where the series form is used."""
-    beta = (k * alpha / (1 - alpha)).clamp(max=_BETA_MAX)
-    return beta, beta < _BETA_SERIES
-
-
-def row_terms(
-    p_i: Tensor, p_x: Tensor, rest: Tensor, t_sum: Tensor, g_sum: Tensor, same: Tensor,
-    alpha: Tensor, k: int, *, series: bool = True,
-) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
-    """D per row from the row's O(K) reductions (see ``_UniformNelboCore``), and the per-row
-    values its gradient needs: (A, c, x̄_i, v_i, p_i, C).
-
-    Every input is (n,) in the accumulation dtype: p_i, p_x are x̂ at z_t and at x_0;
-    rest = Σ_{j∉{i,x}} p_j; t_sum = Σ_{j∉{i,x}} log1p(β p_j); g_sum = Σ_{j∉{i,x}} g(β p_j),
-    read only where β < 0.1; same: z_t == x_0; alpha: α_t. ``series=False`` skips the series
-    form (only right when no row has β < 0.1). The PyTorch path and the Triton kernels'
-    reductions both end here.
-    """
-    a_ = k * alpha  # A = Kα
-    c_ = 1 - alpha  # c = 1 - α
-    beta, small = series_split(alpha, k)
-    one_m_pi = rest + torch.where(same, 0.0, p_x)
-    one_m_px = rest + torch.where(same, 0.0, p_i)
-    # Near one-hot, a rounded p_i (float32) disagrees with the accurate 1 - p_i by more than
-    # the O((1 - p_i)²) loss: take p from its complement so that every term sees the same p.
-    p_i = torch.where(p_i > 0.5, 1 - one_m_pi, p_i)
-    p_x = torch.where(p_x > 0.5, 1 - one_m_px, p_x)
-    xbar_x = a_ + c_
-    xbar_i = torch.where(same, xbar_x, c_)
-    v_i = a_ * p_i + c_
-    v_x = a_ * p_x + c_
-    kf = float(k)
-    cc = torch.where(same, kf * a_ * one_m_pi, -kf * a_ * p_i) / (v_i * xbar_i)
-
-    # Large β (the T form). Weight c/x̄_i is exactly 0 at α = 1, where T may be huge.
-    w = c_ / xbar_i
-    inner = t_sum - (kf - 1) * _log_ratio(v_i, xbar_x, a_, p_i, one_m_pi)
-    d_same = cc - torch.where(w > 0, w * inner, 0.0)
-    d_diff = (
-        cc
-        - t_sum
-        - (xbar_x / c_) * _log_ratio(v_x, xbar_x, a_, p_x, one_m_px)
-        + (kf - 1 + beta) * torch.log1p(beta * p_i)
-    )
-    d = torch.where(same, d_same, d_diff)
-    if series:
-        bs = torch.where(small, beta, 0.0)
-        u_i = 1 + bs * p_i
-        g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
-        b2 = bs * bs
-        s_same = (
-            b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
-        ) / (1 + bs)
-        s_diff = (
-            (kf + bs) * b2 * p_i * p_i / u_i
-            + b2 * one_m_px
-            + g_sum
-            + (1 + bs) * g_bx
-            - (kf + bs - 1) * g_bi
-            - (1 + bs) * g_b
-        )
-        d = torch.where(small, torch.where(same, s_same, s_diff), d)
-    # z_t ≠ x_0 at α = 1 is impossible under q(z_t | x_0): the bound is +inf there.
-    d = torch.where(~same & (c_ == 0), math.inf, d.clamp_min(0.0))
-    return d, (a_, c_, xbar_i, v_i, p_i, cc)
-
-
-class _UniformNelboCore(torch.autograd.Function):
+class UniformNelboCore(torch.autograd.Function):
     """D = Σ_{j≠i} (x̄_j/x̄_i) (ρ_j - 1 - log ρ_j), ρ_j = x̄_θ,j x̄_i / (x̄_θ,i x̄_j), per row.
 
     The formula's bracket equals -D: Σ_{j≠i} (x̄_j/x̄_i)(ρ_j - 1) = K/x̄_θ,i - K/x̄_i in closed form
@@ -246,6 +169,22 @@ class _UniformNelboCore(torch.autograd.Function):
         return grad.view(b, length, k), None, None, None, None
 
 
+def _divergence(
+    logits: Tensor, x_0: Tensor, z_t: Tensor, alpha: Tensor, chunk_rows: int | None,
+    backend: Backend,
+) -> Tensor:  # fmt: skip
+    """D (B, L) of checked inputs (α_t flattened, (B·L,)), by the Triton kernels or by
+    ``UniformNelboCore``, as ``discdiff.kernels.dispatch`` decides for ``backend``."""
+    b, length, k = logits.shape
+    if use_triton(logits, backend):
+        x_f, z_f = x_0.reshape(-1).contiguous(), z_t.reshape(-1).contiguous()
+        return TritonUniformNelbo.apply(rows_of(logits), x_f, z_f, alpha).view(b, length)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(k, logits.device)
+    return UniformNelboCore.apply(logits, x_0, z_t, alpha, chunk_rows)
+
+
+@provide("uniform_nelbo")
 @typechecked
 def uniform_nelbo(
     logits: Float[Tensor, "b l k"],
@@ -257,6 +196,7 @@ def uniform_nelbo(
     mask: Bool[Tensor, "b l"] | None = None,
     reduction: Reduction = "none",
     chunk_rows: int | None = None,
+    backend: Backend = "auto",
 ) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
     """Continuous-time uniform-state NELBO per token (UDLM; Concepts §3).
 
@@ -277,8 +217,14 @@ def uniform_nelbo(
             count). Ignored tokens get loss 0 and no gradient (whatever their ids and levels).
         reduction: "none" (B, L) per token; "sum" or "mean" over the tokens that count, 0-d
             ("mean" divides by their number, as ``F.cross_entropy`` with ``ignore_index``).
-        chunk_rows: rows of the flattened (B*L, K) logits processed at a time (default: about
-            1 MiB of float32 per temporary on CPU, 128 MiB on accelerators).
+        chunk_rows: rows of the flattened (B*L, K) logits processed at a time by the PyTorch
+            path (default: about 1 MiB of float32 per temporary on CPU, 128 MiB on
+            accelerators).
+        backend: "auto" (``discdiff.kernels.dispatch``'s rule: the Triton kernels on CUDA when
+            Triton imports and the logits are not float64, the PyTorch path otherwise), "torch",
+            or "triton" (on a CPU tensor only under ``TRITON_INTERPRET=1``). The Triton path
+            reads the logits once forward and once backward, reduces in float32 and forms the
+            per-row closed form in float64, as the PyTorch path does.
 
     Returns:
         (B, L) loss, or 0-d when reduced; float64 when any input is float64, float32 for float32
@@ -286,7 +232,7 @@ def uniform_nelbo(
 
     Memory: nothing of size (B, L, K) is kept for backward besides the logits themselves; the
     backward recomputes softmax chunk by chunk and writes the closed-form gradient straight into
-    the logits' gradient (see ``_UniformNelboCore``). No double backward. Exactly at α_t = 1 a
+    the logits' gradient (see ``UniformNelboCore``). No double backward. Exactly at α_t = 1 a
     position with z_t ≠ x_0 is impossible: that raises (or gives +inf under ``unchecked()``).
     """
     k = check_common(logits, x_0, z_t)
@@ -315,9 +261,7 @@ def uniform_nelbo(
                 "z_t differs from x_0 where alpha_t = 1: impossible under q(z_t | x_0) "
                 "(the uniform NELBO is +inf there)"
             )
-    if chunk_rows is None:
-        chunk_rows = _chunks.chunk_rows(k, logits.device)
-    d = _UniformNelboCore.apply(logits, x_0, z_t, alpha.contiguous(), chunk_rows)
+    d = _divergence(logits, x_0, z_t, alpha.contiguous(), chunk_rows, backend)
     alpha_bl = alpha.view(shape)
     dalpha = per_token(dalpha_t, shape, logits, acc)
     loss = (-dalpha / (k * alpha_bl)) * d

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from discdiff.numerics import ratio  # noqa: F401  (alpha_ts: one formula, re-exported)
 from discdiff.typing import check_range, checks_enabled, reject_if
 
 Alpha = float | Tensor
@@ -58,12 +59,3 @@ def flat(x: float | Tensor) -> float | Tensor:
 def rows(x: float | Tensor, sl: slice) -> float | Tensor:
     """The rows ``sl`` of a flattened level (a float is the same for every row)."""
     return x if isinstance(x, float) else x[sl]
-
-
-def ratio(a_t: float | Tensor, a_s: float | Tensor) -> float | Tensor:
-    """alpha_ts = alpha_t / alpha_s, with 0 / 0 = 1 (no time elapses between two pure-noise
-    levels; any value gives the same law there since z_t is then uniform)."""
-    if isinstance(a_t, float) and isinstance(a_s, float):
-        return a_t / a_s if a_s > 0 else 1.0
-    a_t, a_s = torch.as_tensor(a_t, dtype=torch.float64), torch.as_tensor(a_s, dtype=torch.float64)
-    return torch.where(a_s > 0, a_t / torch.where(a_s > 0, a_s, 1.0), 1.0)

@@ -20,7 +20,7 @@ from discdiff.samplers.grid import Interval
 from discdiff.samplers.guidance import guided_masked_step
 from discdiff.samplers.parts import Filter
 from discdiff.samplers.predict import Prediction
-from discdiff.samplers.steps import _masked_step
+from discdiff.samplers.steps import masked_step
 from discdiff.typing import as_float, check_count
 
 __all__ = ["MaskedStep", "remask_at"]
@@ -56,7 +56,7 @@ class MaskedStep:
         sigma = None if self.remask is None else remask_at(self.remask, at)
         top_k, top_p = self.filter.top_k, self.filter.top_p
         if pred.uncond is None:
-            return _masked_step(pred.logits, z, at.alpha_s, at.alpha_t, self.mask_id, sigma,
+            return masked_step(pred.logits, z, at.alpha_s, at.alpha_t, self.mask_id, sigma,
                                 top_k, top_p, generator)  # fmt: skip
         assert pred.gamma is not None
         return guided_masked_step(pred.logits, pred.uncond, z, at.alpha_s, at.alpha_t,

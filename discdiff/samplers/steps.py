@@ -8,8 +8,8 @@ The uniform step never builds the (B, L, K) posterior: it is a three-part mixtur
 draw from x_hat, draw uniformly), so it costs one pass over the logits (softmax, block masses,
 the weight of z_t) plus O(sqrt(K)) work per token that draws from x_hat. The public functions
 check their arguments; the step objects (``UniformStep``, ``MaskedStep``) call the unchecked
-kernels (``_uniform_step``, ``_masked_step``) with the levels of their grid. The Ψ mixture of the
-uniform step is ``discdiff.samplers.psi.uniform_mixture``.
+steps (``uniform_step``, ``masked_step``) with the levels of their grid. The Ψ mixture of the
+uniform step is ``discdiff.numerics.uniform_mixture`` (also ``discdiff.samplers.psi``'s).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.kernels._backend import triton_available
+from discdiff.kernels.dispatch import Backend, provide, use_triton
+from discdiff.kernels.step import triton_step
+from discdiff.numerics import uniform_mixture
 from discdiff.samplers import levels as lv
 from discdiff.samplers.categorical import (
     ChunkLaw,
@@ -30,7 +32,6 @@ from discdiff.samplers.categorical import (
     softmax_weights,
     uniforms,
 )
-from discdiff.samplers.psi import uniform_mixture
 from discdiff.samplers.streams import RowStream, check_stream
 from discdiff.typing import (
     check_count,
@@ -42,8 +43,10 @@ from discdiff.typing import (
 
 __all__ = [
     "masked_ancestral_step",
+    "masked_step",
     "uniform_ancestral_step",
     "uniform_mixture",
+    "uniform_step",
 ]
 
 Alpha = lv.Alpha
@@ -65,12 +68,19 @@ def _draw_where(
     return torch.where(chosen, law.draw(every, u_block, u_within), out)
 
 
-def _kernel_step(logits: Tensor) -> bool:
-    """Whether the uniform step runs the Triton kernel: CUDA logits, and Triton imports."""
-    return logits.is_cuda and triton_available()
+def _kernel_keys(generator: Source, n: int, device: torch.device) -> tuple[Tensor, tuple | None]:
+    """The Philox keys of the Triton step from ``generator`` (``triton_step``'s ``keys`` and
+    ``row_call``): a ``RowStream``'s keys of the rows and of this draw (no extra pass), or one
+    int64 seed drawn from a ``torch.Generator`` (no host sync)."""
+    if isinstance(generator, RowStream):
+        keys = generator.row_keys(generator.rows_of(n), device)
+        return keys, (generator.next_call(), generator.length)
+    gen_device = generator.device if generator is not None else device
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=gen_device)
+    return seed.to(device), None
 
 
-def _uniform_step(
+def uniform_step(
     logits: Tensor,
     z_t: Tensor,
     alpha_s: float | Tensor,
@@ -79,23 +89,25 @@ def _uniform_step(
     top_k: int | None,
     top_p: float | None,
     generator: Source,
+    backend: Backend = "auto",
 ) -> Tensor:
     """The uniform step on trusted inputs; levels are floats or flattened float64 (B*L,).
 
-    On CUDA without top-k / nucleus filtering it runs ``discdiff.kernels``' Triton step (one
+    Without top-k / nucleus filtering it runs ``discdiff.kernels``' Triton step where
+    ``discdiff.kernels.dispatch`` says so for ``backend`` (on CUDA when Triton imports): one
     read of the logits; the same law, from its own random stream, keyed per token by a
-    ``RowStream`` when ``generator`` is one) when Triton imports.
+    ``RowStream`` when ``generator`` is one. Filtering always takes the PyTorch path.
     """
     b, ln, k = logits.shape
     device = logits.device
     n = b * ln
     flat = logits.reshape(n, k)
     z_flat = z_t.reshape(n)
-    if top_k is None and top_p is None and _kernel_step(logits):
-        from discdiff.kernels.step import triton_step
-
-        z_s = triton_step(flat, z_flat.to(torch.int64), alpha_s, alpha_t, kappa, generator)
-        return z_s.reshape(b, ln)
+    unfiltered = top_k is None and top_p is None
+    if unfiltered and use_triton(logits, backend):
+        keys, row_call = _kernel_keys(generator, n, device)
+        z = z_flat.to(torch.int64)
+        return triton_step(flat, z, alpha_s, alpha_t, kappa, keys, row_call).reshape(b, ln)
     u_mix = uniforms(n, generator, device)
     noise = randint(k, n, generator, device)
     u_block, u_within = uniforms(n, generator, device), uniforms(n, generator, device)
@@ -116,6 +128,7 @@ def _uniform_step(
     return z_s.reshape(b, ln)
 
 
+@provide("uniform_ancestral_step")
 @typechecked
 def uniform_ancestral_step(
     logits: Float[Tensor, "b l k"],
@@ -127,6 +140,7 @@ def uniform_ancestral_step(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | RowStream | None = None,
+    backend: Backend = "auto",
 ) -> Int[Tensor, "b l"]:
     """One reverse step t -> s of the uniform-state process: z_s ~ q(z_s | z_t, x_hat), or the
     Ψ step kappa q(z_s | z_t, x_hat) + (1 - kappa) (alpha_s q0 + (1 - alpha_s) / K) with q0 the
@@ -141,11 +155,18 @@ def uniform_ancestral_step(
     Randomness, in order: a float64 uniform per token (component), a uniform token per token,
     two float64 uniforms per token (the x_hat draw), whatever the component chosen, from
     ``generator``: a ``torch.Generator`` or a ``RowStream`` (row b of z_s then depends only on
-    row b of the inputs and the stream's seed). On CUDA without top-k / top-p (and Triton
-    importable) the step is ``discdiff.kernels``' one pass over the logits instead: the same
-    law, drawn from Philox streams keyed by ``generator`` (per token by a ``RowStream``).
+    row b of the inputs and the stream's seed). Without top-k / top-p, where
+    ``discdiff.kernels.dispatch``'s rule picks Triton for ``backend`` ("auto": on CUDA when
+    Triton imports and the logits are not float64; "triton" forces it, "torch" excludes it),
+    the step is ``discdiff.kernels``' one pass over the logits instead: the same law, drawn from
+    Philox streams keyed by ``generator`` (per token by a ``RowStream``).
     """
     check_filters(top_k, top_p)
+    if backend == "triton" and (top_k is not None or top_p is not None):
+        raise ValueError(
+            "backend='triton' draws from the unfiltered x_hat: pass top_k=None and top_p=None, "
+            "or backend='auto' / 'torch' to filter"
+        )
     b, ln, k = logits.shape
     check_tokens(z_t, k, "z_t")
     check_stream(generator, ln)
@@ -154,7 +175,9 @@ def uniform_ancestral_step(
     lv.check_ordered(a_s, a_t)
     kap = None if kappa is None else lv.flat(lv.level(kappa, b, ln, "kappa", logits))
     z = z_t.to(logits.device)
-    return _uniform_step(logits, z, lv.flat(a_s), lv.flat(a_t), kap, top_k, top_p, generator)
+    return uniform_step(
+        logits, z, lv.flat(a_s), lv.flat(a_t), kap, top_k, top_p, generator, backend
+    )
 
 
 def unmask_probability(
@@ -171,7 +194,7 @@ def unmask_probability(
     ).clamp(0.0, 1.0)
 
 
-def _masked_step(
+def masked_step(
     logits: Tensor,
     z_t: Tensor,
     alpha_s: float | Tensor,
@@ -269,4 +292,4 @@ def masked_ancestral_step(
             "the unmasking probability would exceed 1",
         )
     z = z_t.to(logits.device)
-    return _masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)
+    return masked_step(logits, z, a_s, a_t, mask_id, sigma, top_k, top_p, generator)

@@ -20,7 +20,7 @@ from discdiff.samplers.guidance import guided_uniform_step
 from discdiff.samplers.parts import Filter
 from discdiff.samplers.predict import Prediction
 from discdiff.samplers.psi import Kappa, check_kappa, kappa_at
-from discdiff.samplers.steps import _uniform_step
+from discdiff.samplers.steps import uniform_step
 
 __all__ = ["UniformStep"]
 
@@ -49,7 +49,7 @@ class UniformStep:
         kap = None if self.kappa is None else kappa_at(self.kappa, at.t, at.s)
         top_k, top_p = self.filter.top_k, self.filter.top_p
         if pred.uncond is None:
-            return _uniform_step(pred.logits, z, at.alpha_s, at.alpha_t, kap, top_k, top_p,
+            return uniform_step(pred.logits, z, at.alpha_s, at.alpha_t, kap, top_k, top_p,
                                  generator)  # fmt: skip
         assert pred.gamma is not None
         return guided_uniform_step(pred.logits, pred.uncond, z, at.alpha_s, at.alpha_t,

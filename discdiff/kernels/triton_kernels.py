@@ -41,7 +41,7 @@ def _log1p(y):
 
 @triton.jit
 def _g_small(z):
-    """z - log1p(z) for |z| <= 0.1 by the series of discdiff.losses._common.g_small."""
+    """z - log1p(z) for |z| <= 0.1 by the series of discdiff.numerics.g_small."""
     s = z / (2.0 + z)
     s2 = s * s
     poly = 1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11 + s2 / 13))))
@@ -237,6 +237,88 @@ def _exponential(mant, dtype: tl.constexpr):
 
 
 @triton.jit
+def _token_keys(seed_ptr, rows, call, length, ROW_KEYS: tl.constexpr):
+    """The Philox key of each row (token) of the tile."""
+    if ROW_KEYS:  # token r = (b, l) of a RowStream's draw: (key of row b ^ the call's) + l
+        seq = rows // length
+        key = (tl.load(seed_ptr + seq).to(tl.int64) ^ call) + (rows - seq * length)
+    else:  # one seed: one Philox key per token
+        key = tl.load(seed_ptr).to(tl.int64) + rows
+    return key
+
+
+@triton.jit
+def _race_block(
+    x_ptr, rows, stride, start, n_cols, key, m, s, best, best_id,
+    ROWS: tl.constexpr, H: tl.constexpr,
+):  # fmt: skip
+    """One block of 2H columns of the step's single pass: the online max and sum of the
+    softmax normaliser, and the exponential race (float32 screening, float64 keys where a
+    block may hold the winner). Returns the updated (m, s, best, best_id)."""
+    half = tl.arange(0, H)
+    cols_a = start + half
+    cols_b = start + H + half
+    in_a = cols_a < n_cols
+    in_b = cols_b < n_cols
+    base = x_ptr + rows[:, None] * stride
+    xa = tl.load(base + cols_a[None, :], mask=in_a[None, :], other=float("-inf"))
+    xb = tl.load(base + cols_b[None, :], mask=in_b[None, :], other=float("-inf"))
+    xa = xa.to(tl.float32)
+    xb = xb.to(tl.float32)
+    m_new = tl.maximum(m, tl.maximum(tl.max(xa, 1), tl.max(xb, 1)))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = (s * tl.exp(m - m_safe) + tl.sum(tl.exp(xa - m_safe[:, None]), 1)
+         + tl.sum(tl.exp(xb - m_safe[:, None]), 1))  # fmt: skip
+    m = m_new
+    # 128 random bits per counter: 52 for a class of the first half, 52 for the second.
+    counter = (start // 2 + half)[None, :] + tl.zeros([ROWS, H], tl.int32)
+    r0, r1, r2, r3 = tl.randint4x(key[:, None], counter)
+    mant_a = _bits52(r0, r1)
+    mant_b = _bits52(r2, r3)
+    ka = xa - tl.log(_exponential(mant_a, tl.float32))
+    kb = xb - tl.log(_exponential(mant_b, tl.float32))
+    # float32 keys are within ~1e-6 (1 + |key|) of the float64 ones; the margin is far wider.
+    margin = 1e-3 + 1e-5 * tl.abs(best)
+    floor = (best - margin).to(tl.float32)[:, None]
+    near = tl.where(ka > floor, 1, 0) + tl.where(kb > floor, 1, 0)
+    if tl.max(tl.max(near, 1), 0) > 0:
+        ea = _exponential(mant_a, tl.float64)
+        eb = _exponential(mant_b, tl.float64)
+        ka64 = tl.where(in_a[None, :], xa.to(tl.float64) - tl.log(ea), float("-inf"))
+        kb64 = tl.where(in_b[None, :], xb.to(tl.float64) - tl.log(eb), float("-inf"))
+        top_a = tl.max(ka64, 1)
+        top_b = tl.max(kb64, 1)
+        id_a = tl.min(tl.where(ka64 == top_a[:, None], cols_a[None, :], n_cols), 1)
+        id_b = tl.min(tl.where(kb64 == top_b[:, None], cols_b[None, :], n_cols), 1)
+        top = tl.maximum(top_a, top_b)
+        top_id = tl.where(top_a >= top_b, id_a, id_b).to(tl.int64)
+        better = top > best
+        best_id = tl.where(better, top_id, best_id)
+        best = tl.where(better, top, best)
+    return m, s, best, best_id
+
+
+@triton.jit
+def _mixture(p_i, a_s, a_t, kappa_ptr, rows, kf, HAS_KAPPA: tl.constexpr):
+    """The step's three weights (stay, draw from x̂, draw uniformly), unnormalised, float64:
+    ``discdiff.numerics.uniform_mixture``'s formula, evaluated in the kernel."""
+    a_ts = tl.where(a_s > 0.0, a_t / tl.where(a_s > 0.0, a_s, 1.0), 1.0)
+    norm = kf * a_t * p_i + 1.0 - a_t
+    w_stay = (kf * a_t * p_i + a_ts - a_t) / norm
+    w_hat = (a_s - a_t) / norm
+    w_unif = (1.0 - a_ts) * (1.0 - a_s) / norm
+    if HAS_KAPPA:
+        kappa = tl.load(kappa_ptr + rows)
+        # Ψ: κ · posterior + (1 - κ) · (α_s q0 + (1 - α_s)/K), q0 the denoising posterior
+        # ∝ (α_t [j = z_t] + (1 - α_t)/K) x̂_j: itself stay (α_t x̂_i) or draw from x̂ ((1 - α_t)/K).
+        q0 = a_t * p_i + (1.0 - a_t) / kf
+        w_stay = kappa * w_stay + (1.0 - kappa) * a_s * a_t * p_i / q0
+        w_hat = kappa * w_hat + (1.0 - kappa) * a_s * (1.0 - a_t) / (kf * q0)
+        w_unif = kappa * w_unif + (1.0 - kappa) * (1.0 - a_s)
+    return w_stay, w_hat, w_unif
+
+
+@triton.jit
 def _step_kernel(
     x_ptr, stride, z_ptr, as_ptr, at_ptr, kappa_ptr, seed_ptr, out_ptr, n_rows, n_cols,
     call, length,
@@ -257,56 +339,14 @@ def _step_kernel(
     rows_out = pid * ROWS + tl.arange(0, ROWS)
     live = rows_out < n_rows
     rows = tl.minimum(rows_out, n_rows - 1).to(tl.int64)
-    if ROW_KEYS:  # token r = (b, l) of a RowStream's draw: (key of row b ^ the call's) + l
-        seq = rows // length
-        key = (tl.load(seed_ptr + seq).to(tl.int64) ^ call) + (rows - seq * length)
-    else:  # one seed: one Philox key per token
-        key = tl.load(seed_ptr).to(tl.int64) + rows
+    key = _token_keys(seed_ptr, rows, call, length, ROW_KEYS)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
     best = tl.full([ROWS], float("-inf"), tl.float64)
     best_id = tl.zeros([ROWS], tl.int64)
     for start in range(0, n_cols, BLOCK_K):
-        half = tl.arange(0, H)
-        cols_a = start + half
-        cols_b = start + H + half
-        in_a = cols_a < n_cols
-        in_b = cols_b < n_cols
-        base = x_ptr + rows[:, None] * stride
-        xa = tl.load(base + cols_a[None, :], mask=in_a[None, :], other=float("-inf"))
-        xb = tl.load(base + cols_b[None, :], mask=in_b[None, :], other=float("-inf"))
-        xa = xa.to(tl.float32)
-        xb = xb.to(tl.float32)
-        m_new = tl.maximum(m, tl.maximum(tl.max(xa, 1), tl.max(xb, 1)))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = (s * tl.exp(m - m_safe) + tl.sum(tl.exp(xa - m_safe[:, None]), 1)
-             + tl.sum(tl.exp(xb - m_safe[:, None]), 1))  # fmt: skip
-        m = m_new
-        # 128 random bits per counter: 52 for a class of the first half, 52 for the second.
-        counter = (start // 2 + half)[None, :] + tl.zeros([ROWS, H], tl.int32)
-        r0, r1, r2, r3 = tl.randint4x(key[:, None], counter)
-        mant_a = _bits52(r0, r1)
-        mant_b = _bits52(r2, r3)
-        ka = xa - tl.log(_exponential(mant_a, tl.float32))
-        kb = xb - tl.log(_exponential(mant_b, tl.float32))
-        # float32 keys are within ~1e-6 (1 + |key|) of the float64 ones; the margin is far wider.
-        margin = 1e-3 + 1e-5 * tl.abs(best)
-        floor = (best - margin).to(tl.float32)[:, None]
-        near = tl.where(ka > floor, 1, 0) + tl.where(kb > floor, 1, 0)
-        if tl.max(tl.max(near, 1), 0) > 0:
-            ea = _exponential(mant_a, tl.float64)
-            eb = _exponential(mant_b, tl.float64)
-            ka64 = tl.where(in_a[None, :], xa.to(tl.float64) - tl.log(ea), float("-inf"))
-            kb64 = tl.where(in_b[None, :], xb.to(tl.float64) - tl.log(eb), float("-inf"))
-            top_a = tl.max(ka64, 1)
-            top_b = tl.max(kb64, 1)
-            id_a = tl.min(tl.where(ka64 == top_a[:, None], cols_a[None, :], n_cols), 1)
-            id_b = tl.min(tl.where(kb64 == top_b[:, None], cols_b[None, :], n_cols), 1)
-            top = tl.maximum(top_a, top_b)
-            top_id = tl.where(top_a >= top_b, id_a, id_b).to(tl.int64)
-            better = top > best
-            best_id = tl.where(better, top_id, best_id)
-            best = tl.where(better, top, best)
+        m, s, best, best_id = _race_block(x_ptr, rows, stride, start, n_cols, key, m, s, best,
+                                          best_id, ROWS, H)  # fmt: skip
 
     # The row's own draws: which part of the mixture, and the uniform class.
     z = tl.load(z_ptr + rows).to(tl.int64)
@@ -322,19 +362,7 @@ def _step_kernel(
     a_s = tl.load(as_ptr + rows)
     a_t = tl.load(at_ptr + rows)
     kf = n_cols.to(tl.float64)
-    a_ts = tl.where(a_s > 0.0, a_t / tl.where(a_s > 0.0, a_s, 1.0), 1.0)
-    norm = kf * a_t * p_i + 1.0 - a_t
-    w_stay = (kf * a_t * p_i + a_ts - a_t) / norm
-    w_hat = (a_s - a_t) / norm
-    w_unif = (1.0 - a_ts) * (1.0 - a_s) / norm
-    if HAS_KAPPA:
-        kappa = tl.load(kappa_ptr + rows)
-        # Ψ: κ · posterior + (1 - κ) · (α_s q0 + (1 - α_s)/K), q0 the denoising posterior
-        # ∝ (α_t [j = z_t] + (1 - α_t)/K) x̂_j: itself stay (α_t x̂_i) or draw from x̂ ((1 - α_t)/K).
-        q0 = a_t * p_i + (1.0 - a_t) / kf
-        w_stay = kappa * w_stay + (1.0 - kappa) * a_s * a_t * p_i / q0
-        w_hat = kappa * w_hat + (1.0 - kappa) * a_s * (1.0 - a_t) / (kf * q0)
-        w_unif = kappa * w_unif + (1.0 - kappa) * (1.0 - a_s)
+    w_stay, w_hat, w_unif = _mixture(p_i, a_s, a_t, kappa_ptr, rows, kf, HAS_KAPPA)
     total = w_stay + w_hat + w_unif
     t = u_part * total
     out = tl.where(t < w_hat + w_stay, best_id, uniform_id)
