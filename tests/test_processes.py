@@ -1,5 +1,7 @@
 """Laws of the forward processes: marginals, corruption frequencies, the Gaussian-argmax duality,
-the relaxation, and the top-k latent's exactness (Concepts §1, §2, §4).
+the relaxation, and the top-k latent's exactness (Concepts §1, §2, §4); the ``Process``
+interface, and its NELBO conditional on clean positions against the exact conditional law of an
+enumerable toy.
 
 Statistical checks use fixed seeds and 5-sigma binomial bounds (or p-values below 1e-6), so they
 are deterministic and fail only on a real error.
