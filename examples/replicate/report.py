@@ -309,7 +309,7 @@ def _configuration(summary: dict[str, Any], scale: Scale) -> list[str]:
     return [
         "## Configuration",
         "",
-        "Scale (`examples/replicate.py`, `SCALES[" + repr(scale.name) + "]`):",
+        "Scale (`examples/replicate/scales.py`, `SCALES[" + repr(scale.name) + "]`):",
         "",
         "```json",
         json.dumps(asdict(scale), indent=1),
