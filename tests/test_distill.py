@@ -19,8 +19,15 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-import discdiff.distill as distill_module
-from discdiff.distill import PAPER_DCD_WINDOW, DCDistiller, argmax_pair, token_kl
+import discdiff.losses.kl as kl_module
+from discdiff.distill import (
+    PAPER_DCD_WINDOW,
+    DCDistiller,
+    Distiller,
+    SDTTDistiller,
+    argmax_pair,
+    token_kl,
+)
 from discdiff.duality import AlphaWindow, GaussianArgmaxTransform
 from discdiff.processes import gaussian_latent
 from discdiff.schedules import GammaSchedule, LogLinearSchedule
@@ -168,7 +175,7 @@ def test_token_kl_gradients_are_exact():
 
 
 def test_token_kl_chunks_and_masked_classes(monkeypatch):
-    monkeypatch.setattr(distill_module, "_chunk_rows", lambda k, device: 2)  # many chunks
+    monkeypatch.setattr(kl_module, "_chunk_rows", lambda k, device: 2)  # many chunks
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 7, 8, generator=g)
     b = torch.randn(3, 7, 8, generator=g)
@@ -391,6 +398,121 @@ def test_a_plain_callable_teacher_is_replaced_by_the_student_at_refresh():
     assert distiller.maybe_refresh(0, student)
     assert isinstance(distiller.teacher, Recorder) and distiller.teacher is not student
     assert distiller.state_dict()["teacher"] is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The Distiller base: what a new distiller inherits
+# ----------------------------------------------------------------------------------------------
+
+
+class SameTimeDistiller(Distiller):
+    """A distiller of the base's contract only: student and teacher both see the clean x_0 at
+    sigma = 0, so its per-token loss is the KL between their logits there, nothing random."""
+
+    _SETTINGS = ("vocab_size", "initial_steps", "steps_per_round", "n_rounds", "divergence",
+                 "refresh_from", "kl_dtype", "eps")  # fmt: skip
+    _growth = 3
+
+    def __init__(self, teacher, vocab_size, *, initial_steps=27, steps_per_round=2, n_rounds=3,
+                 divergence="kl_student_teacher", refresh_from="student",
+                 kl_dtype=torch.float64, eps=0.0):  # fmt: skip
+        super().__init__(
+            teacher, vocab_size, initial_steps=initial_steps, steps_per_round=steps_per_round,
+            n_rounds=n_rounds, divergence=divergence, refresh_from=refresh_from,
+            kl_dtype=kl_dtype, eps=eps,
+        )  # fmt: skip
+
+    def _token_loss(self, student, x_0, round, *, generator, cond, mask):
+        sigma = torch.zeros(x_0.shape[0])
+        with torch.no_grad():
+            teacher_logits = self.teacher(x_0, sigma)
+        return self._divergence(student(x_0, sigma), teacher_logits)
+
+    def sample(self, student, batch_size, length, steps, **options):
+        return torch.zeros(batch_size, length, dtype=torch.long)
+
+    def _own_config(self):
+        return {"growth": self._growth}
+
+    def _repr_extra(self):
+        return [f"growth={self._growth}"]
+
+
+def test_both_distillers_share_the_base_and_every_import_path_holds():
+    import discdiff
+    import discdiff.losses
+    import discdiff.sdtt
+
+    assert issubclass(DCDistiller, Distiller) and issubclass(SDTTDistiller, Distiller)
+    assert discdiff.DCDistiller is DCDistiller and discdiff.SDTTDistiller is SDTTDistiller
+    assert discdiff.sdtt.SDTTDistiller is SDTTDistiller
+    assert discdiff.losses.token_kl is token_kl is kl_module.token_kl
+    with pytest.raises(TypeError, match="abstract"):
+        Distiller(Recorder(6), 6, initial_steps=8, steps_per_round=1, n_rounds=1,  # type: ignore[abstract]
+                  divergence="kl_student_teacher", refresh_from="student",
+                  kl_dtype=torch.float32, eps=0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("divergence", ["kl_student_teacher", "kl_teacher_student"])
+def test_a_new_distiller_gets_the_loss_convention_from_the_base(divergence):
+    k = 5
+    teacher, student = Recorder(k, seed=0), Recorder(k, seed=1)
+    d = SameTimeDistiller(teacher, k, divergence=divergence)
+    x_0 = torch.randint(0, k, (3, 4), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[True, False, True, True]] * 3)
+    sigma = torch.zeros(3)
+    s64, t64 = student(x_0, sigma).double(), teacher(x_0, sigma).double()
+    p, q = (s64, t64) if divergence == "kl_student_teacher" else (t64, s64)
+    want = naive_kl(p, q)  # the definition, in float64 with explicit softmaxes
+    got = d.loss(student, x_0, 0, mask=mask)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.where(mask, want, 0.0), rtol=1e-12, atol=1e-12)
+    total = d.loss(student, x_0, 0, mask=mask, reduction="sum")
+    torch.testing.assert_close(total, want[mask].sum(), rtol=1e-12, atol=1e-12)
+    mean = d.loss(student, x_0, 0, mask=mask, reduction="mean")
+    torch.testing.assert_close(mean, want[mask].mean(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="x_0"):
+        d.loss(student, torch.full((2, 3), k), 0)
+    with pytest.raises(TypeError, match="student"):
+        d.loss(None, x_0, 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduction"):
+        d.loss(student, x_0, 0, reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="maybe_refresh"):
+        d.loss(student, x_0, 2)
+
+
+def test_a_new_distiller_gets_rounds_checkpoints_and_settings_from_the_base():
+    k = 5
+    teacher, student = Recorder(k, seed=0), Recorder(k, seed=1)
+    d = SameTimeDistiller(teacher, k)
+    assert [d.dt(r) for r in range(3)] == [1 / 27, 3 / 27, 9 / 27]  # growth^r / initial_steps
+    assert [d.round_at(s) for s in range(7)] == [0, 0, 1, 1, 2, 2, 2]
+    assert [d.end_of_round(s) for s in range(5)] == [False, True, False, True, False]
+    assert not d.maybe_refresh(0, student) and d.maybe_refresh(1, student) and d.round == 1
+    assert torch.equal(d.teacher.out.weight, student.out.weight)
+    state = d.state_dict()
+    assert set(state) == {"round", "teacher", "config"}
+    assert list(state["config"]) == ["vocab_size", "growth", "initial_steps", "steps_per_round",
+                                      "n_rounds", "divergence", "eps"]  # fmt: skip
+    resumed = SameTimeDistiller.from_dict(d.to_dict(), teacher=teacher)
+    assert type(resumed) is SameTimeDistiller and resumed.to_dict() == d.to_dict()
+    assert resumed.to_dict()["kl_dtype"] == "float64" and resumed.round == 0
+    resumed.load_state_dict(state)
+    assert resumed.round == 1 and torch.equal(resumed.teacher.out.weight, student.out.weight)
+    with pytest.raises(ValueError, match="n_rounds"):
+        SameTimeDistiller(teacher, k, n_rounds=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="not a SameTimeDistiller state dict"):
+        resumed.load_state_dict({"round": 0})
+    assert repr(d) == (
+        "SameTimeDistiller(vocab_size=5, initial_steps=27, steps_per_round=2, n_rounds=3, "
+        "divergence='kl_student_teacher', refresh_from='student', kl_dtype=torch.float64, "
+        "eps=0.0, growth=3, round=1)"
+    )
+
+
+def test_dcd_refuses_a_student_that_is_not_a_denoiser():
+    with pytest.raises(TypeError, match="student must be a denoiser"):
+        make(Recorder(6), 6).loss("model", torch.zeros(2, 3, dtype=torch.long), 0)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Modules: ``uniform`` (the memory-lean uniform-state NELBO), ``masked`` (the mask
 ``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss),
 ``reference`` (both NELBOs exactly as Concepts §3 writes them, the readable formulas that the tests
 and benchmarks hold the fast paths to), ``fused`` (the losses from the last hidden state and the
-output projection), ``dispatch`` (when the diffusions take the fused head).
+output projection), ``dispatch`` (when the diffusions take the fused head), ``kl``
+(``token_kl``, the per-token KL between two softmaxes that the distillers train on).
 """
 
 from discdiff.losses.bounds import (
@@ -26,6 +27,7 @@ from discdiff.losses.fused import (
     fused_linear_masked_nelbo,
     fused_linear_uniform_nelbo,
 )
+from discdiff.losses.kl import token_kl
 from discdiff.losses.masked import masked_nelbo
 from discdiff.losses.reference import masked_nelbo_reference, uniform_nelbo_reference
 from discdiff.losses.uniform import uniform_nelbo
@@ -39,6 +41,7 @@ __all__ = [
     "masked_nelbo_reference",
     "masked_prior_kl",
     "masked_reconstruction",
+    "token_kl",
     "uniform_nelbo",
     "uniform_nelbo_reference",
     "uniform_prior_kl",
