@@ -61,7 +61,7 @@ _BUILTIN = {
     "UniformDiffusion": "discdiff.diffusion",
     "MaskedDiffusion": "discdiff.diffusion",
     "DCDistiller": "discdiff.distill",
-    "SDTTDistiller": "discdiff.sdtt",
+    "SDTTDistiller": "discdiff.distill",
 }
 _registered: dict[str, type] = {}
 
