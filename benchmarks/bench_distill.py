@@ -141,8 +141,9 @@ def print_table(rows, cfg: Config, entropy: float) -> None:
     print(header)
     print("-" * len(header))
     for name, grid, steps, tail, m in rows:
+        calls = "-" if name == "data" else nfe(steps, tail)  # exact samples: no sampler, no tail
         print(
-            f"{name:13s} {grid:6s} {steps:5d} {nfe(steps, tail):4d} {tail:9s} {m['nll']:7.3f} "
+            f"{name:13s} {grid:6s} {steps:5d} {calls:>4} {tail:9s} {m['nll']:7.3f} "
             f"{abs(m['nll'] - entropy):7.3f} {m['tv_unigram']:6.3f} {m['tv_bigram']:6.3f} "
             f"{m['distinct']:8.3f}"
         )
