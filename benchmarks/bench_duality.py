@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in VOCAB_SIZES:
         r = measure(k, points)
         worst = {key: max(worst[key], r[key]) for key in TARGETS}
-        monotone = monotone and r["monotone"]
+        monotone = monotone and bool(r["monotone"])
         print(f"{k:>7} | {r['value']:>12.2e} | {r['derivative']:>21.2e} | "
               f"{1e3 * r['build_s']:>10.2f} | {'yes' if r['monotone'] else 'NO':>8} | "
               f"{r['inverse']:>17.2e}")
@@ -148,7 +148,7 @@ def summary_rows(worst: dict[str, float], monotone: bool) -> list[dict[str, Any]
         row(f"max |T - T_quad|, worst of K = {ks}", "", worst["value"], 1.7e-5,
             target="<= 1e-09", met=worst["value"] <= 1e-9, source=ref),
         row("max |dT - dT_quad| / max dT, worst K", "", worst["derivative"], 0.04,
-            target="<= 1e-08", met=worst["derivative"] <= 1e-8 and monotone, source=ref),
+            target="<= 1e-08", met=bool(worst["derivative"] <= 1e-8 and monotone), source=ref),
         row("table build for a new K, worst K", "ms", build_ms, 4 * 3600e3,
             target="<= 1000 ms", met=build_ms <= 1000, source=ref),
     ]  # fmt: skip

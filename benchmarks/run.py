@@ -83,8 +83,10 @@ def read_rows(suite: str, path: Path) -> list[Row]:
                 target = "-"
             elif not isinstance(target, str):
                 target = f"<= {target:g}"
+            met = r.get("met")
             rows.append(Row(suite, r["metric"], r.get("unit", ""), r.get("ours"),
-                            r.get("baseline"), r.get("ratio"), target, r.get("met"),
+                            r.get("baseline"), r.get("ratio"), target,
+                            None if met is None else bool(met),
                             r.get("source", "main")))  # fmt: skip
     except (ValueError, TypeError, KeyError) as err:  # a changed format must not sink the summary
         return _missing(suite, f"unreadable JSON: {type(err).__name__}")
