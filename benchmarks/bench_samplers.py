@@ -281,6 +281,45 @@ def bias_check(n_draws: int, vocab: int = K_GPT2, seed: int = 0) -> dict[str, fl
     }
 
 
+def time_steps(logits: torch.Tensor, z_t: torch.Tensor, g: torch.Generator,
+               repeats: int) -> list[tuple[str, float, float, float]]:  # fmt: skip
+    """(step, ours, plain baseline, lean baseline) seconds per step at each of ``STEPS``."""
+    rows = []
+    for step_name, (alpha_s, alpha_t) in STEPS.items():
+        base = {
+            name: timed(
+                lambda f=f, a_s=alpha_s, a_t=alpha_t: by_sequence(f, logits, z_t, a_s, a_t, g), 1
+            )
+            for name, f in (("plain", baseline_step), ("lean", baseline_step_lean))
+        }
+        for kind in ("ancestral", "psi", "nucleus", "masked"):
+            if step_name == "all_draw" and kind != "ancestral":
+                continue
+            ours_s = timed(
+                lambda kd=kind, a_s=alpha_s, a_t=alpha_t: ours(kd, logits, z_t, a_s, a_t, g),
+                repeats,
+            )
+            rows.append((f"{kind} ({step_name})", ours_s, base["plain"], base["lean"]))
+    return rows
+
+
+def print_steps(rows: list[tuple[str, float, float, float]]) -> None:
+    """The step table: ours beside both float64 baselines."""
+    print()
+    print("seconds per step, all but the denoiser; baselines: float64 posterior + exponential race")
+    header = f"{'step':<22}{'ours':>8}{'baseline':>10}{'ratio':>7}{'lean f64':>10}{'ratio':>7}"
+    print(header + "  target ratio <= 0.25")
+    for name, ours_s, plain_s, lean_s in rows:
+        worst = max(ours_s / plain_s, ours_s / lean_s)
+        flag = "ok" if worst <= 0.25 else "MISSED"
+        if name.startswith("nucleus"):
+            flag = "n/a: the baselines do no nucleus filtering (top_p=0.9, flat logits)"
+        print(
+            f"{name:<22}{ours_s:>8.3f}{plain_s:>10.2f}{ours_s / plain_s:>7.3f}"
+            f"{lean_s:>10.2f}{ours_s / lean_s:>7.3f}  {flag}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -310,36 +349,8 @@ def main() -> None:
         print_rowwise(rowwise_rows(logits, z_t, args.repeats), b * n)
         return
 
-    rows = []
-    for step_name, (alpha_s, alpha_t) in STEPS.items():
-        base = {
-            name: timed(
-                lambda f=f, a_s=alpha_s, a_t=alpha_t: by_sequence(f, logits, z_t, a_s, a_t, g), 1
-            )
-            for name, f in (("plain", baseline_step), ("lean", baseline_step_lean))
-        }
-        for kind in ("ancestral", "psi", "nucleus", "masked"):
-            if step_name == "all_draw" and kind != "ancestral":
-                continue
-            ours_s = timed(
-                lambda kd=kind, a_s=alpha_s, a_t=alpha_t: ours(kd, logits, z_t, a_s, a_t, g),
-                args.repeats,
-            )
-            rows.append((f"{kind} ({step_name})", ours_s, base["plain"], base["lean"]))
-
-    print()
-    print("seconds per step, all but the denoiser; baselines: float64 posterior + exponential race")
-    header = f"{'step':<22}{'ours':>8}{'baseline':>10}{'ratio':>7}{'lean f64':>10}{'ratio':>7}"
-    print(header + "  target ratio <= 0.25")
-    for name, ours_s, plain_s, lean_s in rows:
-        worst = max(ours_s / plain_s, ours_s / lean_s)
-        flag = "ok" if worst <= 0.25 else "MISSED"
-        if name.startswith("nucleus"):
-            flag = "n/a: the baselines do no nucleus filtering (top_p=0.9, flat logits)"
-        print(
-            f"{name:<22}{ours_s:>8.3f}{plain_s:>10.2f}{ours_s / plain_s:>7.3f}"
-            f"{lean_s:>10.2f}{ours_s / lean_s:>7.3f}  {flag}"
-        )
+    rows = time_steps(logits, z_t, g, args.repeats)
+    print_steps(rows)
 
     print()
     rowwise = rowwise_rows(logits, z_t, args.repeats)
