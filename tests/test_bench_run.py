@@ -13,23 +13,25 @@ import benchmarks.bench_duality as bench_duality
 import benchmarks.bench_losses as bench_losses
 import benchmarks.bench_samplers as bench_samplers
 import benchmarks.bench_sdtt as bench_sdtt
+import benchmarks.rows as bench_rows
 import benchmarks.run as run
-from benchmarks.rows import row, write_rows
 
 
 def test_rows_round_trip_through_json(tmp_path):
     path = tmp_path / "rows.json"
     numeric_target = {"metric": "numeric target", "ours": 2.0, "baseline": 1.0, "ratio": 2.0,
                       "target": 1.1, "met": False}  # fmt: skip
-    write_rows(str(path), [row("a metric", "s", 0.25, 1.0, target="<= 0.5", met=True),
-                           numeric_target,
-                           row("a measurement", "", 3.0, None, target="- (measurement)")])
+    written = [bench_rows.row("a metric", "s", 0.25, 1.0, target="<= 0.5", met=True),
+               numeric_target,
+               bench_rows.row("a measurement", "", 3.0, None, target="- (measurement)")]
+    bench_rows.write_rows(str(path), written)
     first, numeric, measured = run.read_rows("x", path)
     assert (first.suite, first.ours, first.baseline, first.ratio) == ("x", 0.25, 1.0, 0.25)
     assert first.target == "<= 0.5" and first.met and first.source == "main"
     assert numeric.target == "<= 1.1" and numeric.met is False and numeric.unit == ""
     assert measured.ratio is None and measured.met is None
-    write_rows(None, [row("ignored", "s", 1.0, 1.0)])  # no path: nothing written, no error
+    # no path: nothing written, no error
+    bench_rows.write_rows(None, [bench_rows.row("ignored", "s", 1.0, 1.0)])
 
 
 def test_missing_or_malformed_json_gives_na_rows(tmp_path):
