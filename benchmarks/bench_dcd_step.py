@@ -24,7 +24,6 @@ the two KLs on the same logits, and the law of (z_t, z_s) of both against T(alph
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.bench_curriculum import make_model
+from benchmarks.rows import add_json_option, write_rows
+from discdiff import testing
 from discdiff.distill import DCDistiller, token_kl
 from discdiff.schedules import GammaSchedule
 from discdiff.timesteps import antithetic_times
@@ -59,8 +59,9 @@ class TableDenoiser(nn.Module):
 
 
 def small_dit(vocab_size: int, seed: int = 0) -> nn.Module:
-    """``make_model`` with logits of a few units of spread, so x_hat is peaked rather than flat."""
-    return make_model(vocab_size, seed, logit_scale=20.0)
+    """``discdiff.testing.small_dit`` with logits of a few units of spread, so x_hat is peaked
+    rather than flat."""
+    return testing.small_dit(vocab_size, seed, logit_scale=20.0)
 
 
 def make_distiller(student: nn.Module, vocab_size: int = K_GPT2) -> DCDistiller:
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B=2, L=64, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     rows = summary(args.quick, args.repeats)
     print(f"agreement: token_kl vs dense KL, float64, max relative difference "
@@ -221,8 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {what}: ours {law[f'ours_{key}']:.4f}, baseline {law[f'baseline_{key}']:.4f}, "
               f"exact {law[f'exact_{key}']:.4f} +- {law[f'sd_{key}']:.4f}")
     print(f"  z_t = z_s: ours {law['ours_ts']:.4f}, baseline {law['baseline_ts']:.4f}")
-    if args.json:
-        print("summary-json: " + json.dumps(rows))
+    write_rows(args.json, rows)
 
 
 # ---- pytest-benchmark (small sizes; `pytest benchmarks/bench_dcd_step.py --benchmark-enable`)

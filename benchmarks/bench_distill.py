@@ -2,10 +2,11 @@
 
     python -m benchmarks.bench_distill            # the table (a few minutes on one CPU core)
     python -m benchmarks.bench_distill --quick    # a smaller run (about a minute)
+    python -m benchmarks.bench_distill --json rows.json   # and the summary rows as JSON
 
-A peaked Markov chain over short sequences (``benchmarks/toy.py``) is the data law: its exact
-likelihood, entropy H, unigram and bigram laws are known. A small MLP denoiser is trained with
-``UniformDiffusion`` (Gaussian curriculum, then the discrete process), distilled with
+A peaked Markov chain over short sequences (``discdiff.testing.MarkovChain``) is the data law:
+its exact likelihood, entropy H, unigram and bigram laws are known. A small MLP denoiser is
+trained with ``UniformDiffusion`` (Gaussian curriculum, then the discrete process), distilled with
 ``DCDistiller`` in both KL directions, and every model is sampled with
 ``discdiff.samplers.sample_uniform``. For each sampler setting the table gives the exact mean
 NLL of the samples under the chain (nats per sequence; exact samples score H), the total
@@ -27,20 +28,16 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from benchmarks.toy import (
-    ExactDenoiser,
-    MarkovChain,
-    distill,
-    evaluate,
-    sample_metrics,
-    train_duo,
-)
+from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.distill import DCDistiller
 from discdiff.samplers import nfe
 from discdiff.schedules import GammaSchedule, LogLinearSchedule
+from discdiff.testing import ExactDenoiser, MarkovChain, distill, sample_metrics, train_duo
+from discdiff.testing import evaluate_uniform as evaluate
 
 
 @dataclass(frozen=True)
@@ -144,17 +141,36 @@ def print_table(rows, cfg: Config, entropy: float) -> None:
     print(header)
     print("-" * len(header))
     for name, grid, steps, tail, m in rows:
+        calls = "-" if name == "data" else nfe(steps, tail)  # exact samples: no sampler, no tail
         print(
-            f"{name:13s} {grid:6s} {steps:5d} {nfe(steps, tail):4d} {tail:9s} {m['nll']:7.3f} "
+            f"{name:13s} {grid:6s} {steps:5d} {calls:>4} {tail:9s} {m['nll']:7.3f} "
             f"{abs(m['nll'] - entropy):7.3f} {m['tv_unigram']:6.3f} {m['tv_bigram']:6.3f} "
             f"{m['distinct']:8.3f}"
         )
+
+
+def summary_rows(rows, entropy: float) -> list[dict[str, Any]]:
+    """|NLL - H| of the DCD student (reverse KL) against its teacher, log-linear grid, greedy
+    tail, at 2, 4 and 8 steps: the student should be the closer one."""
+    gap = {(name, grid, steps, tail): abs(m["nll"] - entropy)
+           for name, grid, steps, tail, m in rows}  # fmt: skip
+    out = []
+    for steps in (2, 4, 8):
+        key = ("loglin", steps, "greedy")
+        student, teacher = gap.get(("DCD KL(s||t)", *key)), gap.get(("teacher", *key))
+        if student is None or teacher is None:
+            continue
+        out.append(row(f"|NLL - H| at {steps} steps (NFE {steps + 1}), greedy: DCD vs its "
+                       "teacher (Markov chain)", "nats", student, teacher,
+                       target="< 1 (student closer)", met=student < teacher))  # fmt: skip
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     parser.add_argument("--seed", type=int, default=0)
+    add_json_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = QUICK if args.quick else Config()
@@ -162,6 +178,7 @@ def main() -> None:
     law = MarkovChain.peaked(cfg.vocab_size, seed=123)
     rows = run(cfg)
     print_table(rows, cfg, law.entropy(cfg.length))
+    write_rows(args.json, summary_rows(rows, law.entropy(cfg.length)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """CPU benchmark of the reference DiT: forward + backward of ``tiny`` on one thread.
 
     python -m benchmarks.bench_dit            # prints the figures
+    python -m benchmarks.bench_dit --json rows.json   # and the summary rows as JSON
     pytest benchmarks/bench_dit.py --benchmark-enable
 
 Target (issue 5): ``tiny`` (hidden 256, 8 blocks, 8 heads) at B = 2, L = 128, K = 50258, one
@@ -22,10 +23,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.models import DiT
 
 REFERENCE_SECONDS = 0.73
@@ -100,6 +103,7 @@ def small_parameter_count() -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
+    add_json_option(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, 1 thread, load average {load:.2f} on {os.cpu_count()} cpus")
     print(f"float32 GEMM rate now: {gemm_gflops():.1f} GFLOP/s")
+    summary = []
     for with_loss in (False, True):
         times = time_both(tiny_step(with_loss), args.repeats)
         wall = statistics.median(t for t, _ in times)
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{REFERENCE_SECONDS / wall:.2f}x wall, {REFERENCE_SECONDS / cpu:.2f}x CPU "
             f"(target {TARGET_SPEEDUP}x)"
         )
+        summary.append(summary_row(what, wall, cpu))
     n = small_parameter_count()
     print(f"small parameters at K={VOCAB_SIZE}: {n:,} (reference {SMALL_REFERENCE_PARAMS / 1e6}M)")
     with torch.device("meta"):
@@ -127,6 +133,16 @@ def main(argv: list[str] | None = None) -> None:
         f"small training FLOPs per token at L=1024: {small.flops_per_token(1024) / 1e6:.1f} M "
         "(6 N + 12 n_blocks L h)"
     )
+    write_rows(args.json, summary)
+
+
+def summary_row(what: str, wall: float, cpu: float) -> dict[str, Any]:
+    """The summary row of one tiny step: median wall seconds against the reference figure."""
+    goal = 1 / TARGET_SPEEDUP  # ours / reference
+    return row(f"DiT tiny {what}, B={BATCH} L={LENGTH} K={VOCAB_SIZE} (CPU median {cpu:.3f} s)",
+               "s", wall, REFERENCE_SECONDS, target=f"<= {goal:.3f} ({TARGET_SPEEDUP}x faster)",
+               met=wall / REFERENCE_SECONDS <= goal,
+               source="main; baseline: reference figure")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from benchmarks.rows import add_json_option, write_rows
 from discdiff.losses import uniform_nelbo
 from discdiff.losses.fused import fused_linear_uniform_nelbo
 from discdiff.models.projection import vocab_projection
@@ -158,7 +159,7 @@ def agreement(shape=(2, 128, 64, 50257)) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="also print a summary-json line")
+    add_json_option(parser)
     parser.add_argument("--memory-probe", choices=sorted(IMPLEMENTATIONS))
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -201,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         target = TARGETS["rel64"] if "64" in key else TARGETS["rel32"]
         verdict = "ok" if value <= target else "MISSED"
         print(f"  {key:14} {value:.2e}  (target <= {target:g}) {verdict}")
-    if args.json:
-        print("summary-json: " + json.dumps(summary))
+    write_rows(args.json, summary)
 
 
 # pytest-benchmark suites: `pytest benchmarks/bench_fused.py --benchmark-enable`.

@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import json
 import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from benchmarks.rows import add_json_option, write_rows
 from discdiff import UniformDiffusion, processes
 from discdiff.denoise import noise_level
 from discdiff.losses import uniform_nelbo_reference
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,small", help="comma-separated DiT presets")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="also print a summary-json line")
+    add_json_option(parser)
     parser.add_argument("--crossover", action="store_true",
                         help="only the output layer + loss at several rows x K (the crossover)")
     parser.add_argument("--hidden", type=int, default=256, help="D of the --crossover runs")
@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     for preset in args.presets.split(","):
         summary += report(preset, time_paths(preset, args.repeats))
     print(f"\ntarget: default <= {TARGET} x the fastest other path, per preset and mode")
-    if args.json:
-        print("summary-json: " + json.dumps(summary))
+    write_rows(args.json, summary)
 
 
 if __name__ == "__main__":

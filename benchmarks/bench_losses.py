@@ -1,6 +1,7 @@
 """Memory, time and agreement of the memory-lean uniform NELBO against a naive one (issue 3).
 
     python -m benchmarks.bench_losses                          # the side-by-side table
+    python -m benchmarks.bench_losses --json rows.json         # and its summary rows as JSON
     pytest benchmarks/bench_losses.py --benchmark-enable       # timings via pytest-benchmark
 
 Both implementations run on the same inputs: B = 4, L = 256, K = 50257 (GPT-2), float32, forward
@@ -25,10 +26,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.losses import uniform_nelbo
 from discdiff.losses.reference import uniform_nelbo_reference
 
@@ -136,7 +139,7 @@ def agreement(shape64: tuple[int, int, int] = (2, 64, 50257)) -> dict[str, float
     }
 
 
-def main() -> None:
+def main(json_path: str | None = None) -> None:
     torch.set_num_threads(1)
     b, length, k = SHAPE
     print(f"uniform_nelbo, B={b} L={length} K={k}, float32, forward+backward, 1 thread")
@@ -162,6 +165,21 @@ def main() -> None:
     print(f"  float32 lean vs float64, loss    {agree['rel32']:.2e}  (target <= 1e-5)")
     print(f"  float32 naive vs float64, loss   {agree['rel32_naive']:.2e}  (for comparison)")
     print(f"  float32 lean vs float64, grad    {agree['grad32']:.2e}  (relative to max |grad|)")
+    write_rows(json_path, summary_rows(mem["lean"] / mib, mem["naive"] / mib, times["lean"],
+                                       times["naive"], SHAPE))  # fmt: skip
+
+
+def summary_rows(lean_mib: float, naive_mib: float, lean_s: float, naive_s: float,
+                 shape: tuple[int, int, int]) -> list[dict[str, Any]]:  # fmt: skip
+    """The summary rows: peak extra memory and forward+backward time, lean against naive."""
+    size = "B={} L={} K={}".format(*shape)
+    return [
+        row(f"uniform NELBO peak extra memory, {size} (lean vs naive)", "MiB", lean_mib,
+            naive_mib, target=f"<= {TARGETS['memory']:g}",
+            met=lean_mib / naive_mib <= TARGETS["memory"]),
+        row(f"uniform NELBO forward+backward, {size} (lean vs naive)", "s", lean_s, naive_s,
+            target=f"<= {TARGETS['time']:g}", met=lean_s / naive_s <= TARGETS["time"]),
+    ]  # fmt: skip
 
 
 # pytest-benchmark suites: `pytest benchmarks/bench_losses.py --benchmark-enable`.
@@ -187,8 +205,9 @@ def test_agreement_targets() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory-probe", choices=sorted(IMPLEMENTATIONS))
+    add_json_option(parser)
     args = parser.parse_args()
     if args.memory_probe:
         print(json.dumps({"peak_extra_bytes": _memory_probe(args.memory_probe)}))
     else:
-        main()
+        main(args.json)

@@ -3,6 +3,7 @@
     python -m benchmarks.bench_samplers                      # the side-by-side table (B=8, L=1024)
     python -m benchmarks.bench_samplers --batch 2 --length 256 --skip-bias   # a quicker look
     python -m benchmarks.bench_samplers --rowwise-only      # only seed= beside generator=
+    python -m benchmarks.bench_samplers --json rows.json     # and the summary rows as JSON
     pytest benchmarks/bench_samplers.py --benchmark-enable   # small timings via pytest-benchmark
 
 "Overhead per step" is everything a reverse step does except the denoiser call: it starts from
@@ -37,9 +38,11 @@ import math
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
+from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.samplers import (
     RowStream,
     masked_ancestral_step,
@@ -278,6 +281,45 @@ def bias_check(n_draws: int, vocab: int = K_GPT2, seed: int = 0) -> dict[str, fl
     }
 
 
+def time_steps(logits: torch.Tensor, z_t: torch.Tensor, g: torch.Generator,
+               repeats: int) -> list[tuple[str, float, float, float]]:  # fmt: skip
+    """(step, ours, plain baseline, lean baseline) seconds per step at each of ``STEPS``."""
+    rows = []
+    for step_name, (alpha_s, alpha_t) in STEPS.items():
+        base = {
+            name: timed(
+                lambda f=f, a_s=alpha_s, a_t=alpha_t: by_sequence(f, logits, z_t, a_s, a_t, g), 1
+            )
+            for name, f in (("plain", baseline_step), ("lean", baseline_step_lean))
+        }
+        for kind in ("ancestral", "psi", "nucleus", "masked"):
+            if step_name == "all_draw" and kind != "ancestral":
+                continue
+            ours_s = timed(
+                lambda kd=kind, a_s=alpha_s, a_t=alpha_t: ours(kd, logits, z_t, a_s, a_t, g),
+                repeats,
+            )
+            rows.append((f"{kind} ({step_name})", ours_s, base["plain"], base["lean"]))
+    return rows
+
+
+def print_steps(rows: list[tuple[str, float, float, float]]) -> None:
+    """The step table: ours beside both float64 baselines."""
+    print()
+    print("seconds per step, all but the denoiser; baselines: float64 posterior + exponential race")
+    header = f"{'step':<22}{'ours':>8}{'baseline':>10}{'ratio':>7}{'lean f64':>10}{'ratio':>7}"
+    print(header + "  target ratio <= 0.25")
+    for name, ours_s, plain_s, lean_s in rows:
+        worst = max(ours_s / plain_s, ours_s / lean_s)
+        flag = "ok" if worst <= 0.25 else "MISSED"
+        if name.startswith("nucleus"):
+            flag = "n/a: the baselines do no nucleus filtering (top_p=0.9, flat logits)"
+        print(
+            f"{name:<22}{ours_s:>8.3f}{plain_s:>10.2f}{ours_s / plain_s:>7.3f}"
+            f"{lean_s:>10.2f}{ours_s / lean_s:>7.3f}  {flag}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -290,6 +332,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--rowwise-only", action="store_true", help="only seed= vs generator=")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args()
 
     if args.memory_child is not None:
@@ -306,47 +349,23 @@ def main() -> None:
         print_rowwise(rowwise_rows(logits, z_t, args.repeats), b * n)
         return
 
-    rows = []
-    for step_name, (alpha_s, alpha_t) in STEPS.items():
-        base = {
-            name: timed(
-                lambda f=f, a_s=alpha_s, a_t=alpha_t: by_sequence(f, logits, z_t, a_s, a_t, g), 1
-            )
-            for name, f in (("plain", baseline_step), ("lean", baseline_step_lean))
-        }
-        for kind in ("ancestral", "psi", "nucleus", "masked"):
-            if step_name == "all_draw" and kind != "ancestral":
-                continue
-            ours_s = timed(
-                lambda kd=kind, a_s=alpha_s, a_t=alpha_t: ours(kd, logits, z_t, a_s, a_t, g),
-                args.repeats,
-            )
-            rows.append((f"{kind} ({step_name})", ours_s, base["plain"], base["lean"]))
+    rows = time_steps(logits, z_t, g, args.repeats)
+    print_steps(rows)
 
     print()
-    print("seconds per step, all but the denoiser; baselines: float64 posterior + exponential race")
-    header = f"{'step':<22}{'ours':>8}{'baseline':>10}{'ratio':>7}{'lean f64':>10}{'ratio':>7}"
-    print(header + "  target ratio <= 0.25")
-    for name, ours_s, plain_s, lean_s in rows:
-        worst = max(ours_s / plain_s, ours_s / lean_s)
-        flag = "ok" if worst <= 0.25 else "MISSED"
-        if name.startswith("nucleus"):
-            flag = "n/a: the baselines do no nucleus filtering (top_p=0.9, flat logits)"
-        print(
-            f"{name:<22}{ours_s:>8.3f}{plain_s:>10.2f}{ours_s / plain_s:>7.3f}"
-            f"{lean_s:>10.2f}{ours_s / lean_s:>7.3f}  {flag}"
-        )
+    rowwise = rowwise_rows(logits, z_t, args.repeats)
+    print_rowwise(rowwise, b * n)
+    size = f", B={b} L={n}"
+    summary = step_summary(rows, size) + rowwise_summary(rowwise, size)
 
-    print()
-    print_rowwise(rowwise_rows(logits, z_t, args.repeats), b * n)
-
+    extras: dict[str, float] = {}
     if not args.skip_memory:
         del logits
         print()
         print("peak memory of one step beyond the logits, in float32 (B, L, K) tensors")
         for which in ("ancestral", "nucleus", "masked", "baseline"):
             m = memory_in_subprocess(which, b, n, k)
-            extra = m["delta"] / m["logits"]
+            extra = extras[which] = m["delta"] / m["logits"]
             line = f"  {which:<10} +{m['delta'] / 2**20:9.1f} MiB = +{extra:.3f} tensors; "
             if which == "baseline":
                 line += f"run as B=1 slices; a full batch needs ~+{extra * b:.1f}"
@@ -365,6 +384,45 @@ def main() -> None:
         for name in ("ours", "gumbel32"):
             z = (r[name] - r["expected"]) / r["sd"]
             print(f"  {name:<9} {r[name]:6d}  ({z:+.1f} sd)  {r[name + '_s']:.1f} s")
+        summary.append(bias_summary(r))
+    if "ancestral" in extras:
+        total = 1 + extras["ancestral"]
+        summary.append(row("ancestral step peak memory, in (B, L, K) float32 tensors", "tensors",
+                           total, 1 + extras["baseline"] * b, target="<= 2",
+                           met=total <= 2))  # fmt: skip
+    write_rows(args.json, summary)
+
+
+def step_summary(rows: list[tuple[str, float, float, float]], size: str) -> list[dict[str, Any]]:
+    """Summary rows of the step table: ours against the faster float64 baseline (nucleus: the
+    baselines do no filtering, so no verdict)."""
+    out = []
+    for name, ours_s, plain_s, lean_s in rows:
+        ratio = max(ours_s / plain_s, ours_s / lean_s)
+        if name.startswith("nucleus"):
+            out.append(row(f"step overhead, {name}{size} (baseline: no filtering)", "s", ours_s,
+                           lean_s, ratio=ratio, target="n/a"))  # fmt: skip
+            continue
+        out.append(row(f"step overhead, {name}{size} (vs the faster f64 baseline)", "s", ours_s,
+                       min(lean_s, plain_s), ratio=ratio, target="<= 0.25",
+                       met=ratio <= 0.25))  # fmt: skip
+    return out
+
+
+def rowwise_summary(rows: list[tuple[str, float, float]], size: str) -> list[dict[str, Any]]:
+    """Summary rows of seed= (a RowStream) against generator= (a torch.Generator)."""
+    return [row(f"{kind} step, seed= vs generator={size}", "s", seed_s, gen_s,
+                target="<= 1.1", met=seed_s / gen_s <= 1.1)
+            for kind, gen_s, seed_s in rows]  # fmt: skip
+
+
+def bias_summary(r: dict[str, float]) -> dict[str, Any]:
+    """The tail-draw frequency's |deviation| from exact, in standard deviations; float32
+    Gumbel-max as the baseline."""
+    ours_z, gumbel_z = ((r[name] - r["expected"]) / r["sd"] for name in ("ours", "gumbel32"))
+    return row("tail-draw frequency, |deviation| from exact (float32 Gumbel-max as baseline)",
+               "sd", abs(ours_z), abs(gumbel_z), target="<= 3 sd",
+               met=abs(ours_z) <= 3)  # fmt: skip
 
 
 # ---- pytest-benchmark (small sizes; `pytest benchmarks/bench_samplers.py --benchmark-enable`)

@@ -23,7 +23,6 @@ baseline's time at both 8 and 64 steps.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
@@ -31,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.bench_curriculum import make_model
+from benchmarks.rows import add_json_option, write_rows
+from discdiff import testing
 from discdiff.samplers import T_MIN, sample_uniform
 from discdiff.schedules import LogLinearSchedule, Schedule
 
@@ -42,8 +42,9 @@ SIZES = {"full": (2, 128), "quick": (1, 64)}
 
 
 def small_dit(vocab_size: int = K_GPT2, seed: int = 0) -> nn.Module:
-    """``make_model`` with logits of a few units of spread, so x_hat is peaked rather than flat."""
-    return make_model(vocab_size, seed, logit_scale=20.0).eval()
+    """``discdiff.testing.small_dit`` with logits of a few units of spread, so x_hat is peaked
+    rather than flat."""
+    return testing.small_dit(vocab_size, seed, logit_scale=20.0).eval()
 
 
 def _alpha(schedule: Schedule, t: float) -> float:
@@ -142,11 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B=1, L=64")
     parser.add_argument("--repeats", type=int, default=None, help="runs at 8 steps")
-    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     rows = summary(args.quick, args.repeats)
-    if args.json:
-        print("summary-json: " + json.dumps(rows))
+    write_rows(args.json, rows)
 
 
 # ---- pytest-benchmark (small sizes; `pytest benchmarks/bench_sampling_run.py --benchmark-enable`)

@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_sdtt            # the table (a few minutes on one CPU core)
     python -m benchmarks.bench_sdtt --quick    # a smaller run (about a minute)
+    python -m benchmarks.bench_sdtt --json rows.json   # and the summary rows as JSON
 
-The data law is the peaked Markov chain of ``benchmarks/toy.py`` (K = 8, L = 6): its exact
+The data law is the peaked Markov chain of ``discdiff.testing`` (K = 8, L = 6): its exact
 likelihood, entropy H, unigram and bigram laws are known. Two MDLM teachers are distilled with
 ``SDTTDistiller`` and every model is sampled with ``SDTTDistiller.sample`` (the masked ancestral
 sampler on the log-linear schedule, tail "none": the last step reaches t = 0 and draws every
@@ -14,7 +15,7 @@ remaining mask, so a sample follows the model's ancestral law exactly):
   many steps follow the chain; at few steps they show the error of few-step factorised sampling
   itself. Its students are ``Corrected`` models: the exact denoiser plus a small MLP whose output
   starts at zero, so that distillation starts from the exact teacher.
-- ``mdlm``: a small MLP (``benchmarks.toy.ToyDenoiser`` with K + 1 outputs) trained with
+- ``mdlm``: a small MLP (``discdiff.testing.ToyDenoiser`` with K + 1 outputs) trained with
   ``MaskedDiffusion``; its students are copies of it.
 
 For each row: the exact mean NLL of the samples under the chain (nats per sequence; exact
@@ -32,110 +33,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from benchmarks.toy import MarkovChain, ToyDenoiser, _cosine, distill, sample_metrics
-from discdiff.diffusion import MaskedDiffusion
+from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.sdtt import SDTTDistiller
-
-__all__ = ["Corrected", "ExactMaskedDenoiser", "evaluate", "train_mdlm"]
-
-
-class ExactMaskedDenoiser(nn.Module):
-    """The NELBO-optimal MDLM denoiser of the chain, exactly, by forward-backward.
-
-    For masked diffusion the loss is minimised by x_hat_l = p(x_l | the unmasked tokens of z_t),
-    whatever t (so it needs no time conditioning). Computed here for every position with the
-    token's own observation left out (at a masked position that is the same law; at an unmasked
-    one SUBS ignores it). Returns K + 1 logits, the mask logit -inf. Ids input only.
-    """
-
-    def __init__(self, law: MarkovChain):
-        super().__init__()
-        self.law = law
-
-    def forward(self, z_t: Tensor, sigma: Tensor) -> Tensor:
-        k = self.law.vocab_size
-        b, length = z_t.shape
-        z = z_t.cpu()
-        # emission p(z_l | x_l = j): 1 for a mask, [j = z_l] for a kept token
-        emit = F.one_hot(z.clamp(max=k - 1), k).to(torch.float64)
-        emit[z == k] = 1.0
-        p = self.law.transition
-        fwd = [self.law.initial.expand(b, k)]  # p(x_l | z_<l) up to a constant
-        for i in range(1, length):
-            v = (fwd[-1] * emit[:, i - 1]) @ p
-            fwd.append(v / v.sum(-1, keepdim=True))
-        bwd = [torch.ones(b, k, dtype=torch.float64)]  # p(z_>l | x_l) up to a constant
-        for i in range(length - 1, 0, -1):
-            v = (emit[:, i] * bwd[0]) @ p.T
-            bwd.insert(0, v / v.sum(-1, keepdim=True))
-        loo = torch.stack([f * g for f, g in zip(fwd, bwd, strict=True)], 1)
-        logits = torch.log(loo / loo.sum(-1, keepdim=True))
-        mask = torch.full((b, length, 1), -torch.inf, dtype=logits.dtype)
-        return torch.cat([logits, mask], -1).to(device=z_t.device, dtype=torch.float32)
-
-
-class Corrected(nn.Module):
-    """``base(z_t, sigma)`` plus a trainable ``ToyDenoiser`` correction whose output starts at 0."""
-
-    def __init__(self, base: nn.Module, vocab_size: int, length: int, hidden: int = 64,
-                 depth: int = 1):
-        super().__init__()
-        self.base = base
-        self.correction = ToyDenoiser(vocab_size, length, hidden, depth)
-        last = self.correction.out[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-    def forward(self, z_t: Tensor, sigma: Tensor) -> Tensor:
-        return self.base(z_t, sigma) + self.correction(z_t, sigma)
-
-
-def train_mdlm(
-    law: MarkovChain,
-    length: int,
-    *,
-    steps: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    hidden: int = 256,
-    depth: int = 3,
-    generator: torch.Generator | None = None,
-) -> ToyDenoiser:
-    """Train a ToyDenoiser with K + 1 outputs on the masked NELBO (``MaskedDiffusion``,
-    log-linear schedule, no time conditioning)."""
-    k = law.vocab_size
-    model = ToyDenoiser(k + 1, length, hidden, depth)
-    diffusion = MaskedDiffusion(k)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = _cosine(opt, steps)
-    for _ in range(steps):
-        x_0 = law.sample(batch_size, length, generator)
-        loss = diffusion.loss(model, x_0, generator=generator).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-def evaluate(
-    distiller: SDTTDistiller,
-    model: nn.Module,
-    law: MarkovChain,
-    length: int,
-    steps: int,
-    *,
-    n: int,
-    tail: str = "none",
-    generator: torch.Generator | None = None,
-) -> dict[str, float]:
-    """``sample_metrics`` of n samples drawn by ``distiller.sample`` in ``steps`` steps."""
-    x = distiller.sample(model, n, length, steps, tail=tail, generator=generator)
-    return sample_metrics(x, law)
+from discdiff.testing import (
+    Corrected,
+    ExactMaskedDenoiser,
+    MarkovChain,
+    distill,
+    sample_metrics,
+    train_mdlm,
+)
+from discdiff.testing import evaluate_masked as evaluate
 
 
 @dataclass(frozen=True)
@@ -233,10 +143,26 @@ def print_table(rows: list[Row], cfg: Config, entropy: float) -> None:
         )
 
 
+def summary_rows(rows: list[Row], entropy: float) -> list[dict[str, Any]]:
+    """|NLL - H| of the SDTT student (reverse KL) of the MDLM teacher against that teacher, at
+    2, 4 and 8 steps: the student should be the closer one."""
+    gap = {(name, steps): abs(m["nll"] - entropy) for name, steps, m in rows}
+    out = []
+    for steps in (2, 4, 8):
+        student, teacher = gap.get(("SDTT(mdlm) KL(s||t)", steps)), gap.get(("mdlm", steps))
+        if student is None or teacher is None:
+            continue
+        out.append(row(f"|NLL - H| at {steps} steps, masked sampler: SDTT student vs its MDLM "
+                       "teacher (Markov chain)", "nats", student, teacher,
+                       target="< 1 (student closer)", met=student < teacher))  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     parser.add_argument("--seed", type=int, default=0)
+    add_json_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = QUICK if args.quick else Config()
@@ -244,6 +170,7 @@ def main() -> None:
     law = MarkovChain.peaked(cfg.vocab_size, seed=123)
     rows = run(cfg)
     print_table(rows, cfg, law.entropy(cfg.length))
+    write_rows(args.json, summary_rows(rows, law.entropy(cfg.length)))
 
 
 if __name__ == "__main__":

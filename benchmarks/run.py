@@ -8,16 +8,19 @@ Three parts, all in subprocesses with one torch thread each (the timings are per
 
 1. pytest-benchmark over the ``test_*`` functions of every ``benchmarks/bench_*.py``, saved to
    ``.benchmarks/<timestamp>.json``;
-2. each suite's side-by-side script (``python -m benchmarks.bench_<suite>``), its output shown
-   as it runs;
-3. one summary table (suite, metric, ours, baseline, ratio, target, met) built from what the
-   suites printed and from the pytest-benchmark pairs (ours vs baseline in the same process), so
-   every number in it was printed above. Saved as ``.benchmarks/<timestamp>-summary.json`` with
-   the machine (CPU model, cores, torch version, threads) and each suite's output.
+2. each suite's side-by-side script (``python -m benchmarks.bench_<suite> --json PATH``), its
+   output shown as it runs; it writes its summary rows to PATH
+   (``.benchmarks/<timestamp>-<suite>.json``, the format of ``benchmarks/rows.py``);
+3. the summary tables (suite, metric, ours, baseline, ratio, target, met), one for the speed
+   comparisons and one for the known-answer experiments, built from the suites' JSON rows and
+   from the pytest-benchmark pairs (ours vs baseline in the same process): no number is read
+   back from printed text, and every number in them was printed above (the JSON keeps full
+   precision). Saved as ``.benchmarks/<timestamp>-summary.json`` with the machine (CPU model,
+   cores, torch version, threads) and each suite's output.
 
 Baselines are measured in the same process as ours, except where a suite compares with a
-published figure of the reference implementation (marked "reference figure"). A suite whose
-output format changed shows "n/a" in the table instead of failing the run.
+published figure of the reference implementation (marked "reference figure"). A suite that
+writes no readable JSON shows "n/a" in the table instead of failing the run.
 """
 
 from __future__ import annotations
@@ -25,44 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUITES", "Row", "Suite", "machine_info", "main", "summary_table"]
+from discdiff.testing import machine_info
+
+__all__ = ["SUITES", "Row", "Suite", "grouped_tables", "machine_info", "main", "read_rows",
+           "summary_table"]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """CPU model (from /proc/cpuinfo, else ``platform``), cores, torch version and threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": threads if threads is not None else torch.get_num_threads(),
-        "load_average_1min": round(load, 2),
-    }
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -91,194 +69,70 @@ def _missing(suite: str, why: str) -> list[Row]:
     return [Row(suite, f"n/a ({why})", source="-")]
 
 
-_NUM = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
-
-
-def parse_duality(out: str) -> list[Row]:
-    rows = re.findall(rf"^\s*(\d+) \|\s*{_NUM} \|\s*{_NUM} \|\s*{_NUM} \|\s*(\w+) \|\s*{_NUM}\s*$",
-                      out, re.M)  # fmt: skip
-    if not rows:
-        return _missing("duality", "no table in the output")
-    value = max(float(r[1]) for r in rows)
-    slope = max(float(r[2]) for r in rows)
-    build = max(float(r[3]) for r in rows)
-    monotone = all(r[4] == "yes" for r in rows)
-    ks = ", ".join(r[0] for r in rows)
-    ref = "main; baseline: reference figure (Concepts §2)"
-    return [
-        Row("duality", f"max |T - T_quad|, worst of K = {ks}", "", value, 1.7e-5,
-            target="<= 1e-09", met=value <= 1e-9, source=ref),
-        Row("duality", "max |dT - dT_quad| / max dT, worst K", "", slope, 0.04,
-            target="<= 1e-08", met=slope <= 1e-8 and monotone, source=ref),
-        Row("duality", "table build for a new K, worst K", "ms", build, 4 * 3600e3,
-            target="<= 1000 ms", met=build <= 1000, source=ref),
-    ]  # fmt: skip
-
-
-def parse_losses(out: str) -> list[Row]:
-    rows = []
-    wanted = (("peak extra memory (MiB)", "uniform NELBO peak extra memory", "MiB"),
-              ("time fwd+bwd (s)", "uniform NELBO forward+backward", "s"))  # fmt: skip
-    for label, what, unit in wanted:
-        m = re.search(rf"^{re.escape(label)}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+<= {_NUM}", out, re.M)
-        if m is None:
-            rows += _missing("losses", f"{label!r} not in the output")
-            continue
-        ours, naive, ratio, target = (float(x) for x in m.groups())
-        shape = re.search(r"B=(\d+) L=(\d+) K=(\d+)", out)
-        size = f", B={shape[1]} L={shape[2]} K={shape[3]}" if shape else ""
-        rows.append(Row("losses", what + size + " (lean vs naive)", unit, ours, naive, ratio,
-                        f"<= {target:g}", ratio <= target))  # fmt: skip
-    return rows
-
-
-def parse_samplers(out: str) -> list[Row]:
-    rows = []
-    shape = re.search(r"B=(\d+) L=(\d+) K=(\d+)", out)
-    size = f", B={shape[1]} L={shape[2]}" if shape else ""
-    pattern = rf"^(\w+ \(\w+\))\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}"
-    for name, ours, plain, _, lean, _ in re.findall(pattern, out, re.M):
-        ours_s, lean_s, plain_s = float(ours), float(lean), float(plain)
-        ratio = max(ours_s / plain_s, ours_s / lean_s)
-        if name.startswith("nucleus"):
-            rows.append(Row("samplers", f"step overhead, {name}{size} (baseline: no filtering)",
-                            "s", ours_s, lean_s, ratio, "n/a", None))  # fmt: skip
-            continue
-        rows.append(Row("samplers", f"step overhead, {name}{size} (vs the faster f64 baseline)",
-                        "s", ours_s, min(lean_s, plain_s), ratio, "<= 0.25",
-                        ratio <= 0.25))  # fmt: skip
-    for kind, gen_s, seed_s, ratio in re.findall(
-        rf"^(\w+) step, seed=\s+{_NUM}\s+{_NUM}\s+{_NUM}", out, re.M
-    ):
-        rows.append(Row("samplers", f"{kind} step, seed= vs generator={size}", "s",
-                        float(seed_s), float(gen_s), float(ratio), "<= 1.1",
-                        float(ratio) <= 1.1))  # fmt: skip
-    mem = re.search(rf"^\s+ancestral\s+\+\s*{_NUM} MiB = \+{_NUM} tensors; with the logits {_NUM}",
-                    out, re.M)  # fmt: skip
-    base = re.search(rf"^\s+baseline\s+\+\s*{_NUM} MiB = \+{_NUM} tensors;.*needs ~\+{_NUM}",
-                     out, re.M)  # fmt: skip
-    if mem:
-        total = float(mem[3])
-        rows.append(Row("samplers", "ancestral step peak memory, in (B, L, K) float32 tensors",
-                        "tensors", total, 1 + float(base[3]) if base else None,
-                        target="<= 2", met=total <= 2))  # fmt: skip
-    bias = {n: float(z) for n, z in re.findall(r"^\s+(ours|gumbel32)\s+\d+\s+\(([-+\d.]+) sd\)",
-                                               out, re.M)}  # fmt: skip
-    if "ours" in bias:
-        rows.append(Row("samplers", "tail-draw frequency, |deviation| from exact (float32 "
-                        "Gumbel-max as baseline)", "sd", abs(bias["ours"]),
-                        abs(bias.get("gumbel32", float("nan"))), target="<= 3 sd",
-                        met=abs(bias["ours"]) <= 3))  # fmt: skip
-    return rows or _missing("samplers", "no table in the output")
-
-
-def parse_dit(out: str) -> list[Row]:
-    rows = []
-    pattern = (rf"tiny (fwd\+bwd[^\n]*?)\s+B=(\d+) L=(\d+) K=(\d+): wall median {_NUM} s.*?"
-               rf"CPU median {_NUM} s; reference {_NUM} s / ours = {_NUM}x wall, {_NUM}x CPU "
-               rf"\(target {_NUM}x\)")  # fmt: skip
-    for what, b, n, k, wall, cpu, ref, _, _, target in re.findall(pattern, out):
-        ratio = float(wall) / float(ref)
-        goal = 1 / float(target)
-        rows.append(Row("dit", f"DiT tiny {what.strip()}, B={b} L={n} K={k} (CPU median "
-                        f"{float(cpu):.3f} s)", "s", float(wall), float(ref), ratio,
-                        f"<= {goal:.3f} (1.5x faster)", ratio <= goal,
-                        "main; baseline: reference figure"))  # fmt: skip
-    return rows or _missing("dit", "no timing line in the output")
-
-
-def parse_curriculum(out: str) -> list[Row]:
-    rows = []
-    for tau, relaxed, discrete, _ in re.findall(
-        rf"^\s*{_NUM} \|\s*{_NUM} \|\s*{_NUM} \|\s*{_NUM}", out, re.M
-    ):
-        rows.append(Row("curriculum", f"gradient variance, relaxed (ours) vs discrete input, "
-                        f"tau = {float(tau):g}", "", float(relaxed), float(discrete),
-                        target="- (measurement)", met=None))  # fmt: skip
-    return rows or _missing("curriculum", "no table in the output")
-
-
-def parse_distill(out: str) -> list[Row]:
-    table: dict[tuple[str, str, int, str], float] = {}
-    pattern = (rf"^(.{{13}}) (\S+)\s+(\d+)\s+\d+ (\S+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}"
-               rf"\s+{_NUM}\s*$")
-    for name, grid, steps, tail, _, gap, _, _, _ in re.findall(pattern, out, re.M):
-        table[(name.strip(), grid, int(steps), tail)] = float(gap)
-    rows = []
-    for steps in (2, 4, 8):
-        key = ("loglin", steps, "greedy")
-        student, teacher = table.get(("DCD KL(s||t)", *key)), table.get(("teacher", *key))
-        if student is None or teacher is None:
-            continue
-        rows.append(Row("distill", f"|NLL - H| at {steps} steps (NFE {steps + 1}), greedy: DCD "
-                        "vs its teacher (Markov chain)", "nats", student, teacher,
-                        target="< 1 (student closer)", met=student < teacher))  # fmt: skip
-    return rows or _missing("distill", "no table in the output")
-
-
-def parse_sdtt(out: str) -> list[Row]:
-    table: dict[tuple[str, int], float] = {}
-    pattern = rf"^(.{{21}}) \s*(\d+)\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s+{_NUM}\s*$"
-    for name, steps, _, gap, _, _, _ in re.findall(pattern, out, re.M):
-        table[(name.strip(), int(steps))] = float(gap)
-    rows = []
-    for steps in (2, 4, 8):
-        student, teacher = table.get(("SDTT(mdlm) KL(s||t)", steps)), table.get(("mdlm", steps))
-        if student is None or teacher is None:
-            continue
-        rows.append(Row("sdtt", f"|NLL - H| at {steps} steps, masked sampler: SDTT student vs "
-                        "its MDLM teacher (Markov chain)", "nats", student, teacher,
-                        target="< 1 (student closer)", met=student < teacher))  # fmt: skip
-    return rows or _missing("sdtt", "no table in the output")
-
-
-def parse_json_rows(suite: str) -> Callable[[str], list[Row]]:
-    def parse(out: str) -> list[Row]:
-        m = re.search(r"^summary-json: (.*)$", out, re.M)
-        if m is None:
-            return _missing(suite, "no summary-json line")
+def read_rows(suite: str, path: Path) -> list[Row]:
+    """The rows a suite wrote to ``path`` (``benchmarks/rows.py``'s format); an n/a row when the
+    file is missing or not a list of rows. A numeric ``target`` t means "<= t"."""
+    if not path.is_file():
+        return _missing(suite, "no JSON written")
+    try:
+        data = json.loads(path.read_text())
         rows = []
-        for r in json.loads(m[1]):
+        for r in data:
             target = r.get("target")
-            rows.append(Row(suite, r["metric"], r.get("unit", ""), r["ours"], r["baseline"],
-                            r["ratio"], "-" if target is None else f"<= {target:g}",
-                            r.get("met")))  # fmt: skip
-        return rows
-
-    return parse
+            if target is None:
+                target = "-"
+            elif not isinstance(target, str):
+                target = f"<= {target:g}"
+            met = r.get("met")
+            rows.append(Row(suite, r["metric"], r.get("unit", ""), r.get("ours"),
+                            r.get("baseline"), r.get("ratio"), target,
+                            None if met is None else bool(met),
+                            r.get("source", "main")))  # fmt: skip
+    except (ValueError, TypeError, KeyError) as err:  # a changed format must not sink the summary
+        return _missing(suite, f"unreadable JSON: {type(err).__name__}")
+    return rows or _missing(suite, "no rows in the JSON")
 
 
 # --- suites -------------------------------------------------------------------------------------
 
 
+SPEED, KNOWN_ANSWER = "speed", "known-answer"
+KINDS = {
+    SPEED: "speed comparisons (ours beside a baseline run in the same process)",
+    KNOWN_ANSWER: "known-answer experiments (toys and references whose truth is known)",
+}
+
+
 @dataclass(frozen=True)
 class Suite:
+    """``python -m <module> <args> --json PATH`` writes the suite's rows to PATH.
+
+    ``kind``: ``SPEED`` (time or memory against a baseline) or ``KNOWN_ANSWER`` (accuracy or
+    behaviour against a truth known exactly: a quadrature, a Markov chain, a measurement)."""
+
     name: str
     module: str
+    kind: str
     args: tuple[str, ...] = ()
     quick_args: tuple[str, ...] = ()
-    parse: Callable[[str], list[Row]] = field(default=lambda out: [])
     limit_s: int = 900
 
 
 SUITES = (
-    Suite("duality", "benchmarks.bench_duality", parse=parse_duality, limit_s=600),
-    Suite("losses", "benchmarks.bench_losses", parse=parse_losses, limit_s=600),
-    Suite("fused", "benchmarks.bench_fused", ("--json",), ("--json", "--repeats", "1"),
-          parse_json_rows("fused"), 900),
-    Suite("loss_step", "benchmarks.bench_loss_step", ("--json",),
-          ("--json", "--presets", "tiny", "--repeats", "3"), parse_json_rows("loss_step"), 900),
-    Suite("samplers", "benchmarks.bench_samplers", (),
-          ("--batch", "2", "--length", "256", "--skip-bias"), parse_samplers, 900),
-    Suite("dit", "benchmarks.bench_dit", ("--repeats", "7"), ("--repeats", "3"), parse_dit, 600),
-    Suite("dcd_step", "benchmarks.bench_dcd_step", ("--json",), ("--quick", "--json"),
-          parse_json_rows("dcd_step"), 600),
-    Suite("sampling_run", "benchmarks.bench_sampling_run", ("--json",), ("--quick", "--json"),
-          parse_json_rows("sampling_run"), 900),
-    Suite("curriculum", "benchmarks.bench_curriculum", ("--draws", "32"),
-          ("--draws", "8", "--taus", "1e-3", "1"), parse_curriculum, 600),
-    Suite("distill", "benchmarks.bench_distill", (), ("--quick",), parse_distill, 900),
-    Suite("sdtt", "benchmarks.bench_sdtt", (), ("--quick",), parse_sdtt, 900),
+    Suite("losses", "benchmarks.bench_losses", SPEED, limit_s=600),
+    Suite("fused", "benchmarks.bench_fused", SPEED, (), ("--repeats", "1"), 900),
+    Suite("loss_step", "benchmarks.bench_loss_step", SPEED, (),
+          ("--presets", "tiny", "--repeats", "3"), 900),
+    Suite("samplers", "benchmarks.bench_samplers", SPEED, (),
+          ("--batch", "2", "--length", "256", "--skip-bias"), 900),
+    Suite("dit", "benchmarks.bench_dit", SPEED, ("--repeats", "7"), ("--repeats", "3"), 600),
+    Suite("dcd_step", "benchmarks.bench_dcd_step", SPEED, (), ("--quick",), 600),
+    Suite("sampling_run", "benchmarks.bench_sampling_run", SPEED, (), ("--quick",), 900),
+    Suite("duality", "benchmarks.bench_duality", KNOWN_ANSWER, limit_s=600),
+    Suite("curriculum", "benchmarks.bench_curriculum", KNOWN_ANSWER, ("--draws", "32"),
+          ("--draws", "8", "--taus", "1e-3", "1"), 600),
+    Suite("distill", "benchmarks.bench_distill", KNOWN_ANSWER, (), ("--quick",), 900),
+    Suite("sdtt", "benchmarks.bench_sdtt", KNOWN_ANSWER, (), ("--quick",), 900),
 )  # fmt: skip
 
 # pytest-benchmark pairs measured in the same pytest process: (suite, ours, baseline, target).
@@ -338,21 +192,21 @@ def _stream(cmd: list[str], timeout_s: float, env: dict[str, str]) -> tuple[str,
 def run_pytest_benchmarks(json_path: Path, quick: bool, threads: int,
                           timeout_s: float) -> tuple[list[Row], dict[str, Any]]:  # fmt: skip
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    junit = json_path.with_suffix(".junit.xml")  # the pass / fail counts, read as data
     cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-enable",
-           f"--benchmark-json={json_path}", "--benchmark-sort=name",
+           f"--benchmark-json={json_path}", f"--junitxml={junit}", "--benchmark-sort=name",
            "--benchmark-columns=min,median,mean,rounds", "-p", "no:cacheprovider"]  # fmt: skip
     if quick:
         cmd += ["--benchmark-max-time=0.2", "--benchmark-min-rounds=2"]
     print("$ " + " ".join(cmd[1:]), flush=True)
-    out, code = _stream(cmd, timeout_s, _env(threads))
+    _, code = _stream(cmd, timeout_s, _env(threads))
     info = {"exit_code": code, "json": str(json_path)}
     if not json_path.is_file():
         return _missing("pytest-benchmark", f"no JSON written (exit code {code})"), info
     data = json.loads(json_path.read_text())
     median = {b["name"]: b["stats"]["median"] for b in data.get("benchmarks", [])}
     info["benchmarks"] = median
-    failed = re.search(r"(\d+) failed", out)
-    info["failed"] = int(failed[1]) if failed else 0
+    info["failed"] = _junit_failures(junit)
     rows = []
     for suite, ours, base, target in PAIRS:
         if ours in median and base in median:
@@ -366,6 +220,17 @@ def run_pytest_benchmarks(json_path: Path, quick: bool, threads: int,
                         build, 4 * 3600.0, target="<= 1 s", met=build <= 1.0,
                         source="pytest-benchmark; baseline: reference figure"))  # fmt: skip
     return rows, info
+
+
+def _junit_failures(path: Path) -> int | None:
+    """Failed plus errored tests of a pytest junit XML file (None when it is missing)."""
+    if not path.is_file():
+        return None
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return sum(int(x.get("failures", 0)) + int(x.get("errors", 0)) for x in suites)
 
 
 def _fmt(v: Any) -> str:
@@ -395,6 +260,17 @@ def summary_table(rows: list[Row]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def grouped_tables(rows: list[Row]) -> str:
+    """``summary_table`` of the speed comparisons, then of the known-answer experiments."""
+    kind = {s.name: s.kind for s in SUITES}
+    parts = []
+    for key, title in KINDS.items():
+        group = [r for r in rows if kind.get(r.suite, SPEED) == key]
+        if group:
+            parts.append(f"{title}:\n{summary_table(group)}")
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -440,27 +316,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if left < 30:
                 rows += _missing(suite.name, "skipped: out of --max-minutes")
                 continue
-            cmd = [sys.executable, "-m", suite.module,
-                   *(suite.quick_args if args.quick else suite.args)]  # fmt: skip
-            print(f"\n=== {suite.name}: {' '.join(cmd[1:])} ===", flush=True)
+            rows_path = out_dir / f"{stamp}-{suite.name}.json"
+            suite_args = suite.quick_args if args.quick else suite.args
+            cmd = [sys.executable, "-m", suite.module, *suite_args, "--json", str(rows_path)]
+            print(f"\n=== {suite.name} ({suite.kind}): {' '.join(cmd[1:])} ===", flush=True)
             t0 = time.perf_counter()
             out, code = _stream(cmd, min(suite.limit_s, left), env)
             seconds = time.perf_counter() - t0
             record["suites"][suite.name] = {"command": cmd[1:], "exit_code": code,
-                                            "seconds": seconds, "output": out}  # fmt: skip
+                                            "seconds": seconds, "output": out,
+                                            "rows_json": str(rows_path)}  # fmt: skip
             if code is None:
                 rows += _missing(suite.name, f"timed out after {seconds:.0f} s")
             elif code != 0:
                 rows += _missing(suite.name, f"exit code {code}")
             else:
-                try:
-                    rows += suite.parse(out)
-                except Exception as err:  # a changed format must not sink the summary
-                    rows += _missing(suite.name, f"unparsed output: {type(err).__name__}")
+                rows += read_rows(suite.name, rows_path)
     wall = time.perf_counter() - start
     order = {s.name: i for i, s in enumerate(SUITES)}
     rows.sort(key=lambda r: order.get(r.suite, len(order)))
-    table = summary_table(rows)
+    table = grouped_tables(rows)
     print(f"\n=== summary ({'quick' if args.quick else 'full'} sizes; {wall / 60:.1f} min) ===")
     print(f"machine: {machine_line}")
     print("ratio = ours / baseline (lower is better); baselines run in the same process unless "

@@ -1,10 +1,12 @@
-"""The gradient-variance measurement behind benchmarks/bench_curriculum.py, at small scale."""
+"""The gradient-variance measurement (discdiff.testing.gradient_variances) behind
+benchmarks/bench_curriculum.py, at small scale."""
 
 import torch
 
-from benchmarks.bench_curriculum import gradient_variances, make_model
 from discdiff.duality import DualSchedule, GaussianArgmaxTransform
 from discdiff.schedules import GammaSchedule
+from discdiff.testing import gradient_variances
+from discdiff.testing import small_dit as make_model
 from discdiff.timesteps import antithetic_times
 
 

@@ -607,7 +607,8 @@ def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
     bigram total variation do not improve reliably at this scale (see the table of
     benchmarks/bench_distill.py): the mode-seeking student trades diversity for coherence.
     """
-    from benchmarks.toy import MarkovChain, distill, evaluate, train_duo
+    from discdiff.testing import MarkovChain, distill, train_duo
+    from discdiff.testing import evaluate_uniform as evaluate
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

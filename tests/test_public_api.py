@@ -29,6 +29,7 @@ DOCUMENTED = [
     "discdiff.models",
     "discdiff.metrics",
     "discdiff.labels",
+    "discdiff.testing",
 ]
 
 

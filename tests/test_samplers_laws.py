@@ -1,19 +1,8 @@
 """The samplers on toy laws whose truth is known: explicit joint laws over K^L sequences, their
 NELBO-optimal ("exact") denoisers, and the exact law of each sampler as a Markov chain over the
-K^L states. The other sampler test files import their helpers (chi-square, seeds) from here.
-
-What "exact denoiser" means. The plug-in posterior q(z_s | z_t, x_hat) ∝ q(z_t | z_s) q(z_s | x_hat)
-uses x_hat only through q_t(. | x_hat) = alpha_t x_hat + (1 - alpha_t) / K, and the true reverse
-process needs the ratios p_t(z with position l set to j) / p_t(z). Those are matched by the
-leave-one-out law x_hat^l = p(x^l | z_t^{-l}) (Concepts §5), the clean token at l given the *other*
-positions: for one position, x_hat = the data law itself. The same leave-one-out law is the exact
-masked denoiser at masked positions (unmasked positions are clean evidence). A prompt is clean
-context: its positions enter the likelihood with alpha = 1.
-
-When exact denoisers give exact samples. One reverse step draws the positions independently
-given z_t, so a few-step sample of L >= 2 free positions carries a factorisation error that
-vanishes only as the steps grow (O(1 / steps)); with ONE free position (L = 1, or every other
-position a prompt) the reverse chain is the exact one at any step count.
+K^L states; the toys and the statistics are ``discdiff.testing``'s (its ``toys`` module says
+what "exact denoiser" means, its ``laws`` module when exact denoisers give exact samples). The
+other sampler test files import their helpers (chi-square, seeds) from here.
 
 Statistics: every draw is seeded; a law is rejected below ``P_MIN`` (chi-square); the figures
 the bounds rest on are measured by ``python -m tests.test_samplers_laws``.
@@ -26,21 +15,31 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 
-from benchmarks.toy import ExactDenoiser, MarkovChain
 from discdiff.distill import DCDistiller
 from discdiff.samplers import (
     CappedRemask,
     RescaledRemask,
     StepRecord,
     TimeGrid,
-    psi_posterior,
     sample_masked,
     sample_uniform,
-    uniform_posterior,
 )
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
+from discdiff.testing import (
+    ExactDenoiser,
+    MarkovChain,
+    MaskedOracle,
+    UniformOracle,
+    all_sequences,
+    chi_square_p,
+    conditional,
+    frequencies,
+    random_law,
+    sequence_ids,
+    total_variation,
+    uniform_chain,
+)
 
 F64 = torch.float64
 SCHEDULE = LogLinearSchedule()
@@ -55,181 +54,6 @@ def alpha(t: float) -> float:
     return 1.0 if t == 0 else float(SCHEDULE.alpha(torch.tensor(t, dtype=F64)))
 
 
-def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
-    """p-value of the samples (ids) against the law ``probs`` (cells of zero mass must be empty).
-
-    Cells expected to hold fewer than 5 draws are pooled (the chi-square approximation needs
-    it), the smallest first, until the pool holds 5 or more."""
-    probs = probs.to(F64).flatten()
-    counts = torch.bincount(samples.flatten(), minlength=probs.numel()).to(F64)
-    assert counts.numel() == probs.numel(), "drew an id outside the law's support"
-    support = probs > 0
-    assert counts[~support].sum() == 0, "drew a class of probability zero"
-    expected = probs[support] / probs[support].sum() * counts.sum()
-    observed = counts[support]
-    order = expected.argsort()
-    expected, observed = expected[order], observed[order]
-    pooled = 0
-    while pooled < expected.numel() - 1 and expected[: pooled + 1].sum() < 5:
-        pooled += 1
-    if pooled:
-        expected = torch.cat([expected[:pooled].sum(0, keepdim=True), expected[pooled:]])
-        observed = torch.cat([observed[:pooled].sum(0, keepdim=True), observed[pooled:]])
-    if expected.numel() < 2:
-        return 1.0
-    return float(stats.chisquare(observed.numpy(), expected.numpy()).pvalue)
-
-
-def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
-    return 0.5 * float((p.to(F64).flatten() - q.to(F64).flatten()).abs().sum())
-
-
-def frequencies(ids: torch.Tensor, size: int) -> torch.Tensor:
-    return torch.bincount(ids.flatten(), minlength=size).to(F64) / ids.numel()
-
-
-def sequence_ids(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Each row of x (n, L) as one id in [0, K^L), first position most significant."""
-    powers = k ** torch.arange(x.shape[1] - 1, -1, -1)
-    return (x * powers).sum(-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Toy laws and their exact denoisers
-# ---------------------------------------------------------------------------------------------
-
-
-def all_sequences(k: int, length: int) -> torch.Tensor:
-    """Every sequence of K^L, (K^L, L), in ``sequence_ids`` order."""
-    return torch.tensor(list(itertools.product(range(k), repeat=length)))
-
-
-def random_law(k: int, length: int, seed: int) -> torch.Tensor:
-    """A dependent law of full support over K^L, as a (K,) * L tensor."""
-    w = torch.rand((k,) * length, generator=gen(seed), dtype=F64) ** 3 + 0.01
-    return w / w.sum()
-
-
-class UniformOracle:
-    """The NELBO-optimal uniform-state denoiser of an explicit joint law (K,) * L:
-    x_hat^l = p(x^l | z_t^{-l}) with the likelihood q(z^m | x^m) = alpha_t [z^m = x^m] +
-    (1 - alpha_t) / K, and [z^m = x^m] at the clean positions (a prompt): those where the
-    sampler's per-token levels sigma (B, L) are 0 (``reads_token_levels``). Returns float64
-    logits; counts its calls."""
-
-    reads_token_levels = True
-
-    def __init__(self, law: torch.Tensor):
-        self.law, self.k, self.length = law, law.shape[0], law.ndim
-        self.sequences = all_sequences(self.k, self.length)  # (S, L)
-        self.onehot = torch.nn.functional.one_hot(self.sequences, self.k).to(F64)  # (S, L, K)
-        self.calls = 0
-
-    def likelihood(self, z: torch.Tensor, alpha_t: torch.Tensor, clean: torch.Tensor | None):
-        """q(z^m | x^m) for every sequence x: (B, S, L)."""
-        same = (z[:, None, :] == self.sequences[None]).to(F64)
-        like = alpha_t.view(-1, 1, 1) * same + (1 - alpha_t.view(-1, 1, 1)) / self.k
-        return like if clean is None else torch.where(clean[:, None, :], same, like)
-
-    def probs(self, z: torch.Tensor, alpha_t, clean: torch.Tensor | None = None) -> torch.Tensor:
-        """x_hat (B, L, K), float64, at signal level ``alpha_t`` (a float or (B,))."""
-        alpha_t = torch.as_tensor(alpha_t, dtype=F64).expand(z.shape[0])
-        like = self.likelihood(z, alpha_t, clean)
-        rows = []
-        for pos in range(self.length):
-            others = [m for m in range(self.length) if m != pos]
-            weight = self.law.reshape(1, -1) * like[..., others].prod(-1)  # (B, S)
-            rows.append(weight @ self.onehot[:, pos])
-        x_hat = torch.stack(rows, 1)
-        return x_hat / x_hat.sum(-1, keepdim=True)
-
-    def __call__(self, z_t, sigma):
-        self.calls += 1
-        clean = None
-        if sigma.ndim == 2:  # per-token levels: 0 at clean context, one level elsewhere
-            clean, sigma = sigma == 0, sigma.amax(-1)
-        return self.table(z_t, torch.exp(-sigma.to(F64)), clean).log()
-
-    def table(self, z: torch.Tensor, alpha_t: torch.Tensor, clean: torch.Tensor | None):
-        """``probs`` computed once per distinct row (a batch holds at most K^L of them)."""
-        if not bool((alpha_t == alpha_t[0]).all()):
-            return self.probs(z, alpha_t, clean)
-        base = self.k + 1  # ids and the mask id K
-        code = (z * base ** torch.arange(z.shape[1])).sum(-1)
-        if clean is not None:
-            code = code * 2 ** z.shape[1] + (clean.long() * 2 ** torch.arange(z.shape[1])).sum(-1)
-        codes, inverse = torch.unique(code, return_inverse=True)
-        first = torch.zeros(len(codes), dtype=torch.long).scatter_(0, inverse, torch.arange(len(z)))
-        distinct_clean = None if clean is None else clean[first]
-        return self.probs(z[first], alpha_t[0], distinct_clean)[inverse]
-
-
-class MaskedOracle(UniformOracle):
-    """The exact masked denoiser of a law over K real tokens (the mask is id K):
-    x_hat^l = p(x^l | the unmasked positions of z_t^{-l}). The mask class gets a large finite
-    logit, which SUBS must ignore."""
-
-    MASK_LOGIT = 5.0
-
-    def likelihood(self, z, alpha_t, clean):
-        same = (z[:, None, :] == self.sequences[None]).to(F64)
-        return torch.where(z[:, None, :] == self.k, 1.0, same)
-
-    def __call__(self, z_t, sigma):
-        self.calls += 1
-        logits = self.table(z_t, torch.ones(z_t.shape[0], dtype=F64), None).log()
-        return torch.cat([logits, torch.full((*z_t.shape, 1), self.MASK_LOGIT, dtype=F64)], -1)
-
-
-def conditional(law: torch.Tensor, prompt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The law of the free positions given the prompt's (``mask`` True), over K^(free)."""
-    index = tuple(int(prompt[m]) if mask[m] else slice(None) for m in range(law.ndim))
-    rest = law[index]
-    return (rest / rest.sum()).flatten()
-
-
-def uniform_chain(
-    oracle: UniformOracle,
-    grid: TimeGrid,
-    *,
-    prompt: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-    kappa: float | None = None,
-    renoise: str = "posterior",
-    told: bool = True,
-) -> torch.Tensor:
-    """The exact law of the uniform sampler (no tail) over the free positions' K^(free) states:
-    z_1 uniform on the free positions, then one transition matrix per step from the explicit
-    posteriors; ``renoise="x_hat"`` is the older Ψ form kappa post + (1 - kappa)(alpha_s
-    x_hat + (1 - alpha_s) / K), kept to measure how much worse it is. ``told=False``: the
-    denoiser is not told which positions are clean (the clamped approximation)."""
-    k, length = oracle.k, oracle.length
-    if mask is None:
-        prompt = torch.zeros(length, dtype=torch.long)
-        mask = torch.zeros(length, dtype=torch.bool)
-    free = (~mask).nonzero().squeeze(-1)
-    states = all_sequences(k, len(free))  # (S, F)
-    z = prompt.expand(len(states), length).clone()
-    z[:, free] = states
-    clean = mask.expand(len(states), length) if told else None
-    law = torch.full((len(states),), 1.0 / len(states), dtype=F64)
-    for i in range(grid.steps):
-        a_t, a_s = grid.alpha[i], grid.alpha[i + 1]
-        x_hat = oracle.probs(z, a_t, clean)
-        if kappa is None:
-            post = uniform_posterior(x_hat, z, a_s, a_t)
-        elif renoise == "posterior":
-            post = psi_posterior(x_hat, z, a_s, a_t, kappa)
-        else:
-            post = kappa * uniform_posterior(x_hat, z, a_s, a_t)
-            post = post + (1 - kappa) * (a_s * x_hat + (1 - a_s) / k)
-        step = torch.ones(len(states), len(states), dtype=F64)
-        for j, pos in enumerate(free.tolist()):
-            step = step * post[:, pos, :][:, states[:, j]]  # factorised over positions
-        law = law @ step
-    return law
-
-
 def one_token_chain(pi: torch.Tensor, grid: TimeGrid) -> torch.Tensor:
     """The exact law of the one-token uniform sampler with x_hat = pi (its exact denoiser)."""
     return uniform_chain(UniformOracle(pi), grid)
@@ -241,7 +65,7 @@ def one_token_chain(pi: torch.Tensor, grid: TimeGrid) -> torch.Tensor:
 
 
 def markov_joint() -> tuple[MarkovChain, torch.Tensor]:
-    """The K = 3, L = 2 law of benchmarks/toy.py's peaked Markov chain, and its (3, 3) joint."""
+    """The K = 3, L = 2 law of discdiff.testing's peaked Markov chain, and its (3, 3) joint."""
     chain = MarkovChain.peaked(3, seed=0)
     return chain, chain.initial[:, None] * chain.transition
 
@@ -479,7 +303,7 @@ PROMPTS = {  # the prompt kinds of L = 3: which positions are given
 
 
 def markov_law3() -> torch.Tensor:
-    """The K = 3, L = 3 joint of benchmarks/toy.py's peaked Markov chain (seed 0)."""
+    """The K = 3, L = 3 joint of discdiff.testing's peaked Markov chain (seed 0)."""
     chain = MarkovChain.peaked(3, seed=0)
     t = chain.transition
     return chain.initial[:, None, None] * t[:, :, None] * t[None, :, :]

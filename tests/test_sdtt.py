@@ -154,8 +154,7 @@ def test_exact_teacher_targets_are_unbiased():
     """With the chain's exact masked denoiser, E[target | z_t] = x_hat(z_t) at every masked
     position (the exact reverse process is a martingale): forward-KL SDTT leaves an exact teacher
     a fixed point, and the reverse KL's mode seeking is what changes the student."""
-    from benchmarks.bench_sdtt import ExactMaskedDenoiser
-    from benchmarks.toy import MarkovChain
+    from discdiff.testing import ExactMaskedDenoiser, MarkovChain
 
     law = MarkovChain.peaked(4, seed=3)
     exact = ExactMaskedDenoiser(law)
@@ -443,8 +442,8 @@ def test_distilled_student_samples_a_markov_chain_better_in_few_steps():
     (0.01 -> 0.03-0.05) and the samples less diverse: the mode-seeking student trades diversity
     for coherence.
     """
-    from benchmarks.bench_sdtt import Corrected, ExactMaskedDenoiser, evaluate
-    from benchmarks.toy import MarkovChain, distill
+    from discdiff.testing import Corrected, ExactMaskedDenoiser, MarkovChain, distill
+    from discdiff.testing import evaluate_masked as evaluate
 
     seed = 0
     torch.manual_seed(seed)

@@ -9,7 +9,7 @@ Shakespeare character corpus (``examples.corpus``; Milton for zero-shot), seeds 
 (a) trains Duo twice from the same initialisation and data order, with the Gaussian curriculum
     for the first half of training and without it, and compares their validation NELBO against
     step and training wall time, the steps each needs to reach the same loss, and the gradient
-    variance of relaxed vs discrete inputs (``benchmarks.bench_curriculum.gradient_variances``);
+    variance of relaxed vs discrete inputs (``discdiff.testing.gradient_variances``);
 (b) trains MDLM and an AR model of the same size and reports validation perplexity (bounds for
     the diffusion models, exact for AR) on the held-out works and zero-shot on Milton;
 (c) distils Duo with DCD and MDLM with SDTT and measures generative perplexity (under the AR

@@ -175,11 +175,13 @@ def reference_job(
 
 
 def gradvar_job(run_dir: str, scale: Scale, seed: int) -> list[dict[str, Any]]:
-    """``benchmarks.bench_curriculum.gradient_variances`` on the trained Duo (EMA weights) and on
-    that benchmark's randomly initialised DiT, at the curriculum's Gaussian window."""
-    from benchmarks.bench_curriculum import gradient_variances, make_model
+    """``discdiff.testing.gradient_variances`` on the trained Duo (EMA weights) and on the
+    randomly initialised ``discdiff.testing.small_dit`` of benchmarks/bench_curriculum.py, at the
+    curriculum's Gaussian window."""
     from discdiff.duality import DualSchedule, GaussianArgmaxTransform
     from discdiff.schedules import GammaSchedule
+    from discdiff.testing import gradient_variances
+    from discdiff.testing import small_dit as make_model
     from discdiff.timesteps import antithetic_times
     from examples.data import prepare_data
     from examples.train import load_trained

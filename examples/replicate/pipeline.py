@@ -110,7 +110,7 @@ def run_replication(
     out, docs = Path(out), Path(docs)
     out.mkdir(parents=True, exist_ok=True)
     docs.mkdir(parents=True, exist_ok=True)
-    from benchmarks.run import machine_info
+    from discdiff.testing import machine_info
 
     machine = machine_info(threads)
     machine.update({"workers": workers, "threads_per_worker": threads})

@@ -170,7 +170,7 @@ def _curriculum(summary: dict[str, Any], scale: Scale, cfg: Any, t: dict[str, An
         f"At the loss both runs reach, {speed}; the paper reports about 2 (the curriculum "
         "needs about half the steps).",
         "",
-        "Gradient variance (`benchmarks.bench_curriculum.gradient_variances`): at fixed times in "
+        "Gradient variance (`discdiff.testing.gradient_variances`): at fixed times in "
         "the curriculum window, the mean per-coordinate variance over latent draws of the "
         "parameter gradient of the NELBO, feeding the relaxed latent vs the one-hot argmax:",
         "",
