@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.processes._common import Alpha, _check_tau, _float_dtype
+from discdiff.processes._common import Alpha, check_tau, float_dtype
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
 
 __all__ = ["GaussianLatent", "TopKLatent", "gaussian_latent", "relax", "topk_gaussian_latent"]
@@ -65,7 +65,7 @@ def gaussian_latent(
             f"noise must have shape (B, L, vocab_size) = {shape}, got {tuple(noise.shape)}"
         )
     if dtype is None:
-        dtype = _float_dtype(alpha_tilde.dtype, *(() if noise is None else (noise.dtype,)))
+        dtype = float_dtype(alpha_tilde.dtype, *(() if noise is None else (noise.dtype,)))
     a = alpha_tilde.to(dtype).expand(x_0.shape)
     sigma = _sigma_tilde(a).unsqueeze(-1)
     if noise is None:
@@ -82,7 +82,7 @@ def relax(w_t: Float[Tensor, "b l k"], tau: float | int) -> Float[Tensor, "b l k
 
     As tau -> 0 it tends to onehot(argmax w_t).
     """
-    _check_tau(float(tau))
+    check_tau(float(tau))
     return torch.softmax(w_t / tau, dim=-1)
 
 
@@ -228,8 +228,8 @@ def topk_gaussian_latent(
     check_range(alpha_tilde, "alpha_tilde", 0.0, 1.0)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= vocab_size:
         raise ValueError(f"top_k must be an integer in [1, vocab_size={vocab_size}], got {top_k!r}")
-    _check_tau(float(tau))
-    out_dtype = _float_dtype(alpha_tilde.dtype) if dtype is None else dtype
+    check_tau(float(tau))
+    out_dtype = float_dtype(alpha_tilde.dtype) if dtype is None else dtype
     shape, device = tuple(x_0.shape), x_0.device
     m = vocab_size - 1
     n = min(top_k, m)

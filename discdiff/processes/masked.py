@@ -15,7 +15,7 @@ from torch import Tensor
 from discdiff import losses
 from discdiff.denoise import Head, noise_level
 from discdiff.losses._common import Reduction
-from discdiff.processes._common import Alpha, _check_index, _float_dtype, _keep
+from discdiff.processes._common import Alpha, check_index, float_dtype, survivors
 from discdiff.processes.base import Process
 from discdiff.typing import (
     check_range,
@@ -39,10 +39,10 @@ def masked_marginal(
     already is ``mask_id`` stays there with probability one.
     """
     check_vocab_size(vocab_size)
-    _check_index(mask_id, "mask_id", vocab_size)
+    check_index(mask_id, "mask_id", vocab_size)
     check_tokens(x_0, vocab_size, "x_0")
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    dtype = _float_dtype(alpha_t.dtype)
+    dtype = float_dtype(alpha_t.dtype)
     alpha = alpha_t.to(dtype).expand(x_0.shape)
     probs = torch.zeros(*x_0.shape, vocab_size, dtype=dtype, device=x_0.device)
     probs[..., mask_id] = 1 - alpha
@@ -64,7 +64,7 @@ def masked_corrupt(
     """
     if vocab_size is not None:
         check_vocab_size(vocab_size)
-        _check_index(mask_id, "mask_id", vocab_size)
+        check_index(mask_id, "mask_id", vocab_size)
         check_tokens(x_0, vocab_size, "x_0")
     else:
         if not isinstance(mask_id, int) or isinstance(mask_id, bool) or mask_id < 0:
@@ -74,7 +74,7 @@ def masked_corrupt(
         reject_if(x_0 == mask_id, f"x_0 holds the mask id mask_id={mask_id}; clean data never "
                   "does (the mask token is the extra id K of a masked model)")  # fmt: skip
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    keep = _keep(x_0, alpha_t, generator)
+    keep = survivors(x_0, alpha_t, generator)
     return torch.where(keep, x_0, torch.full_like(x_0, mask_id))
 
 

@@ -16,7 +16,7 @@ from discdiff import losses
 from discdiff.context import token_levels
 from discdiff.denoise import Head, noise_level
 from discdiff.losses._common import Reduction
-from discdiff.processes._common import Alpha, _float_dtype, _keep
+from discdiff.processes._common import Alpha, float_dtype, survivors
 from discdiff.processes.base import Process
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
 
@@ -34,7 +34,7 @@ def uniform_marginal(
     check_vocab_size(vocab_size)
     check_tokens(x_0, vocab_size, "x_0")
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    dtype = _float_dtype(alpha_t.dtype)
+    dtype = float_dtype(alpha_t.dtype)
     alpha = alpha_t.to(dtype).expand(x_0.shape)
     probs = ((1 - alpha) / vocab_size).unsqueeze(-1).expand(*x_0.shape, vocab_size).clone()
     return probs.scatter_add_(-1, x_0.long().unsqueeze(-1), alpha.unsqueeze(-1))
@@ -56,7 +56,7 @@ def uniform_corrupt(
     check_vocab_size(vocab_size)
     check_tokens(x_0, vocab_size, "x_0")
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
-    keep = _keep(x_0, alpha_t, generator)
+    keep = survivors(x_0, alpha_t, generator)
     noise = torch.randint(
         vocab_size, x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype
     )

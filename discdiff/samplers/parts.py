@@ -20,15 +20,34 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from discdiff.samplers.categorical import check_filters
-from discdiff.samplers.predict import Prediction
+from discdiff.samplers.guidance import guided_logits
 from discdiff.samplers.tails import greedy_tail, map_tail
 from discdiff.typing import as_float, check_count, check_tokens
 
-__all__ = ["Filter", "Finish", "Guidance", "Prompt"]
+__all__ = ["Filter", "Finish", "Guidance", "Prediction", "Prompt"]
+
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What one prediction gives a step: ``logits`` (B, L, K), the conditional ones under
+    guidance, with the unconditional ``uncond`` (B, L, K) and the scale ``gamma`` (both None
+    without guidance). A step draws from the guided transition when ``uncond`` is set."""
+
+    logits: Float[Tensor, "b l k"]
+    uncond: Float[Tensor, "b l k"] | None = None
+    gamma: float | None = None
+
+    def shown(self) -> Float[Tensor, "b l k"]:
+        """What a callback sees: the logits, or the guided log-probabilities."""
+        if self.uncond is None:
+            return self.logits
+        assert self.gamma is not None
+        return guided_logits(self.logits, self.uncond, self.gamma)
 
 
 @dataclass(frozen=True)

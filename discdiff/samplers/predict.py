@@ -12,40 +12,18 @@ tokens have not changed, which is exact only without time conditioning).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from discdiff.context import token_levels
 from discdiff.denoise import denoise, noise_level
-from discdiff.samplers.guidance import guided_logits
+from discdiff.samplers.parts import Guidance, Prediction
 from discdiff.typing import Denoiser
 
-if TYPE_CHECKING:
-    from discdiff.samplers.parts import Guidance
-
 __all__ = ["Predict", "Prediction", "Predictor"]
-
-
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """What one prediction gives a step: ``logits`` (B, L, K), the conditional ones under
-    guidance, with the unconditional ``uncond`` (B, L, K) and the scale ``gamma`` (both None
-    without guidance). A step draws from the guided transition when ``uncond`` is set."""
-
-    logits: Float[Tensor, "b l k"]
-    uncond: Float[Tensor, "b l k"] | None = None
-    gamma: float | None = None
-
-    def shown(self) -> Float[Tensor, "b l k"]:
-        """What a callback sees: the logits, or the guided log-probabilities."""
-        if self.uncond is None:
-            return self.logits
-        assert self.gamma is not None
-        return guided_logits(self.logits, self.uncond, self.gamma)
 
 
 class Predict(Protocol):
