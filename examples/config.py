@@ -195,11 +195,12 @@ class DuoConfig:
     eps: float = 1e-3
     """The smallest training time: t is drawn on [eps, 1]."""
     clean_context: float | None = None
-    """Share of training rows that keep clean context (a prefix, a middle span, or both ends
-    around a gap; ``discdiff.context.random_clean_mask``), seen at noise level 0 and without
-    loss there, so that prompts sample the conditional law (``examples.sample --prompt``). Needs
-    a backbone that reads per-token noise levels (the DiT does); 0 turns it off. None: 0.1 for
-    the DiT, 0 for a ``--model.factory`` backbone (fixed in the run's config.json)."""
+    """Share of training steps whose rows keep clean context (a prefix, a middle span, or both
+    ends around a gap; ``discdiff.context.random_clean_mask``), seen at noise level 0 and
+    without loss there, so that prompts sample the conditional law (``examples.sample
+    --prompt``). Needs a backbone that reads per-token noise levels (the DiT does); 0 turns it
+    off. None: 0.1 for the DiT, 0 for a ``--model.factory`` backbone (fixed in the run's
+    config.json)."""
 
 
 @dataclass

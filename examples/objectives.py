@@ -184,16 +184,21 @@ class DuoObjective(_DiffusionObjective):
         self.held_clean: Tensor | None = None  # the last loss's clean context (no loss there)
 
     def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
-        """The Duo loss; a ``clean_context`` share of the rows keeps clean context (level 0, no
-        loss), which ``held_clean`` keeps for the step's mean."""
+        """The Duo loss; a ``clean_context`` share of the steps trains rows that keep clean
+        context (level 0, no loss), which ``held_clean`` keeps for the step's mean.
+
+        Whole steps rather than a share of every batch's rows: a batch with any clean position
+        hands the model per-token levels (B, L), whose adaLN modulation costs a quarter more
+        than one level per row, so the other steps keep the cheaper path."""
         if label is not None and self.label_dropout is not None:
             label = self.label_dropout(label, generator)
         self.held_clean = None
-        if self.clean_context > 0:
+        draw = torch.rand((), generator=generator, device=x_0.device)
+        if self.clean_context > 0 and float(draw) < self.clean_context:
             from discdiff.context import random_clean_mask
 
-            self.held_clean = random_clean_mask(*x_0.shape, share=self.clean_context,
-                                                generator=generator, device=x_0.device)  # fmt: skip
+            self.held_clean = random_clean_mask(*x_0.shape, share=1.0, generator=generator,
+                                                device=x_0.device)  # fmt: skip
         return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator,
                                    cond=_cond(mask, label), clean_mask=self.held_clean)  # fmt: skip
 

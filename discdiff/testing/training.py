@@ -129,16 +129,7 @@ def train_duo(
         window=GammaSchedule(gamma_min, gamma_max), end_step=curriculum_steps
     )
     diffusion = UniformDiffusion(k, curriculum=curriculum)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = cosine_warmup(opt, steps)
-    for step in range(steps):
-        x_0 = law.sample(batch_size, length, generator)
-        loss = diffusion.loss(model, x_0, step=step, generator=generator).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    return _fit(model, diffusion, law, length, steps, batch_size, lr, generator)
 
 
 def train_mdlm(
@@ -157,11 +148,19 @@ def train_mdlm(
     k = law.vocab_size
     model = ToyDenoiser(k + 1, length, hidden, depth)
     diffusion = MaskedDiffusion(k)
+    return _fit(model, diffusion, law, length, steps, batch_size, lr, generator)
+
+
+def _fit(
+    model: ToyDenoiser, diffusion: UniformDiffusion | MaskedDiffusion, law: MarkovChain,
+    length: int, steps: int, batch_size: int, lr: float, generator: torch.Generator | None,
+) -> ToyDenoiser:  # fmt: skip
+    """AdamW with a cosine warm-up on the diffusion's loss, fresh samples of ``law`` each step."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = cosine_warmup(opt, steps)
-    for _ in range(steps):
+    for step in range(steps):
         x_0 = law.sample(batch_size, length, generator)
-        loss = diffusion.loss(model, x_0, generator=generator).mean()
+        loss = diffusion.loss(model, x_0, step=step, generator=generator).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
