@@ -45,9 +45,7 @@ def evidence_shift(sigma: Tensor, vocab_size: int) -> Tensor:
     return torch.log(one_minus_alpha + vocab_size * torch.exp(-sigma)) - torch.log(one_minus_alpha)
 
 
-def _shift_at_z(
-    logits: Tensor, z_t: Tensor, sigma: Tensor, vocab_size: int, sign: float
-) -> Tensor:
+def _shift_at_z(logits: Tensor, z_t: Tensor, sigma: Tensor, vocab_size: int, sign: float) -> Tensor:
     if sigma.dim() == 1:  # one level per sequence -> (B, 1)
         sigma = sigma.unsqueeze(-1)
     shift = evidence_shift(sigma.to(logits.dtype), vocab_size).expand(z_t.shape)
