@@ -36,6 +36,7 @@ from discdiff.context import check_clean_mask, require_token_levels
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.duality import DualSchedule
 from discdiff.losses._common import Reduction, check_mask, check_reduction
+from discdiff.objective import Bound, ObjectiveDefaults
 from discdiff.processes import NELBO, MaskedProcess, Process, UniformProcess
 from discdiff.processes.base import column
 from discdiff.schedules import LogLinearSchedule, Schedule
@@ -85,7 +86,7 @@ def _check_eps(eps: Any) -> float:
     return eps
 
 
-class Diffusion:
+class Diffusion(ObjectiveDefaults):
     """What the diffusion objects share: a ``Process``, a schedule alpha_t and the smallest
     time ``eps``, and from them the training loss, the validation bound, sampling and the dict
     round trip. Subclasses name their settings in ``_fields`` (the ``__init__`` keywords that
@@ -97,6 +98,7 @@ class Diffusion:
     def __init__(self, process: Process, schedule: Schedule | None, eps: float) -> None:
         self.process = process
         self.vocab_size = process.vocab_size
+        self.model_vocab_size = process.model_vocab_size
         self.eps = _check_eps(eps)
         self.schedule: Schedule = (
             _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
@@ -230,6 +232,27 @@ class Diffusion:
                 clean=clean,
             )  # fmt: skip
 
+    def bound(
+        self,
+        denoiser: Denoiser,
+        x_0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Mapping[str, Any] | None = None,
+        mask: Tensor | None = None,
+        clean_mask: Tensor | None = None,
+    ) -> Bound:
+        """``nelbo``'s bound as the training loop's ``Bound`` (``discdiff.objective``), with the
+        tokens that count (``mask`` (B, L), None: all)."""
+        return self.nelbo(denoiser, x_0, generator=generator, cond=cond,
+                          clean_mask=clean_mask).bound(mask)  # fmt: skip
+
+    def phase(self, step: int) -> str:
+        """The training phase of step ``step``, for logs: the process's name here; the uniform
+        diffusion names its curriculum."""
+        del step
+        return self.process.name
+
 
 class UniformDiffusion(Diffusion):
     """Duo: uniform-state discrete diffusion with an optional Gaussian curriculum.
@@ -308,6 +331,11 @@ class UniformDiffusion(Diffusion):
             clean=kw.get("clean"),
         )  # fmt: skip
         return self.process.integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    def phase(self, step: int) -> str:
+        """ "curriculum" while the Gaussian curriculum trains step ``step``, "discrete" after."""
+        active = self.curriculum is not None and self.curriculum.active(_check_step(step))
+        return "curriculum" if active else "discrete"
 
     def sample(
         self,

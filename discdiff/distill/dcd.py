@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from discdiff import samplers
 from discdiff.denoise import denoise, noise_level, warn_if_training
+from discdiff.diffusion import UniformDiffusion
 from discdiff.distill.base import Distiller, Divergence
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
@@ -211,7 +212,10 @@ class DCDistiller(Distiller):
         gradients, sigma = -log T(alpha_tilde); the KL of ``divergence`` between them."""
         dt = self.dt(round)
         t = antithetic_times(
-            x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
+            x_0.shape[0],
+            eps=dt + self.eps,
+            generator=generator,
+            device=x_0.device,
             dtype=torch.float64,
         )
         s = (t - dt).clamp_min(0.0)
@@ -233,6 +237,10 @@ class DCDistiller(Distiller):
         return self._divergence(student_logits, teacher_logits)
 
     # -- sampling ---------------------------------------------------------------------------
+
+    def student_diffusion(self) -> UniformDiffusion:
+        """The uniform diffusion on the log-linear schedule, the student's (``sample``)."""
+        return UniformDiffusion(self.vocab_size, eps=self.eps)
 
     def sample(
         self,

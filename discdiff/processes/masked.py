@@ -89,6 +89,8 @@ class MaskedProcess(Process):
 
     needs_token_levels = False
 
+    name = "masked"
+
     def __init__(self, vocab_size: int, time_conditioned: bool = False) -> None:
         check_vocab_size(vocab_size)
         self.vocab_size = vocab_size
