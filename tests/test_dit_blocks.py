@@ -303,3 +303,21 @@ def test_errors_name_the_argument_and_the_fix():
         plain.new_kv_cache()
     with pytest.raises(RuntimeError, match="flash"):
         model.set_attention_backend("flash")(z, s, x_0=z)
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def test_the_block_benchmark_times_both_paths_at_the_first_and_last_block():
+    from benchmarks import bench_blocks
+
+    assert bench_blocks.block_indices(64, 5) == [0, 16, 32, 47, 63]
+    assert bench_blocks.block_indices(3, 5) == [0, 1, 2]
+    model = bench_blocks.block_dit(2, vocab_size=K, preset="tiny", layers=1, hidden_size=32,
+                                   n_heads=2)  # fmt: skip
+    timings = bench_blocks.measure(model, length=8, steps=2, points=2, repeats=1)
+    assert [t.index for t in timings] == [0, 3] and all(t.block_size == 2 for t in timings)
+    assert all(t.cached > 0 and t.recompute > 0 and t.cached_wall > 0 for t in timings)
+    rows = bench_blocks.summary_rows(timings, "tiny")
+    assert [r["target"] for r in rows] == ["-", "<= 1.2", "-"]  # b = 16 carries the speed-up
+    assert rows[1]["ratio"] == pytest.approx(timings[1].cached / timings[0].cached)
+    lines = bench_blocks.table(timings).splitlines()
+    assert len(lines) == 3 and lines[2].split()[:2] == ["2", "3"]  # b, block index

@@ -161,7 +161,7 @@ def flex_attend(q: Tensor, k: Tensor, v: Tensor, block_mask: Any) -> Tensor:
     fn = _flex.flex_attention
     if q.is_cuda and not torch.compiler.is_compiling():
         if _compiled_flex is None:
-            _compiled_flex = torch.compile(_flex.flex_attention, dynamic=False)
+            _compiled_flex = torch.compile(_flex.flex_attention)
         fn = _compiled_flex
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D): flex's layout
     return fn(q, k, v, block_mask=block_mask).transpose(1, 2)
