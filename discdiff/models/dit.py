@@ -385,8 +385,10 @@ class DiT(nn.Module):
         They take positions length..length+n-1 and attend block-causally by absolute position
         (position p in block p // b): to every cached token, to their own block and to earlier
         blocks of x, as the clean copy of the training pass does. ``kv_cache.length`` grows by
-        n. Exact (equal to the training pass) when every call ends on a block boundary, except
-        the last; the tokens of a block cut by a call's end never see that block's later part.
+        n. The cached keys and values are the training pass's when each call ends on a block
+        boundary; the tokens of a block cut by a call's end see only the part of it given so
+        far (so a sampler prefills whole blocks and puts a prompt's remainder at level 0 at the
+        start of the first generated block).
         """
         b = self.block_size
         if b is None:
