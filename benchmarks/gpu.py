@@ -26,6 +26,10 @@ Rows (full sizes; K = 50257 for the kernels, 50258 for the DiT as in the paper's
 - an 8-step sample of the small DiT, B32 L1024, greedy tail (9 calls): the share of the time
   spent outside the denoiser, for the library's ``sample_uniform`` and for a loop over
   ``discdiff.kernels.uniform_ancestral_step`` (target <= 10 %).
+- block sampling with the small DiT as a block model (``benchmarks.bench_blocks``), B8 L1024,
+  b in {4, 16, 64}, K = 50257, N = 4 denoising calls per block: the KV cache of the clean blocks
+  against recomputing the prefix; the cached cost of the last block against the first (flat:
+  <= 1.2x) and against the recompute path (<= 0.25x at b = 16).
 
 Without a GPU it exits with a message, unless ``--tiny``: then every row runs on the CPU at tiny
 shapes (no MFU, no memory figures; the numbers only show that the code runs).
@@ -44,11 +48,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from benchmarks import bench_loss_step
+from benchmarks import bench_blocks, bench_loss_step
 from benchmarks.gpu_dit import make_step, peak_flops
 from discdiff import kernels
 from discdiff.losses.fused import fused_linear_uniform_nelbo
 from discdiff.models import DiT
+from discdiff.models.config import PRESETS
 from discdiff.samplers import RowStream, sample_uniform
 from discdiff.schedules import LogLinearSchedule
 
@@ -64,6 +69,7 @@ class Sizes:
     kernel: tuple[int, int, int] = (8, 1024, 50257)  # B, L, K of the loss and the step
     head: tuple[int, int] = (8, 1024)  # B, L of the training step with the fused head
     sample: tuple[int, int, int] = (32, 1024, 8)  # B, L, steps
+    blocks: tuple[int, tuple[int, ...], int] = (1024, (4, 16, 64), 8)  # L, block sizes, B
     copy_mib: int = 2048
     repeats: int = 10
     warmup: int = 3
@@ -72,7 +78,7 @@ class Sizes:
 FULL = Sizes(preset="small")
 TINY = Sizes(preset="tiny", overrides={"hidden_size": 32, "n_blocks": 2, "n_heads": 2},
              dit_vocab=64, dit=(2, 16), kernel=(2, 16, 64), head=(2, 16), sample=(2, 16, 2),
-             copy_mib=8, repeats=1, warmup=1)  # fmt: skip
+             blocks=(8, (2, 4), 1), copy_mib=8, repeats=1, warmup=1)  # fmt: skip
 
 
 @dataclass
@@ -371,6 +377,39 @@ def bench_sampling(sizes: Sizes, device: torch.device) -> list[Row]:
     return rows
 
 
+def bench_block_sampling(sizes: Sizes, device: torch.device) -> list[Row]:
+    """Block sampling over the KV cache against recomputing the clean prefix, per block size:
+    the mean cost per generated token, the cached cost's flatness in the block index and the
+    last block's speed-up (``benchmarks.bench_blocks``; bf16 autocast on CUDA)."""
+    length, block_sizes, batch = sizes.blocks
+    overrides = dict(sizes.overrides)
+    layers = overrides.pop("n_blocks", PRESETS[sizes.preset]["n_blocks"])
+    rows = []
+    for b in block_sizes:
+        model = bench_blocks.block_dit(b, vocab_size=sizes.kernel[2], layers=layers,
+                                       preset=sizes.preset, device=device, **overrides)  # fmt: skip
+        with _autocast(device):
+            timings = bench_blocks.measure(model, length, steps=4, points=5,
+                                           repeats=min(sizes.repeats, 5), batch=batch)  # fmt: skip
+        print(bench_blocks.table(timings), flush=True)
+        first, last = timings[0], timings[-1]
+        what = f"block sampling, DiT {sizes.preset} B{batch} L{length} b={b}"
+        speedup = last.cached / last.recompute <= 0.25 if b == 16 else None
+        rows += [
+            Row(f"{what}: cached ms per token, mean over blocks", 1e3 * sum(
+                t.cached for t in timings) / len(timings) / b, "ms", 1e3 * sum(
+                t.recompute for t in timings) / len(timings) / b, "baseline"),
+            Row(f"{what}: cached cost, last block / first", 1e3 * last.cached, "ms",
+                1e3 * first.cached, "baseline", "<= 1.2x", last.cached / first.cached <= 1.2),
+            Row(f"{what}: last block, cached vs recompute", 1e3 * last.cached, "ms",
+                1e3 * last.recompute, "baseline", "<= 0.25x" if b == 16 else "-", speedup),
+        ]  # fmt: skip
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -422,6 +461,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                  lambda: bench_head(sizes, device),
                  lambda: bench_loss_paths(sizes, device),
                  lambda: bench_sampling(sizes, device),
+                 lambda: bench_block_sampling(sizes, device),
                  lambda: bench_dit(sizes, device, name)):  # fmt: skip
         rows += part()
         if device.type == "cuda":

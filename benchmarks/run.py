@@ -128,6 +128,7 @@ SUITES = (
     Suite("dit", "benchmarks.bench_dit", SPEED, ("--repeats", "7"), ("--repeats", "3"), 600),
     Suite("dcd_step", "benchmarks.bench_dcd_step", SPEED, (), ("--quick",), 600),
     Suite("sampling_run", "benchmarks.bench_sampling_run", SPEED, (), ("--quick",), 900),
+    Suite("blocks", "benchmarks.bench_blocks", SPEED, (), ("--quick",), 900),
     Suite("duality", "benchmarks.bench_duality", KNOWN_ANSWER, limit_s=600),
     Suite("curriculum", "benchmarks.bench_curriculum", KNOWN_ANSWER, ("--draws", "32"),
           ("--draws", "8", "--taus", "1e-3", "1"), 600),

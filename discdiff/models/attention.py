@@ -14,6 +14,10 @@ would need the batch unpadded first), and ``backend="flash"`` with a mask is an 
 than a silent fallback. Every query may also attend to its own key, so a padded query never
 faces an empty row (no NaN); what padded queries compute is meaningless, but no real token ever
 sees a padded one.
+
+Structure: ``attn_mask`` (``discdiff.models.block_mask.AttentionMask``), the block-diffusion
+mask, runs on flex_attention when it carries a flex block mask (CUDA, no padding), otherwise on
+SDPA with its boolean (Lq, Lk) mask, intersected with the padding mask when both are given.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+
+from discdiff.models.block_mask import AttentionMask, flex_attend
 
 __all__ = [
     "ATTENTION_BACKENDS",
@@ -89,13 +95,17 @@ def attention(
     causal: bool,
     backend: str = "auto",
     key_padding_mask: Tensor | None = None,
+    attn_mask: AttentionMask | None = None,
 ) -> Tensor:
     """Multi-head attention, q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
 
     In causal mode with Lq < Lk the queries are the last Lq positions (decoding with a cache):
     query i attends to keys j <= Lk - Lq + i. ``key_padding_mask`` (B, Lk) bool, True at real
     tokens: queries attend to real keys only (and to their own key); see the module docstring.
+    ``attn_mask``: a structured mask (non-causal only), its ``dense`` part (Lq, Lk) bool.
     """
+    if attn_mask is not None:
+        return _masked(q, k, v, attn_mask, backend, key_padding_mask)
     if key_padding_mask is not None:
         if backend == "flash":
             raise RuntimeError(
@@ -115,6 +125,23 @@ def attention(
         rows = torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q)
         mask = torch.arange(n_k, device=q.device)[None, :] <= rows  # (Lq, Lk)
     return _sdpa(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def _masked(q: Tensor, k: Tensor, v: Tensor, attn_mask: AttentionMask, backend: str,
+            key_padding_mask: Tensor | None) -> Tensor:  # fmt: skip
+    """Attention under a structured mask: flex when it carries a block mask and no padding is
+    asked for, else SDPA with the dense mask (and the padding)."""
+    if backend == "flash":
+        raise RuntimeError("attention backend 'flash' does not take the block-diffusion mask: "
+                           "use 'auto' or 'sdpa'")  # fmt: skip
+    if attn_mask.flex is not None and key_padding_mask is None:
+        return flex_attend(q, k, v, attn_mask.flex)
+    allowed = attn_mask.dense.to(q.device)  # (Lq, Lk)
+    if key_padding_mask is not None:  # the dense mask allows each query its own key: no empty row
+        padding = _padding_attn_mask(key_padding_mask.to(device=q.device, dtype=torch.bool),
+                                     q.shape[1], causal=False)  # fmt: skip
+        allowed = allowed & padding  # (B, 1, Lq, Lk)
+    return _sdpa(q, k, v, attn_mask=allowed)
 
 
 def _sdpa(

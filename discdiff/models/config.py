@@ -28,7 +28,11 @@ class DiTConfig:
     embedding (the output projection is then not zero-initialised, only its bias).
     ``num_classes``: class labels the (non-causal) model is conditioned on, for classifier-free
     guidance: a label embedding of ``num_classes + 1`` rows (the last one the null label) is
-    added to the noise-level conditioning (None: no labels).
+    added to the noise-level conditioning (None: no labels). ``block_size``: b, the block size
+    of a block-diffusion model (BD3-LM, Arriola et al. 2025: trained on [z_t ; x_0] with the
+    block mask, sampled block by block over a KV cache of the clean blocks); None is the
+    ordinary bidirectional model. Not with ``causal``. Adds no weights: any checkpoint loads
+    with any block size.
     """
 
     vocab_size: int
@@ -44,6 +48,7 @@ class DiTConfig:
     rotary_base: float = 10000.0
     layer_norm_eps: float = 1e-5
     num_classes: int | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         check_vocab_size(self.vocab_size)
@@ -73,6 +78,13 @@ class DiTConfig:
             if self.causal:
                 raise ValueError("num_classes needs a diffusion DiT: the causal twin has no "
                                  "conditioning to add a label embedding to")  # fmt: skip
+        if self.block_size is not None:
+            b = self.block_size
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                raise ValueError(f"block_size must be a positive integer or None, got {b!r}")
+            if self.causal:
+                raise ValueError("block_size needs a diffusion DiT (causal=False): the causal "
+                                 "twin reads no noise levels, so no block to denoise")  # fmt: skip
 
     @property
     def head_dim(self) -> int:

@@ -37,7 +37,6 @@ so the imports of ``discdiff.models`` form no circle.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +56,11 @@ from discdiff.models.attention import (
     flash_attn_available,
     rotary_tables,
 )
+from discdiff.models.block_mask import AttentionMask, prefill_mask, training_attention_mask
 from discdiff.models.config import PRESETS, DiTConfig
 from discdiff.models.kv_cache import KVCache
-from discdiff.models.projection import (
-    OUTPUT_ROW_MULTIPLE,
-    output_rows,
-    pad_rows,
-    padded_rows,
-    vocab_projection,
-)
+from discdiff.models.layers import FinalLayer, TimestepEmbedder, modulate, per_position
+from discdiff.models.projection import OUTPUT_ROW_MULTIPLE, padded_rows
 from discdiff.typing import (
     Bag,
     Logits,
@@ -87,43 +82,6 @@ __all__ = [
     "TimestepEmbedder",
     "padded_rows",
 ]
-
-
-def sinusoidal_embedding(sigma: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """[cos(sigma f_i), sin(sigma f_i)], f_i = max_period^(-i / (dim/2)): (...) -> (..., dim)."""
-    dtype = torch.float64 if sigma.dtype == torch.float64 else torch.float32
-    half = dim // 2
-    exponent = torch.arange(half, dtype=dtype, device=sigma.device) / half
-    freqs = torch.exp(-math.log(max_period) * exponent)
-    args = sigma.to(dtype).unsqueeze(-1) * freqs  # (..., dim/2)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class TimestepEmbedder(nn.Module):
-    """sigma (B,) or (B, L) -> sinusoidal (..., frequency_dim) -> Linear -> SiLU -> Linear:
-    (..., cond_dim)."""
-
-    def __init__(self, cond_dim: int, frequency_dim: int):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
-        )
-
-    def forward(self, sigma: Tensor) -> Tensor:
-        freq = sinusoidal_embedding(sigma, self.frequency_dim)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
-
-
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x * (1 + scale) + shift: x (B, L, h), shift and scale (B, 1, h) or (B, L, h)."""
-    return torch.addcmul(shift, x, 1 + scale)
-
-
-def _per_position(modulation: Tensor) -> Tensor:
-    """adaLN outputs of a per-sequence conditioning (B, m) as (B, 1, m); per-token ones
-    (B, L, m) as they are."""
-    return modulation if modulation.ndim == 3 else modulation.unsqueeze(1)
 
 
 Rope = tuple[Tensor, Tensor]
@@ -166,22 +124,22 @@ class DiTBlock(nn.Module):
         kv_cache: KVCache | None,
         backend: str,
         padding_mask: Tensor | None = None,
+        attn_mask: AttentionMask | None = None,
     ) -> Tensor:
         """x (B, L, h) the residual stream, c (B, cond_dim) or (B, L, cond_dim) the
-        conditioning (None if causal),
-        padding_mask (B, L) bool (True at real tokens) or None."""
+        conditioning (None if causal), padding_mask (B, L) bool (True at real tokens) or None,
+        attn_mask the block-diffusion structure (``discdiff.models.block_mask``) or None."""
         if self.adaLN_modulation is None:  # causal twin: a plain pre-LayerNorm block
             y = self._attend(self.norm1(x), rope, kv_cache, backend, padding_mask)
             x = x + self.dropout(y)
             return x + self.dropout(self.mlp(self.norm2(x)))
         assert c is not None
-        modulation = _per_position(self.adaLN_modulation(c))  # (B, 1 | L, 6h)
+        modulation = per_position(self.adaLN_modulation(c))  # (B, 1 | L, 6h)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = modulation.chunk(6, dim=-1)
-        y = self._attend(
-            _modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend, padding_mask
-        )
+        y = self._attend(modulate(self.norm1(x), shift_a, scale_a), rope, kv_cache, backend,
+                         padding_mask, attn_mask)  # fmt: skip
         x = torch.addcmul(x, gate_a, self.dropout(y))  # x + gate_a * y, one pass
-        y = self.mlp(_modulate(self.norm2(x), shift_m, scale_m))  # (B, L, h)
+        y = self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (B, L, h)
         return torch.addcmul(x, gate_m, self.dropout(y))
 
     def _attend(
@@ -191,6 +149,7 @@ class DiTBlock(nn.Module):
         kv_cache: KVCache | None,
         backend: str,
         padding_mask: Tensor | None = None,
+        attn_mask: AttentionMask | None = None,
     ) -> Tensor:
         """Self-attention of the normalised stream y (B, L, h), output projection included."""
         qkv = rearrange(self.qkv(y), "b l (qkv h d) -> b l qkv h d", qkv=3, h=self.n_heads)
@@ -198,66 +157,9 @@ class DiTBlock(nn.Module):
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, L, H, D) each
         if kv_cache is not None:
             k, v = kv_cache.update(self.index, k, v)  # (B, cached + L, H, D) each
-        out = attention(
-            q, k, v, causal=self.causal, backend=backend, key_padding_mask=padding_mask
-        )  # (B, L, H, D)
+        out = attention(q, k, v, causal=self.causal, backend=backend,
+                        key_padding_mask=padding_mask, attn_mask=attn_mask)  # (B, L, H, D)
         return self.attn_out(rearrange(out, "b l h d -> b l (h d)"))
-
-
-class FinalLayer(nn.Module):
-    """LayerNorm, adaLN shift/scale (zero-init; none in causal mode), Linear(h, K) zero-init.
-
-    The Linear has ``padded_rows(K)`` output rows unless the weights are tied (see the module
-    docstring); only the first K are ever read.
-    """
-
-    def __init__(self, config: DiTConfig):
-        super().__init__()
-        h = config.hidden_size
-        self.vocab_size = config.vocab_size
-        rows = output_rows(config)
-        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=False)
-        self.linear = nn.Linear(h, config.vocab_size)  # the random stream of an unpadded layer
-        if rows > config.vocab_size:  # zero-initialised anyway: padding draws no random numbers
-            self.linear.weight = nn.Parameter(torch.zeros(rows, h))
-            self.linear.bias = nn.Parameter(torch.zeros(rows))
-            self.linear.out_features = rows
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.adaLN_modulation: nn.Linear | None = None
-        if not config.causal:
-            self.adaLN_modulation = nn.Linear(config.cond_dim, 2 * h)
-            nn.init.zeros_(self.adaLN_modulation.weight)
-            nn.init.zeros_(self.adaLN_modulation.bias)
-        self.register_load_state_dict_pre_hook(_pad_loaded_rows)
-
-    @property
-    def padding_rows(self) -> int:
-        """Rows of the projection past the K classes (0 when tied)."""
-        return self.linear.bias.shape[0] - self.vocab_size
-
-    def modulated(self, x: Tensor, c: Tensor | None) -> Tensor:
-        """The projection's input (B, L, h): LN(x) * (1 + scale) + shift."""
-        x = self.norm(x)  # (B, L, h)
-        if self.adaLN_modulation is not None:
-            assert c is not None
-            shift, scale = _per_position(self.adaLN_modulation(c)).chunk(2, dim=-1)
-            x = _modulate(x, shift, scale)
-        return x
-
-    def projection(self) -> tuple[Tensor, Tensor]:
-        """The projection's first K rows: weight (K, h) and bias (K,), views of the parameters."""
-        k = self.vocab_size
-        return self.linear.weight[:k], self.linear.bias[:k]
-
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
-        weight, bias = self.linear.weight, self.linear.bias
-        return vocab_projection(self.modulated(x, c), weight, bias, self.vocab_size)  # (B, L, K)
-
-
-def _pad_loaded_rows(module: FinalLayer, state: dict[str, Tensor], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: a projection stored with K rows gets the padding rows (zeros)."""
-    pad_rows(state, prefix + "linear.", module.linear.bias.shape[0], module.vocab_size)
 
 
 class DiT(nn.Module):
@@ -280,6 +182,7 @@ class DiT(nn.Module):
         self.config = config
         # sigma may be (B, L): 0 at clean context (discdiff.context); the causal twin reads none
         self.reads_token_levels = not config.causal
+        self.block_size = config.block_size  # b of a block-diffusion model (BD3-LM), or None
         self.attention_backend = "auto"
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -311,9 +214,10 @@ class DiT(nn.Module):
         return self
 
     def new_kv_cache(self, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for causal decoding."""
-        if not self.config.causal:
-            raise ValueError("a KV cache needs a causal model (DiTConfig(causal=True))")
+        """An empty KV cache: for causal decoding, or the clean blocks of a block model."""
+        if not self.config.causal and self.block_size is None:
+            raise ValueError("a KV cache needs a causal model (DiTConfig(causal=True)) or a "
+                             "block model (DiTConfig(block_size=b))")  # fmt: skip
         return KVCache(max_len)
 
     def embed_input(self, z_t: Tensor | Bag) -> Tensor:
@@ -352,6 +256,7 @@ class DiT(nn.Module):
         z_t: Tokens | Probs | Bag,
         sigma: Times | Float[Tensor, "b l"] | None = None,
         *,
+        x_0: Tokens | None = None,
         kv_cache: KVCache | None = None,
         padding_mask: Bool[Tensor, "b l"] | None = None,
         return_hidden: bool = False,
@@ -363,10 +268,17 @@ class DiT(nn.Module):
         shape (B, L, n) each (embedded as sum_n w_n E[id_n]). sigma: noise level
         -log(alpha_t), (B,) one per sequence or (B, L) one per token (0 at clean context, which
         the model then reads as given: ``reads_token_levels``), required unless causal (ignored
-        there). kv_cache: causal mode only; see
-        ``KVCache``. padding_mask: (B, L) bool, True at real tokens: no position attends to a
-        padded one, so the logits at real positions are those of the real tokens alone (to
-        rounding); the logits at padded positions are finite but meaningless. The diffusion
+        there). x_0: a block model's training pass (``block_size`` b, BD3-LM): the clean ids
+        (B, L), L a multiple of b; the model reads [z_t ; x_0] with the block mask and returns
+        the logits of z_t, block i seeing z_t block i and x_0 blocks j < i
+        (``discdiff.models.block_mask``). kv_cache (``KVCache``): for the causal twin, decoding
+        (each call appends its tokens); for a block model, a denoising call on at most b tokens
+        after the cached clean ones, which reads the cache and leaves it unchanged
+        (``prefill`` appends). A block model without x_0 and cache reads at most b tokens, one
+        block with no context (so ``block_size=L`` is the ordinary model).
+        padding_mask: (B, L) bool, True at real tokens: no position attends to a padded one,
+        so the logits at real positions are those of the real tokens alone (to rounding); the
+        logits at padded positions are finite but meaningless. The diffusion
         objects pass it as conditioning: ``loss(model, x_0, cond={"padding_mask": mask})``.
         Masked attention runs on SDPA (see ``discdiff.models.attention``). return_hidden: give
         the input of the output projection (B, L, h) instead of the logits (``hidden_states``).
@@ -380,39 +292,115 @@ class DiT(nn.Module):
             raise ValueError(
                 "padding_mask cannot be combined with a kv_cache (decode unpadded sequences)"
             )
-        c = None
-        if self.sigma_map is not None:
-            if sigma is None:
-                raise ValueError("sigma (B,) is required by a non-causal (diffusion) DiT")
-            if sigma.shape not in ((b,), (b, n)):
-                raise ValueError(f"sigma must have shape (B,) = ({b},) or (B, L) = ({b}, {n}), "
-                                 f"got {tuple(sigma.shape)}")  # fmt: skip
-            check_finite(sigma, "sigma")
-            c = self.sigma_map(sigma)  # (B, c) or (B, L, c)
-            if self.label_embed is not None:
-                y = self.label_embed(self._labels(label, b, c.device))  # (B, c)
-                c = c + (y if c.ndim == 2 else y.unsqueeze(1))
-            c = F.silu(c)
+        c = self._conditioning(sigma, label, b, n)  # (B, c) or (B, L, c); None if causal
+        if x_0 is not None:
+            if kv_cache is not None:
+                raise ValueError("x_0 (the training pass) takes no kv_cache: the cache serves "
+                                 "sampling, model(z_block, sigma, kv_cache=cache)")  # fmt: skip
+            return self._training_pass(x, c, x_0, label, padding_mask, return_hidden)
+        self._check_call(n, kv_cache)
+        offset = 0 if kv_cache is None else kv_cache.length  # new positions follow the cached
+        x = self._trunk(x, c, self._rope(n, offset, x), kv_cache, padding_mask)
+        if kv_cache is not None and self.config.causal:  # a block model's cache holds clean
+            kv_cache.advance(n)  # tokens only: its denoising calls leave the cache as it was
+        return self.final.modulated(x, c) if return_hidden else self.final(x, c)  # (B, L, h | K)
+
+    def _check_call(self, n: int, kv_cache: KVCache | None) -> None:
+        """A cache needs the causal twin or a block model; a block model reads more than one
+        block only in its training pass (x_0 given)."""
+        block = self.block_size
+        if kv_cache is not None and not self.config.causal and block is None:
+            raise ValueError("kv_cache needs a causal model (DiTConfig(causal=True)) or a block "
+                             "model (DiTConfig(block_size=b))")  # fmt: skip
+        if block is not None and n > block:
+            raise ValueError(
+                f"z_t has {n} tokens, more than block_size={block}: a block model reads a longer "
+                "z_t only with x_0= (the training pass); with kv_cache= it denoises one block"
+            )
+
+    def _conditioning(self, sigma: Tensor | None, label: Tensor | None, b: int, n: int
+                      ) -> Tensor | None:  # fmt: skip
+        """SiLU(sigma embedding + label embedding): (B, c) or (B, L, c); None if causal."""
         if label is not None and self.label_embed is None:
             raise ValueError("label given, but this DiT has no label embedding: build it with "
                              "DiTConfig(num_classes=...) (a diffusion DiT, not the causal twin)")
-        offset = 0
-        if kv_cache is not None:
-            if not self.config.causal:
-                raise ValueError("kv_cache needs a causal model (DiTConfig(causal=True))")
-            offset = kv_cache.length  # the new positions follow the cached ones
+        if self.sigma_map is None:
+            return None
+        if sigma is None:
+            raise ValueError("sigma (B,) is required by a non-causal (diffusion) DiT")
+        if sigma.shape not in ((b,), (b, n)):
+            raise ValueError(f"sigma must have shape (B,) = ({b},) or (B, L) = ({b}, {n}), "
+                             f"got {tuple(sigma.shape)}")  # fmt: skip
+        check_finite(sigma, "sigma")
+        c = self.sigma_map(sigma)  # (B, c) or (B, L, c)
+        if self.label_embed is not None:
+            y = self.label_embed(self._labels(label, b, c.device))  # (B, c)
+            c = c + (y if c.ndim == 2 else y.unsqueeze(1))
+        return F.silu(c)
+
+    def _rope(self, n: int, offset: int, x: Tensor) -> Rope:
+        """Rotary tables of positions offset..offset+n-1, (n, D/2) each, float64 for a float64
+        stream (else float32)."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cfg = self.config
+        return rotary_tables(n, offset, cfg.head_dim, cfg.rotary_base, x.device, dtype)
+
+    def _trunk(self, x: Tensor, c: Tensor | None, rope: Rope, kv_cache: KVCache | None,
+               padding_mask: Tensor | None, attn_mask: AttentionMask | None = None
+               ) -> Tensor:  # fmt: skip
+        """The residual stream x (B, L, h) through every block."""
         if x.is_cuda and not torch.compiler.is_compiling():
             flash_attn_available()  # resolve the lazy import outside any compiled graph
-        table_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        rope = rotary_tables(  # (L, D/2) each
-            n, offset, self.config.head_dim, self.config.rotary_base, x.device, table_dtype
-        )
         for block in self.blocks:
-            x = block(x, c, rope, kv_cache, self.attention_backend, padding_mask)  # (B, L, h)
-        out = self.final.modulated(x, c) if return_hidden else self.final(x, c)  # (B, L, h | K)
-        if kv_cache is not None:
-            kv_cache.advance(n)
-        return out
+            x = block(x, c, rope, kv_cache, self.attention_backend, padding_mask, attn_mask)
+        return x
+
+    def _training_pass(self, x: Tensor, c: Tensor | None, x_0: Tensor, label: Tensor | None,
+                       padding_mask: Tensor | None, return_hidden: bool) -> Tensor:  # fmt: skip
+        """A block model's pass over [z_t ; x_0]: x (B, L, h) the embedded z_t, c its
+        conditioning; the clean copy at level 0, both copies at positions 0..L-1, the mask of
+        ``discdiff.models.block_mask``. Logits (or hidden states) of the noisy copy only."""
+        b, n, _ = x.shape
+        if self.block_size is None:
+            raise ValueError("x_0 is the clean copy of a block model's training pass; this "
+                             "DiT has no block_size: build it with DiTConfig(block_size=b)")
+        if n % self.block_size:
+            raise ValueError(f"the length L={n} of z_t and x_0 must be a multiple of "
+                             f"block_size={self.block_size}")  # fmt: skip
+        assert c is not None  # a block model is a diffusion model
+        clean = self._conditioning(c.new_zeros(b, n), label, b, n)  # (B, L, c): level 0
+        c = torch.cat([c if c.ndim == 3 else c.unsqueeze(1).expand(-1, n, -1), clean], dim=1)
+        x = torch.cat([x, self.embed_input(x_0)], dim=1)  # (B, 2L, h)
+        rope = tuple(torch.cat([t, t]) for t in self._rope(n, 0, x))  # shared positions
+        mask = training_attention_mask(n, self.block_size, x.device, self.attention_backend)
+        padding = None if padding_mask is None else padding_mask.repeat(1, 2)  # (B, 2L)
+        x = self._trunk(x, c, rope, None, padding, mask)[:, :n]  # the noisy copy: (B, L, h)
+        c = c[:, :n]
+        return self.final.modulated(x, c) if return_hidden else self.final(x, c)
+
+    @torch.no_grad()
+    def prefill(self, x: Tokens, kv_cache: KVCache, *, label: Tensor | None = None) -> None:
+        """Append the clean tokens x (B, n) at level 0 to a block model's ``kv_cache``.
+
+        They take positions length..length+n-1 and attend block-causally by absolute position
+        (position p in block p // b): to every cached token, to their own block and to earlier
+        blocks of x, as the clean copy of the training pass does. ``kv_cache.length`` grows by
+        n. The cached keys and values are the training pass's when each call ends on a block
+        boundary; the tokens of a block cut by a call's end see only the part of it given so
+        far (so a sampler prefills whole blocks and puts a prompt's remainder at level 0 at the
+        start of the first generated block).
+        """
+        b = self.block_size
+        if b is None:
+            raise ValueError("prefill needs a block model (DiTConfig(block_size=b))")
+        h = self.embed_input(x)  # (B, n, h)
+        batch, n, _ = h.shape
+        c = self._conditioning(h.new_zeros(batch, n), label, batch, n)  # (B, n, c): level 0
+        start = kv_cache.length
+        dense = prefill_mask(start, n, b, h.device)  # None inside one block: unmasked SDPA
+        mask = None if dense is None else AttentionMask(dense)
+        self._trunk(h, c, self._rope(n, start, h), kv_cache, None, mask)
+        kv_cache.advance(n)
 
     def _labels(self, label: Tensor | None, b: int, device: torch.device) -> Tensor:
         """(B,) int64 labels for the label embedding; None is the null label for all rows."""

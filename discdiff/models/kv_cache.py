@@ -1,4 +1,5 @@
-"""The key/value cache of causal decoding (the DiT's autoregressive twin)."""
+"""The key/value cache of causal decoding (the DiT's autoregressive twin) and of block-diffusion
+sampling (the clean blocks of a block model)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ __all__ = ["KVCache"]
 
 
 class KVCache:
-    """Keys and values of the positions already decoded, one pair per block (causal mode only).
+    """Keys and values of the positions already computed, one pair per transformer block.
 
-    Pass the same cache to successive calls: ``model(prompt, kv_cache=cache)`` then
+    Causal twin: pass the same cache to successive calls, ``model(prompt, kv_cache=cache)`` then
     ``model(next_ids, kv_cache=cache)``; each call attends to everything cached before it and
-    appends its own positions. ``length`` is the number of cached positions, the rotary offset of
-    the next call. Storage per block is (B, capacity, H, D), preallocated to ``max_len`` when given,
-    otherwise grown by doubling. Meant for inference (under ``torch.no_grad()``).
+    appends its own positions. Block model (``DiTConfig(block_size=b)``): ``model.prefill(x,
+    cache)`` appends clean tokens; a denoising call ``model(z_block, sigma, kv_cache=cache)``
+    attends to the cache and its block and leaves ``length`` as it was (its keys and values sit
+    past ``length`` as scratch, overwritten by the next call). ``length`` is the number of
+    cached positions, the rotary offset of the next call. Storage per block is (B, capacity, H,
+    D), preallocated to ``max_len`` when given, otherwise grown by doubling.
+    Meant for inference (under ``torch.no_grad()``).
     """
 
     def __init__(self, max_len: int | None = None):
