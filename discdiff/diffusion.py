@@ -258,6 +258,8 @@ class Diffusion:
         (``discdiff.processes.base``).
 
         One Monte Carlo sample of t per sequence (antithetic over the batch, or ``t`` (B,));
+        with ``block_size`` one per block (``t`` (B, n)) and the block NELBO
+        (``discdiff.blocks.block_nelbo``: every term per block, from a block model);
         average over a validation set for the bound ``exp(sum(total) / n_tokens)`` on
         perplexity (``discdiff.metrics`` reduces it across ranks).
         """
