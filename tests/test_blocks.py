@@ -236,6 +236,66 @@ def test_block_integrand_is_the_process_loss_of_one_training_call():
     torch.testing.assert_close(got, torch.where(z == K, da / (1 - alpha) * log_p, 0.0))
 
 
+class TinyBlockModel(torch.nn.Module):
+    """A trainable block model with a fused head: each noisy block reads the summed embeddings
+    of the clean blocks before it."""
+
+    block_size, reads_token_levels = 2, True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noisy, self.clean = torch.nn.Embedding(K, 8), torch.nn.Embedding(K, 8)
+        self.out = torch.nn.Linear(8, K)
+
+    def hidden_states(self, z_t, sigma, x_0):
+        rows, length = x_0.shape
+        per_block = self.clean(x_0).view(rows, -1, 2, 8).sum(2)
+        before = per_block.cumsum(1) - per_block  # the clean blocks j < i
+        context = before.repeat_interleave(2, 1)
+        return torch.tanh(self.noisy(z_t) + context + sigma.unsqueeze(-1))
+
+    def output_projection(self):
+        return self.out.weight, self.out.bias
+
+    def forward(self, z_t, sigma, x_0):
+        return self.out(self.hidden_states(z_t, sigma, x_0))
+
+
+def test_the_fused_block_loss_is_the_logits_loss():
+    model = TinyBlockModel()
+    x_0 = torch.randint(0, K, (4, L), generator=gen(12))
+    d = UniformDiffusion(K, block_size=2)
+    fused = d.loss(model, x_0, generator=gen(1), fused=True, reduction="mean")
+    plain = d.loss(model, x_0, generator=gen(1), fused=False, reduction="mean")
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    fused.backward()
+    assert model.clean.weight.grad.abs().sum() > 0  # the clean copy reaches the loss
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_clean_context_keeps_working_inside_blocks(masked):
+    law = law6(16)
+    seen = []
+
+    class Spy(BlockOracle):
+        def __call__(self, z, sigma, **kw):
+            seen.append((z, sigma))
+            return super().__call__(z, sigma, **kw)
+
+    x_0 = all_sequences(K, L)[torch.arange(10, 700, 100)]
+    clean = torch.zeros_like(x_0, dtype=torch.bool)
+    clean[:, 1] = clean[:, 4] = True
+    d = diffusion(masked, 2)
+    loss = d.loss(Spy(law, 2, masked=masked), x_0, clean_mask=clean, generator=gen(2))
+    z, sigma = seen[0]
+    assert (loss[clean] == 0).all() and (loss[~clean] != 0).any()
+    assert torch.equal(z[clean], x_0[clean])
+    if not masked:  # the uniform process tells clean context by level 0
+        assert (sigma[clean] == 0).all() and (sigma[~clean] > 0).all()
+    nelbo = d.nelbo(Spy(law, 2, masked=masked), x_0, clean_mask=clean, generator=gen(3))
+    assert (nelbo.total[clean] == 0).all()
+
+
 def test_block_settings_are_checked_and_round_trip():
     law = law6(0)
     for masked in (False, True):
