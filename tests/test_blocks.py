@@ -24,7 +24,7 @@ import torch
 
 from discdiff import GaussianCurriculum, MaskedDiffusion, UniformDiffusion, losses
 from discdiff.blocks import block_integrand
-from discdiff.samplers import StepRecord, TimeGrid
+from discdiff.samplers import CappedRemask, StepRecord, TimeGrid
 from discdiff.testing import (
     MaskedOracle,
     UniformOracle,
@@ -333,6 +333,27 @@ def test_cached_sampling_is_uncached_sampling_token_for_token(masked, b):
         runs = [d.sample(BlockOracle(law, b, masked=masked), 6, 14, 5, seed=3, kv_cache=cache,
                          **kw) for cache in (True, False)]  # fmt: skip
         assert torch.equal(runs[0], runs[1])
+
+
+def test_cached_equals_uncached_with_the_other_parts_too():
+    """Time-conditioned masked steps with ReMDM remasking and nucleus filtering; Ψ steps with
+    top-k, the MAP tail and a partial prompt block: the parts compose inside each block."""
+    law = law6(17)
+    masked = MaskedDiffusion(K, block_size=3, time_conditioned=True)
+    kw = {"seed": 2, "remask": CappedRemask(masked.schedule, 0.1), "top_p": 0.9}
+    runs = [masked.sample(BlockOracle(law, 3, masked=True), 5, 9, 6, kv_cache=c, **kw)
+            for c in (True, False)]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+    uniform = UniformDiffusion(K, block_size=3)
+    kw = {
+        "seed": 2,
+        "kappa": 0.5,
+        "top_k": 2,
+        "tail": "map",
+        "prompt": torch.tensor([[1, 2, 0, 1]] * 5),
+    }
+    runs = [uniform.sample(BlockOracle(law, 3), 5, 9, 6, kv_cache=c, **kw) for c in (True, False)]
+    assert torch.equal(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("masked", [False, True])
