@@ -138,9 +138,10 @@ class _Context:
         self.cached_to = 0  # absolute position up to which the caches hold the tokens
         self.prefills = 0
         self.conds = list({_cond_key(c): c for c in conds}.values())
-        max_len = plan.window if plan.window is not None else plan.length + plan.block_size
-        self.caches = {_cond_key(c): model.new_kv_cache(max_len) for c in self.conds} if (
-            plan.kv_cache) else {}  # fmt: skip
+        self.caches: dict[tuple[tuple[str, int], ...], Any] = {}
+        if plan.kv_cache:  # the window, or the whole sample (with the last block's scratch rows)
+            max_len = plan.window if plan.window is not None else plan.length + plan.block_size
+            self.caches = {_cond_key(c): model.new_kv_cache(max_len) for c in self.conds}
 
     def prepare(self, block_start: int) -> None:
         """Slide the window so that the block at ``block_start`` fits, and prefill the caches
