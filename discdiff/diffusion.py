@@ -6,7 +6,9 @@ the checked training loss, the NELBO (also conditional on clean positions), samp
 dict round trip. ``UniformDiffusion`` is Duo: uniform-state discrete diffusion, optionally
 trained first with the Gaussian curriculum (relaxed argmax latents; Concepts §4), then on the
 plain discrete process. ``MaskedDiffusion`` is MDLM (absorbing state, SUBS parameterisation),
-the usual baseline.
+the usual baseline. Either becomes a block diffusion with ``block_size=b`` (``discdiff.blocks``:
+the block NELBO, one time per block, a block model; ``sample`` then generates block by block over
+a cache of the clean blocks, ``discdiff.samplers.blocks``).
 
 Notation: ``x_0`` clean tokens (B, L); ``z_t`` noisy tokens; ``alpha_t`` the discrete signal level;
 ``dalpha_dt`` its time derivative; ``sigma = -log(alpha_t)`` the noise level handed to the
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from discdiff import config, samplers
+from discdiff import blocks, config, samplers
 from discdiff.checks import check_generator, check_schedule, check_x0
 from discdiff.context import check_clean_mask, require_token_levels
 from discdiff.curriculum import GaussianCurriculum
@@ -95,8 +97,12 @@ class Diffusion(ObjectiveDefaults):
 
     _fields: ClassVar[tuple[str, ...]]
 
-    def __init__(self, process: Process, schedule: Schedule | None, eps: float) -> None:
+    def __init__(
+        self, process: Process, schedule: Schedule | None, eps: float,
+        block_size: int | None = None,
+    ) -> None:  # fmt: skip
         self.process = process
+        self.block_size = blocks.check_block_size(block_size)
         self.vocab_size = process.vocab_size
         self.model_vocab_size = process.model_vocab_size
         self.eps = _check_eps(eps)
@@ -104,15 +110,21 @@ class Diffusion(ObjectiveDefaults):
             _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
         )
 
+    def _settings(self) -> tuple[str, ...]:
+        """The ``_fields`` that describe this object: ``block_size`` only when set, so that an
+        ordinary diffusion reads and saves as before block diffusion existed."""
+        return tuple(k for k in self._fields if k != "block_size" or self.block_size is not None)
+
     def __repr__(self) -> str:
-        settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields)
+        settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._settings())
         return f"{type(self).__name__}({settings})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe settings with the schedule (and curriculum) nested: ``{"type":
         "UniformDiffusion", "vocab_size": K, "schedule": {"type": "LogLinearSchedule", ...},
-        ...}``, one key per ``__init__`` keyword (see ``discdiff.config``)."""
-        settings = {k: config.encode(getattr(self, k)) for k in self._fields}
+        ...}``, one key per ``__init__`` keyword (see ``discdiff.config``); ``block_size`` only
+        for a block diffusion."""
+        settings = {k: config.encode(getattr(self, k)) for k in self._settings()}
         return {"type": type(self).__name__, **settings}
 
     @classmethod
@@ -120,6 +132,30 @@ class Diffusion(ObjectiveDefaults):
         """The diffusion ``to_dict`` describes."""
         fields = config.check_keys(cls, data, set(cls._fields))
         return cls(**{k: config.decode(v) for k, v in fields.items()})
+
+    def _times(
+        self, denoiser: Any, x_0: Tensor, t: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """The checked times: (B,), or (B, n) one per block for a block diffusion (whose model
+        must be a block model of the same block size)."""
+        if self.block_size is None:
+            return _draw_times(x_0, self.eps, t, generator)
+        check_generator(generator)
+        blocks.check_block_model(denoiser, self.block_size, self.process.needs_token_levels)
+        return blocks.block_times(x_0, self.block_size, self.eps, t, generator)
+
+    def _levels(self, values: Tensor) -> Tensor:
+        """A level per sequence (B,) -> (B, 1), or per block (B, n) -> per token (B, L)."""
+        if self.block_size is None:
+            return column(values)
+        return blocks.per_token(values, self.block_size)
+
+    def _integrand(self, *args: Any, **kw: Any) -> Tensor:
+        """The process's integrand, from one training call of a block model for a block
+        diffusion (``discdiff.blocks.block_integrand``)."""
+        if self.block_size is None:
+            return self.process.integrand(*args, **kw)
+        return blocks.block_integrand(self.process, *args, **kw)
 
     def checked_clean_mask(
         self, denoiser: Any, clean_mask: Any, x_0: Tensor, fix: str
@@ -164,10 +200,13 @@ class Diffusion(ObjectiveDefaults):
         """The training loss at training step ``step``: per token (B, L), or reduced (0-d).
 
         ``t`` (B,) fixes the times; by default they are antithetic over the batch
-        (``AntitheticTimes`` makes them antithetic over a data-parallel global batch). ``cond``
-        is the denoiser's keyword conditioning. ``mask`` (B, L) bool, True at the tokens that
-        count (None: all; not the mask token); ``reduction`` "none" (0 at ignored tokens),
-        "sum" or "mean" over the tokens that count. ``fused``: None picks the path by
+        (``AntitheticTimes`` makes them antithetic over a data-parallel global batch). With
+        ``block_size`` one time per block, (B, n) (or (B,) for every block of a row), by
+        default antithetic over the batch and the blocks, and the denoiser must be a block
+        model (``discdiff.blocks``) called as ``model(z_t, sigma (B, L), x_0=x_0, **cond)``.
+        ``cond`` is the denoiser's keyword conditioning. ``mask`` (B, L) bool, True at the
+        tokens that count (None: all; not the mask token); ``reduction`` "none" (0 at ignored
+        tokens), "sum" or "mean" over the tokens that count. ``fused``: None picks the path by
         ``discdiff.losses.dispatch``'s rule; True computes the loss from the denoiser's hidden
         state and output projection when it offers them (``FusedHead``), never holding the
         logits; False from its logits.
@@ -180,7 +219,7 @@ class Diffusion(ObjectiveDefaults):
         """
         x_0 = _check_x0(x_0, self.vocab_size)
         step = _check_step(step)
-        t = _draw_times(x_0, self.eps, t, generator)
+        t = self._times(denoiser, x_0, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():  # checked at the door: the layers below trust their inputs
             return self._loss(denoiser, x_0, t, step, generator, cond, **kw)
@@ -196,12 +235,13 @@ class Diffusion(ObjectiveDefaults):
         self, denoiser: Denoiser, x_0: Tensor, t: Tensor, generator: torch.Generator | None,
         cond: Mapping[str, Any] | None, **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:  # fmt: skip
-        """The continuous-time NELBO integrand of the process at times ``t`` (B,)."""
+        """The continuous-time NELBO integrand of the process at times ``t`` (B,), or (B, n)
+        one per block."""
         t = t.to(torch.promote_types(t.dtype, torch.float32))
-        alpha_t = column(self.schedule.alpha(t))
-        dalpha_dt = column(self.schedule.dalpha_dt(t))
+        alpha_t = self._levels(self.schedule.alpha(t))
+        dalpha_dt = self._levels(self.schedule.dalpha_dt(t))
         z_t = self.process.corrupt(x_0, alpha_t, generator=generator, clean=kw.get("clean"))
-        return self.process.integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     @torch.no_grad()
     def nelbo(
@@ -220,17 +260,20 @@ class Diffusion(ObjectiveDefaults):
         (``discdiff.processes.base``).
 
         One Monte Carlo sample of t per sequence (antithetic over the batch, or ``t`` (B,));
+        with ``block_size`` one per block (``t`` (B, n)) and the block NELBO
+        (``discdiff.blocks.block_nelbo``: every term per block, from a block model);
         average over a validation set for the bound ``exp(sum(total) / n_tokens)`` on
         perplexity (``discdiff.metrics`` reduces it across ranks).
         """
         x_0 = _check_x0(x_0, self.vocab_size)
-        t = _draw_times(x_0, self.eps, t, generator)
+        t = self._times(denoiser, x_0, t, generator)
         clean = self.checked_clean_mask(denoiser, clean_mask, x_0, "or drop clean_mask")
+        kw: dict[str, Any] = {"generator": generator, "cond": cond, "clean": clean}
         with trusted():
-            return self.process.nelbo(
-                denoiser, x_0, t, self.schedule, self.eps, generator=generator, cond=cond,
-                clean=clean,
-            )  # fmt: skip
+            if self.block_size is not None:
+                return blocks.block_nelbo(self.process, denoiser, x_0, t, self.schedule,
+                                          self.eps, self.block_size, **kw)  # fmt: skip
+            return self.process.nelbo(denoiser, x_0, t, self.schedule, self.eps, **kw)
 
     def bound(
         self,
@@ -262,9 +305,11 @@ class UniformDiffusion(Diffusion):
         schedule: the discrete schedule alpha_t used after the curriculum and for validation.
         curriculum: a ``GaussianCurriculum`` for the first training phase, or None.
         eps: the smallest time; t is drawn on [eps, 1].
+        block_size: None (one diffusion over the sequence) or b, a block diffusion over
+            blocks of b tokens with a block model of the same b (``discdiff.blocks``).
     """
 
-    _fields = ("vocab_size", "schedule", "curriculum", "eps")
+    _fields = ("vocab_size", "schedule", "curriculum", "eps", "block_size")
 
     def __init__(
         self,
@@ -272,12 +317,13 @@ class UniformDiffusion(Diffusion):
         schedule: Schedule | None = None,
         curriculum: GaussianCurriculum | None = None,
         eps: float = 1e-3,
+        block_size: int | None = None,
     ) -> None:
         process = UniformProcess(vocab_size)
         if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
             kind = type(curriculum).__name__
             raise TypeError(f"curriculum must be a GaussianCurriculum or None, got {kind}")
-        super().__init__(process, schedule, eps)
+        super().__init__(process, schedule, eps, block_size)
         self.curriculum = curriculum
         self.curriculum_schedule: DualSchedule | None = (
             None if curriculum is None else curriculum.schedule(vocab_size)
@@ -308,7 +354,7 @@ class UniformDiffusion(Diffusion):
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L) or
         reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
         x_0 = _check_x0(x_0, self.vocab_size)
-        t = _draw_times(x_0, self.eps, t, generator)
+        t = self._times(denoiser, x_0, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():
             return self._discrete_loss(denoiser, x_0, t, generator, cond, **kw)
@@ -318,19 +364,21 @@ class UniformDiffusion(Diffusion):
         generator: torch.Generator | None, cond: Mapping[str, Any] | None,
         **kw: Any,  # fused, mask, reduction, clean
     ) -> Tensor:  # fmt: skip
-        """The uniform NELBO at z_t = argmax w_t, the denoiser seeing the relaxed latent."""
+        """The uniform NELBO at z_t = argmax w_t, the denoiser seeing the relaxed latent; for a
+        block diffusion each block at its own Gaussian level (the block model reads the relaxed
+        noisy copy and the clean ids x_0)."""
         assert self.curriculum is not None and self.curriculum_schedule is not None
         schedule = self.curriculum_schedule
         t = t.to(torch.float32)
-        alpha_tilde = column(schedule.alpha_tilde(t))
-        alpha_t = column(schedule.alpha(t))
-        dalpha_dt = column(schedule.dalpha_dt(t))
+        alpha_tilde = self._levels(schedule.alpha_tilde(t))  # per block for a block diffusion
+        alpha_t = self._levels(schedule.alpha(t))
+        dalpha_dt = self._levels(schedule.dalpha_dt(t))
         dtype = self.curriculum.input_dtype(denoiser)  # the soft input's dtype: the model's
         relaxed, z_t = self.curriculum.relaxed_input(
             x_0, alpha_tilde, step, self.vocab_size, dtype, generator=generator,
             clean=kw.get("clean"),
         )  # fmt: skip
-        return self.process.integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def phase(self, step: int) -> str:
         """ "curriculum" while the Gaussian curriculum trains step ``step``, "discrete" after."""
@@ -348,7 +396,16 @@ class UniformDiffusion(Diffusion):
         """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
         sample_uniform``'s options (tail, kappa, top_k, top_p, time_grid, prompt, prompt_mask,
         cond, callback, progress, generator, seed, device); an unknown option is a TypeError.
-        ``seed=`` (an int) draws each row's randomness from a stream keyed by (seed, row)."""
+        ``seed=`` (an int) draws each row's randomness from a stream keyed by (seed, row).
+
+        With ``block_size``: ``steps`` per block, block by block over a cache of the clean blocks
+        (``discdiff.samplers.sample_uniform_blocks``: also ``eos_id=None``, ``kv_cache=True``,
+        ``window``; ``prompt`` (B, P) is the clean prefix and ``length`` counts it)."""
+        if self.block_size is not None:
+            return samplers.sample_uniform_blocks(
+                denoiser, batch_size, length, steps, schedule=self.schedule,
+                vocab_size=self.vocab_size, block_size=self.block_size, **options,
+            )  # fmt: skip
         return samplers.sample_uniform(
             denoiser, batch_size, length, steps, schedule=self.schedule,
             vocab_size=self.vocab_size, **options,
@@ -365,9 +422,10 @@ class MaskedDiffusion(Diffusion):
         eps: the smallest time.
         time_conditioned: whether the denoiser sees the noise level. MDLM's default is no: the
             denoiser then gets sigma = 0, and the sampler may reuse x_hat while no token changes.
+        block_size: None, or b for a block diffusion (BD3-LM; ``discdiff.blocks``).
     """
 
-    _fields = ("vocab_size", "schedule", "eps", "time_conditioned")
+    _fields = ("vocab_size", "schedule", "eps", "time_conditioned", "block_size")
 
     def __init__(
         self,
@@ -375,9 +433,10 @@ class MaskedDiffusion(Diffusion):
         schedule: Schedule | None = None,
         eps: float = 1e-3,
         time_conditioned: bool = False,
+        block_size: int | None = None,
     ) -> None:
         process = MaskedProcess(vocab_size, time_conditioned)
-        super().__init__(process, schedule, eps)
+        super().__init__(process, schedule, eps, block_size)
         self.time_conditioned = process.time_conditioned
         self.mask_id = process.mask_id
         self.model_vocab_size = process.model_vocab_size
@@ -394,7 +453,17 @@ class MaskedDiffusion(Diffusion):
         sample_masked``'s options (tail, cache, remask, top_k, top_p, time_grid, prompt,
         prompt_mask, cond, callback, progress, generator, seed, device); an unknown option is a
         TypeError. ``seed=`` (an int) draws each row's randomness from a stream keyed by
-        (seed, row)."""
+        (seed, row).
+
+        With ``block_size``: ``steps`` per block, block by block over a cache of the clean blocks
+        (``discdiff.samplers.sample_masked_blocks``: also ``eos_id=None``, ``kv_cache=True``,
+        ``window``; ``prompt`` (B, P) is the clean prefix and ``length`` counts it)."""
+        if self.block_size is not None:
+            return samplers.sample_masked_blocks(
+                denoiser, batch_size, length, steps, schedule=self.schedule,
+                vocab_size=self.model_vocab_size, mask_id=self.mask_id,
+                time_conditioned=self.time_conditioned, block_size=self.block_size, **options,
+            )  # fmt: skip
         return samplers.sample_masked(
             denoiser, batch_size, length, steps, schedule=self.schedule,
             vocab_size=self.model_vocab_size, mask_id=self.mask_id,

@@ -9,6 +9,11 @@ times (standard deviation 1/(n √12) instead of 1/√(12 n)).
 That needs one offset u per optimiser step, the same on every rank and accumulation step.
 ``AntitheticTimes`` derives it from (seed, step), so the ranks agree without communicating;
 ``antithetic_times`` is the primitive that takes u (or a generator) and the global layout.
+
+Block diffusion (Concepts, "Block diffusion") draws one time per block: with ``blocks=n`` every
+sequence holds n strata, the global batch n · batch_size · world_size · accum_steps of them, laid
+out row-major (sequence, then block), so the times are (B, n). ``blocks=None`` is (B,) as before,
+and ``blocks=1`` gives the same values as a (B, 1) column.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ def antithetic_times(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-) -> Float[Tensor, " b"]:
+    blocks: int | None = None,
+) -> Float[Tensor, " b *n"]:
     """This call's share of the stratified times of the global batch, in [eps, 1].
 
     Sequence j of this call is sequence g = (accum_index · world_size + rank) · batch_size + j of
     the global batch and gets eps + (1 - eps) · ((u + g/n) mod 1), n the global batch size.
+    With ``blocks`` (block diffusion) block k of sequence g is stratum g · blocks + k of
+    n · blocks, and the result is (batch_size, blocks).
 
     The offset u must be the same in every call that builds one global batch (all ranks, all
     accumulation steps): pass ``u`` (e.g. drawn once per optimiser step and broadcast), or pass a
@@ -52,9 +60,10 @@ def antithetic_times(
     torch's global generator (fine for a single process and step).
 
     Returns:
-        (batch_size,) times in [eps, 1].
+        (batch_size,) times in [eps, 1], or (batch_size, blocks) with ``blocks``.
     """
     batch_size = check_count(batch_size, "batch_size")
+    per_row = 1 if blocks is None else check_count(blocks, "blocks")
     world_size = check_count(world_size, "world_size")
     accum_steps = check_count(accum_steps, "accum_steps")
     rank = _check_index(rank, "rank", world_size, "world_size")
@@ -62,7 +71,7 @@ def antithetic_times(
     _check_eps(eps)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    n = batch_size * world_size * accum_steps
+    n = batch_size * world_size * accum_steps * per_row
     if u is None:
         gen_device = generator.device if generator is not None else "cpu"
         u_t = torch.rand((), generator=generator, device=gen_device, dtype=torch.float64)
@@ -71,9 +80,10 @@ def antithetic_times(
         if u_t.numel() != 1 or not bool((u_t >= 0) & (u_t < 1)):
             raise ValueError(f"u must be a single number in [0, 1), got {u}")
         u_t = u_t.reshape(())
-    start = (accum_index * world_size + rank) * batch_size
-    g = torch.arange(start, start + batch_size, dtype=torch.float64, device=u_t.device)
+    start = (accum_index * world_size + rank) * batch_size * per_row
+    g = torch.arange(start, start + batch_size * per_row, dtype=torch.float64, device=u_t.device)
     t = torch.remainder(u_t + g / n, 1.0)
+    t = t if blocks is None else t.view(batch_size, per_row)
     return (eps + (1 - eps) * t).to(device=device or u_t.device, dtype=dtype)
 
 
@@ -122,8 +132,10 @@ class AntitheticTimes:
         rank: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> Float[Tensor, " b"]:
-        """(batch_size,) times in [eps, 1] for this rank's accumulation step ``accum_index``."""
+        blocks: int | None = None,
+    ) -> Float[Tensor, " b *n"]:
+        """(batch_size,) times in [eps, 1] for this rank's accumulation step ``accum_index``;
+        (batch_size, blocks) with ``blocks``, one time per block (block diffusion)."""
         distributed = dist.is_available() and dist.is_initialized()
         if world_size is None:
             world_size = dist.get_world_size() if distributed else 1
@@ -132,6 +144,7 @@ class AntitheticTimes:
         return antithetic_times(
             batch_size, eps=self.eps, world_size=world_size, rank=rank, accum_steps=accum_steps,
             accum_index=accum_index, u=self.offset(step), device=device, dtype=dtype,
+            blocks=blocks,
         )  # fmt: skip
 
 

@@ -23,10 +23,19 @@ The modules:
 - ``grid``: the time grid of a run and its tail (greedy, MAP, none), NFE;
 - ``loops``: the keyword layer: ``sample_uniform`` / ``sample_masked``, ``uniform_loop`` /
   ``masked_loop``;
+- ``blocks``: block-by-block sampling of a block model over a cache of the clean blocks
+  (``run_blocks``, ``sample_uniform_blocks``, ``sample_masked_blocks``);
 - ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
   sample does not depend on the batch it was drawn in (``seed=`` of the samplers).
 """
 
+from discdiff.samplers.blocks import (
+    BlockPlan,
+    BlockSample,
+    run_blocks,
+    sample_masked_blocks,
+    sample_uniform_blocks,
+)
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
 from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
 from discdiff.samplers.grid import T_MIN, Interval, Tail, TimeGrid, nfe
@@ -44,6 +53,8 @@ from discdiff.samplers.uniform import UniformStep
 
 __all__ = [
     "T_MIN",
+    "BlockPlan",
+    "BlockSample",
     "CappedKappa",
     "CappedRemask",
     "ConstantKappa",
@@ -73,10 +84,13 @@ __all__ = [
     "nfe",
     "psi_posterior",
     "run",
+    "run_blocks",
     "sample_categorical",
     "sample_categorical_logits",
     "sample_masked",
+    "sample_masked_blocks",
     "sample_uniform",
+    "sample_uniform_blocks",
     "uniform_ancestral_step",
     "uniform_loop",
     "uniform_posterior",

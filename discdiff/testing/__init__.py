@@ -5,12 +5,16 @@
 - ``laws``: the exact law of a sampler run by enumeration (``uniform_chain``), ``conditional``,
   and samples vs a law (``chi_square_p``, ``total_variation``, ``sample_metrics``, ...);
 - ``training``: small trainable denoisers and their training / distillation loops;
+- ``blocks``: an exact block model of a known law (``BlockOracle``), the exact law of the block
+  sampler on it (``block_chain``) and the exact expectation of the block NELBO
+  (``exact_block_nelbo``);
 - ``gradients``: the curriculum's gradient-variance measurement;
 - ``machine``: the machine a measurement ran on.
 
 Plain torch at import time; ``chi_square_p`` needs scipy (``pip install 'discdiff[testing]'``).
 """
 
+from discdiff.testing.blocks import BlockOracle, block_chain, exact_block_nelbo
 from discdiff.testing.gradients import gradient_variances, small_dit
 from discdiff.testing.laws import (
     chi_square_p,
@@ -43,6 +47,7 @@ from discdiff.testing.training import (
 )
 
 __all__ = [
+    "BlockOracle",
     "Corrected",
     "ExactDenoiser",
     "ExactMaskedDenoiser",
@@ -51,12 +56,14 @@ __all__ = [
     "ToyDenoiser",
     "UniformOracle",
     "all_sequences",
+    "block_chain",
     "chi_square_p",
     "conditional",
     "cosine_warmup",
     "distill",
     "evaluate_masked",
     "evaluate_uniform",
+    "exact_block_nelbo",
     "frequencies",
     "gradient_variances",
     "machine_info",
