@@ -25,7 +25,7 @@ can), True / False force either. The validation bounds (``nelbo``) always take t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -199,7 +199,11 @@ class Diffusion:
         alpha_t = column(self.schedule.alpha(t))
         dalpha_dt = column(self.schedule.dalpha_dt(t))
         z_t = self.process.corrupt(x_0, alpha_t, generator=generator, clean=kw.get("clean"))
-        return self.process.integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._objective(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    def _objective(self, *args: Any, **kw: Any) -> Tensor:
+        """The training integrand (``Process.integrand``'s arguments): the process's NELBO."""
+        return self.process.integrand(*args, **kw)
 
     @torch.no_grad()
     def nelbo(
@@ -239,9 +243,15 @@ class UniformDiffusion(Diffusion):
         schedule: the discrete schedule alpha_t used after the curriculum and for validation.
         curriculum: a ``GaussianCurriculum`` for the first training phase, or None.
         eps: the smallest time; t is drawn on [eps, 1].
+        objective: what ``loss`` trains: "nelbo" (Duo, UDLM: the bound, whose optimum is x_hat)
+            or "cross_entropy" (-log p_theta(x_0 | z_t), the recipe of production uniform-state
+            models, whose optimum is the posterior; NOT a bound: unweighted in t). Either
+            trains a denoiser of either ``parameterization``: the logits are converted exactly
+            (``discdiff.parameterization``) to what the objective reads. ``nelbo`` is the bound
+            for both.
     """
 
-    _fields = ("vocab_size", "schedule", "curriculum", "eps")
+    _fields = ("vocab_size", "schedule", "curriculum", "eps", "objective")
 
     def __init__(
         self,
@@ -249,7 +259,12 @@ class UniformDiffusion(Diffusion):
         schedule: Schedule | None = None,
         curriculum: GaussianCurriculum | None = None,
         eps: float = 1e-3,
+        objective: Literal["nelbo", "cross_entropy"] = "nelbo",
     ) -> None:
+        if objective not in ("nelbo", "cross_entropy"):
+            raise ValueError(f"objective must be 'nelbo' (the bound) or 'cross_entropy' (the "
+                             f"posterior's objective, not a bound), got {objective!r}")  # fmt: skip
+        self.objective = objective
         process = UniformProcess(vocab_size)
         if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
             kind = type(curriculum).__name__
@@ -307,7 +322,17 @@ class UniformDiffusion(Diffusion):
             x_0, alpha_tilde, step, self.vocab_size, dtype, generator=generator,
             clean=kw.get("clean"),
         )  # fmt: skip
-        return self.process.integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._objective(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    def _objective(
+        self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
+        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, **kw: Any,
+    ) -> Tensor:  # fmt: skip
+        """The NELBO integrand, or the cross-entropy of ``objective="cross_entropy"``."""
+        if self.objective == "cross_entropy":
+            kw.pop("fused", None)  # the cross-entropy reads the logits
+            return self.process.cross_entropy(denoiser, z_in, x_0, z_t, alpha_t, cond, **kw)
+        return self.process.integrand(denoiser, z_in, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def sample(
         self,
@@ -331,15 +356,19 @@ class MaskedDiffusion(Diffusion):
     """MDLM: absorbing-state diffusion with the SUBS parameterisation.
 
     Args:
-        vocab_size: K, the number of data token ids. The mask token is id K, so the denoiser
-            returns K + 1 logits (``model_vocab_size``); its mask logit is ignored.
+        vocab_size: K, the number of token ids. By default the mask token is the extra id K,
+            so the denoiser returns K + 1 logits (``model_vocab_size``); its mask logit is
+            ignored.
         schedule: alpha_t (default log-linear).
         eps: the smallest time.
         time_conditioned: whether the denoiser sees the noise level. MDLM's default is no: the
             denoiser then gets sigma = 0, and the sampler may reuse x_hat while no token changes.
+        mask_id: None or K (the mask is the extra id K, K + 1 logits), or an id m in [0, K) of
+            the model's own vocabulary (a [MASK] token): the denoiser then returns K logits, m
+            is never a data token and never sampled.
     """
 
-    _fields = ("vocab_size", "schedule", "eps", "time_conditioned")
+    _fields = ("vocab_size", "schedule", "eps", "time_conditioned", "mask_id")
 
     def __init__(
         self,
@@ -347,8 +376,9 @@ class MaskedDiffusion(Diffusion):
         schedule: Schedule | None = None,
         eps: float = 1e-3,
         time_conditioned: bool = False,
+        mask_id: int | None = None,
     ) -> None:
-        process = MaskedProcess(vocab_size, time_conditioned)
+        process = MaskedProcess(vocab_size, time_conditioned, mask_id)
         super().__init__(process, schedule, eps)
         self.time_conditioned = process.time_conditioned
         self.mask_id = process.mask_id
