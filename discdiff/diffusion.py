@@ -176,7 +176,7 @@ class Diffusion:
         ``reads_token_levels``); the masked process simply never masks them. A model trained
         with such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
         """
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         step = _check_step(step)
         t = _draw_times(x_0, self.eps, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
@@ -225,7 +225,7 @@ class Diffusion:
         average over a validation set for the bound ``exp(sum(total) / n_tokens)`` on
         perplexity (``discdiff.metrics`` reduces it across ranks).
         """
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         t = _draw_times(x_0, self.eps, t, generator)
         clean = self.checked_clean_mask(denoiser, clean_mask, x_0, "or drop clean_mask")
         with trusted():
@@ -299,7 +299,7 @@ class UniformDiffusion(Diffusion):
     ) -> Tensor:
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L) or
         reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         t = _draw_times(x_0, self.eps, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():

@@ -139,6 +139,10 @@ class Process(ABC):
     ) -> Tensor:
         """-log p_theta(x_0 | z_eps) per token (B, L) from the logits at t = eps."""
 
+    def check_data(self, x_0: Tensor) -> Tensor:
+        """``x_0`` if it may be clean data of this process (checked once, at the door)."""
+        return x_0
+
     # --- built on them, once for every process ---------------------------------------------------
 
     def logits(

@@ -118,6 +118,15 @@ class MaskedProcess(Process):
         k, timed, m = self.vocab_size, self.time_conditioned, self.mask_id
         return f"MaskedProcess(vocab_size={k}, time_conditioned={timed}, mask_id={m})"
 
+    def check_data(self, x_0: Tensor) -> Tensor:
+        """``x_0``, unless it holds the mask id (possible only with the mask inside the
+        vocabulary: the extra id K is out of range already)."""
+        if self.mask_id < self.vocab_size:
+            reject_if(x_0 == self.mask_id, lambda: (
+                f"x_0 holds the mask id mask_id={self.mask_id}; clean data never does: keep the "
+                "model's [MASK] token out of the training data"))  # fmt: skip
+        return x_0
+
     def corrupt(
         self, x_0: Tensor, alpha_t: Tensor, *, generator: torch.Generator | None = None,
         clean: Tensor | None = None,
