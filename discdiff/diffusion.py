@@ -36,6 +36,7 @@ from discdiff.context import check_clean_mask, require_token_levels
 from discdiff.curriculum import GaussianCurriculum
 from discdiff.duality import DualSchedule
 from discdiff.losses._common import Reduction, check_mask, check_reduction
+from discdiff.objective import Bound, ObjectiveDefaults
 from discdiff.processes import NELBO, MaskedProcess, Process, UniformProcess
 from discdiff.processes.base import column
 from discdiff.schedules import LogLinearSchedule, Schedule
@@ -85,7 +86,7 @@ def _check_eps(eps: Any) -> float:
     return eps
 
 
-class Diffusion:
+class Diffusion(ObjectiveDefaults):
     """What the diffusion objects share: a ``Process``, a schedule alpha_t and the smallest
     time ``eps``, and from them the training loss, the validation bound, sampling and the dict
     round trip. Subclasses name their settings in ``_fields`` (the ``__init__`` keywords that
@@ -97,6 +98,7 @@ class Diffusion:
     def __init__(self, process: Process, schedule: Schedule | None, eps: float) -> None:
         self.process = process
         self.vocab_size = process.vocab_size
+        self.model_vocab_size = process.model_vocab_size
         self.eps = _check_eps(eps)
         self.schedule: Schedule = (
             _check_schedule(schedule) if schedule is not None else LogLinearSchedule(eps)
@@ -199,9 +201,9 @@ class Diffusion:
         alpha_t = column(self.schedule.alpha(t))
         dalpha_dt = column(self.schedule.dalpha_dt(t))
         z_t = self.process.corrupt(x_0, alpha_t, generator=generator, clean=kw.get("clean"))
-        return self._objective(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
-    def _objective(self, *args: Any, **kw: Any) -> Tensor:
+    def _integrand(self, *args: Any, **kw: Any) -> Tensor:
         """The training integrand (``Process.integrand``'s arguments): the process's NELBO."""
         return self.process.integrand(*args, **kw)
 
@@ -233,6 +235,27 @@ class Diffusion:
                 denoiser, x_0, t, self.schedule, self.eps, generator=generator, cond=cond,
                 clean=clean,
             )  # fmt: skip
+
+    def bound(
+        self,
+        denoiser: Denoiser,
+        x_0: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        cond: Mapping[str, Any] | None = None,
+        mask: Tensor | None = None,
+        clean_mask: Tensor | None = None,
+    ) -> Bound:
+        """``nelbo``'s bound as the training loop's ``Bound`` (``discdiff.objective``), with the
+        tokens that count (``mask`` (B, L), None: all)."""
+        return self.nelbo(denoiser, x_0, generator=generator, cond=cond,
+                          clean_mask=clean_mask).bound(mask)  # fmt: skip
+
+    def phase(self, step: int) -> str:
+        """The training phase of step ``step``, for logs: the process's name here; the uniform
+        diffusion names its curriculum."""
+        del step
+        return self.process.name
 
 
 class UniformDiffusion(Diffusion):
@@ -322,9 +345,9 @@ class UniformDiffusion(Diffusion):
             x_0, alpha_tilde, step, self.vocab_size, dtype, generator=generator,
             clean=kw.get("clean"),
         )  # fmt: skip
-        return self._objective(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
-    def _objective(
+    def _integrand(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
         dalpha_dt: Tensor, cond: Mapping[str, Any] | None, **kw: Any,
     ) -> Tensor:  # fmt: skip
@@ -333,6 +356,11 @@ class UniformDiffusion(Diffusion):
             kw.pop("fused", None)  # the cross-entropy reads the logits
             return self.process.cross_entropy(denoiser, z_in, x_0, z_t, alpha_t, cond, **kw)
         return self.process.integrand(denoiser, z_in, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    def phase(self, step: int) -> str:
+        """ "curriculum" while the Gaussian curriculum trains step ``step``, "discrete" after."""
+        active = self.curriculum is not None and self.curriculum.active(_check_step(step))
+        return "curriculum" if active else "discrete"
 
     def sample(
         self,

@@ -30,13 +30,13 @@ guidance needs; the validation bound is the conditional one, with every row's ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from discdiff.labels import LabelDropout
+from discdiff.objective import Bound
 from examples.config import Config
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "DCDObjective",
     "DuoObjective",
     "LabelDropout",
+    "LibraryObjective",
     "MDLMObjective",
     "SDTTObjective",
     "Objective",
@@ -53,18 +54,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Bound:
-    """A per-token validation bound (B, L') and its named terms (each (B, L'))."""
-
-    total: Tensor
-    terms: dict[str, Tensor]
-    description: str
-    mask: Tensor | None = None
-    """(B, L') bool, True where a token counts (None: all do)."""
-
-
 class Objective(Protocol):
+    """The loop's view of an objective: the library's ``discdiff.objective.Objective`` plus the
+    example's conventions (padding ``mask`` and class ``label`` as keywords, the ``t`` of the
+    data-parallel antithetic times, ``token_mask``, a name)."""
+
     name: str
     vocab_size: int
     """Data vocabulary (the tokenizer's)."""
@@ -110,59 +104,90 @@ def _cond(mask: Tensor | None, label: Tensor | None = None) -> dict[str, Tensor]
     return cond or None
 
 
-class _Stateless:
-    uses_times = True
+class LibraryObjective:
+    """A library objective (a diffusion or a distiller: ``discdiff.objective.Objective``) in
+    the loop. ``trainer`` gives the loss, the phases, ``after_step`` and the checkpointed state;
+    ``diffusion`` (the trainer itself for a diffusion, the student's for a distiller) the
+    validation bound and the samples. ``trainer`` is None for a distillation objective built for
+    evaluation and sampling only (no teacher). The example's conventions live here: the padding
+    mask and class labels become the model's conditioning, labels are dropped with
+    ``label_dropout`` in training, and a ``clean_context`` share of the steps trains rows that
+    keep clean context (uniform diffusion only)."""
+
+    causal = False
+    label_dropout: LabelDropout | None = None
+    """Set by ``build_objective`` for a labelled run."""
+
+    def __init__(self, trainer: Any, diffusion: Any, *, uses_times: bool,
+                 clean_context: float = 0.0) -> None:  # fmt: skip
+        self.trainer, self.diffusion = trainer, diffusion
+        self.uses_times, self.clean_context = uses_times, clean_context
+        self.vocab_size = diffusion.vocab_size
+        self.model_vocab_size = diffusion.model_vocab_size
+        self.held_clean: Tensor | None = None  # the last loss's clean context (no loss there)
+
+    @property
+    def distiller(self) -> Any:
+        """The trainer of a distillation objective (None without a teacher)."""
+        return self.trainer
+
+    def _require_trainer(self) -> Any:
+        if self.trainer is None:
+            raise RuntimeError(
+                f"this {self.name.upper()} objective was built without a teacher (evaluation only)"
+            )
+        return self.trainer
+
+    def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
+        """The trainer's per-token loss. With ``clean_context`` > 0 that share of the steps
+        trains rows with clean context (level 0, no loss), which ``held_clean`` keeps for the
+        step's mean. Whole steps rather than a share of every batch's rows: a batch with any
+        clean position hands the model per-token levels (B, L), whose adaLN modulation costs a
+        quarter more than one level per row, so the other steps keep the cheaper path."""
+        if label is not None and self.label_dropout is not None:
+            label = self.label_dropout(label, generator)
+        options: dict[str, Any] = {"generator": generator, "cond": _cond(mask, label)}
+        if self.uses_times:
+            options["t"] = t
+        self.held_clean = None
+        if self.clean_context > 0:
+            draw = torch.rand((), generator=generator, device=x_0.device)
+            if float(draw) < self.clean_context:
+                from discdiff.context import random_clean_mask
+
+                self.held_clean = random_clean_mask(*x_0.shape, share=1.0, generator=generator,
+                                                    device=x_0.device)  # fmt: skip
+                options["clean_mask"] = self.held_clean
+        return self._require_trainer().loss(model, x_0, step, **options)
 
     def token_mask(self, mask: Tensor) -> Tensor:
         return mask
 
-    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        del step, model, ema
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
-
-
-def _nelbo_bound(nelbo: Any, mask: Tensor | None = None) -> Bound:
-    terms = {
-        "diffusion": nelbo.diffusion,
-        "prior": nelbo.prior,
-        "reconstruction": nelbo.reconstruction,
-    }
-    description = getattr(nelbo, "terms", "diffusion + prior + reconstruction")
-    return Bound(nelbo.total, terms, description, mask)
-
-
-class _DiffusionObjective(_Stateless):
-    """An objective that delegates to a discdiff diffusion object held as ``self.diffusion``."""
-
-    diffusion: Any
-    label_dropout: LabelDropout | None = None
-    """Set by ``build_objective`` for a labelled run."""
-
-    def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
-        if label is not None and self.label_dropout is not None:
-            label = self.label_dropout(label, generator)
-        return self.diffusion.loss(
-            model, x_0, step=step, t=t, generator=generator, cond=_cond(mask, label)
-        )
-
     def bound(self, model, x_0, *, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
-        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask, label))
-        return _nelbo_bound(nelbo, mask)
+        return self.diffusion.bound(model, x_0, generator=generator, cond=_cond(mask, label),
+                                    mask=mask)  # fmt: skip
 
     def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
         return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
 
+    def phase(self, step: int) -> str:
+        return self._require_trainer().phase(step)
 
-class DuoObjective(_DiffusionObjective):
-    """Duo: curriculum (relaxed Gaussian latents) until ``curriculum_end``, then discrete."""
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        self._require_trainer().after_step(step, model, ema)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._require_trainer().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._require_trainer().load_state_dict(state)
+
+
+class DuoObjective(LibraryObjective):
+    """Duo: ``UniformDiffusion`` with the Gaussian curriculum until ``curriculum_end``, then
+    the discrete process."""
 
     name = "duo"
-    causal = False
 
     def __init__(
         self, vocab_size: int, *, gamma_min: float, gamma_max: float, tau: float,
@@ -177,53 +202,24 @@ class DuoObjective(_DiffusionObjective):
                 window=GammaSchedule(gamma_min, gamma_max), tau=tau, end_step=curriculum_end,
                 top_k=top_k, tau_end=tau_end,
             )  # fmt: skip
-        self.diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
-        self.vocab_size = self.model_vocab_size = vocab_size
+        diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
+        super().__init__(diffusion, diffusion, uses_times=True, clean_context=clean_context)
         self.curriculum_end = curriculum_end
-        self.clean_context = clean_context
-        self.held_clean: Tensor | None = None  # the last loss's clean context (no loss there)
-
-    def loss(self, model, x_0, *, step, t, generator, mask=None, label=None):  # type: ignore[no-untyped-def]
-        """The Duo loss; a ``clean_context`` share of the steps trains rows that keep clean
-        context (level 0, no loss), which ``held_clean`` keeps for the step's mean.
-
-        Whole steps rather than a share of every batch's rows: a batch with any clean position
-        hands the model per-token levels (B, L), whose adaLN modulation costs a quarter more
-        than one level per row, so the other steps keep the cheaper path."""
-        if label is not None and self.label_dropout is not None:
-            label = self.label_dropout(label, generator)
-        self.held_clean = None
-        draw = torch.rand((), generator=generator, device=x_0.device)
-        if self.clean_context > 0 and float(draw) < self.clean_context:
-            from discdiff.context import random_clean_mask
-
-            self.held_clean = random_clean_mask(*x_0.shape, share=1.0, generator=generator,
-                                                device=x_0.device)  # fmt: skip
-        return self.diffusion.loss(model, x_0, step=step, t=t, generator=generator,
-                                   cond=_cond(mask, label), clean_mask=self.held_clean)  # fmt: skip
-
-    def phase(self, step: int) -> str:
-        return "curriculum" if step < self.curriculum_end else "discrete"
 
 
-class MDLMObjective(_DiffusionObjective):
+class MDLMObjective(LibraryObjective):
     """MDLM: absorbing-state diffusion; the model's vocabulary has the mask id appended."""
 
     name = "mdlm"
-    causal = False
 
     def __init__(self, vocab_size: int, *, eps: float = 1e-3) -> None:
         from discdiff.diffusion import MaskedDiffusion
 
-        self.diffusion = MaskedDiffusion(vocab_size, eps=eps)
-        self.vocab_size = vocab_size
-        self.model_vocab_size = self.diffusion.model_vocab_size
-
-    def phase(self, step: int) -> str:
-        return "masked"
+        diffusion = MaskedDiffusion(vocab_size, eps=eps)
+        super().__init__(diffusion, diffusion, uses_times=True)
 
 
-class ARObjective(_Stateless):
+class ARObjective:
     """Next-token prediction with a causal DiT: logits at i predict token i + 1.
 
     ``fused``: the training loss of a model that offers ``discdiff.denoise.FusedHead`` (the DiT)
@@ -234,6 +230,7 @@ class ARObjective(_Stateless):
     name = "ar"
     causal = True
     uses_times = False
+    label_dropout = None
 
     def __init__(self, vocab_size: int, bos_id: int, *, fused: bool = True) -> None:
         self.vocab_size = self.model_vocab_size = vocab_size
@@ -277,6 +274,15 @@ class ARObjective(_Stateless):
     def phase(self, step: int) -> str:
         return "ar"
 
+    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
+        del step, model, ema
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
 
 def sample_autoregressive(
     model: nn.Module, batch_size: int, length: int, *, bos_id: int,
@@ -293,58 +299,7 @@ def sample_autoregressive(
     return generate_ar(model, bos, length - 1, top_p=top_p, generator=generator)
 
 
-class _DistillationObjective:
-    """A distillation run behind the adapter: its distiller (``DCDistiller``,
-    ``SDTTDistiller``) gives the loss, the round protocol and the checkpointed state; the
-    student's own diffusion (``self.diffusion``) gives the validation bound and the samples.
-    ``distiller`` is None for an objective built for evaluation and sampling only (no
-    teacher)."""
-
-    causal = False
-    uses_times = False
-    diffusion: Any
-    distiller: Any
-
-    def _require_distiller(self) -> Any:
-        if self.distiller is None:
-            raise RuntimeError(
-                f"this {self.name.upper()} objective was built without a teacher (evaluation only)"
-            )
-        return self.distiller
-
-    def loss(self, model, x_0, *, step, t, generator, mask=None):  # type: ignore[no-untyped-def]
-        del t
-        return self._require_distiller().loss(
-            model, x_0, step, generator=generator, cond=_cond(mask)
-        )
-
-    def token_mask(self, mask: Tensor) -> Tensor:
-        return mask
-
-    def bound(self, model, x_0, *, generator, mask=None):  # type: ignore[no-untyped-def]
-        nelbo = self.diffusion.nelbo(model, x_0, generator=generator, cond=_cond(mask))
-        return _nelbo_bound(nelbo, mask)
-
-    def sample(self, model, batch_size, length, steps, **kwargs):  # type: ignore[no-untyped-def]
-        return self.diffusion.sample(model, batch_size, length, steps, **kwargs)
-
-    def phase(self, step: int) -> str:
-        """``round<r>``: the distiller's round of step ``step`` (``TeacherRounds.round_at``)."""
-        return f"round{self._require_distiller().round_at(step)}"
-
-    def after_step(self, step: int, model: nn.Module, ema: Any) -> None:
-        """``step``: the 0-based index of the optimizer step just taken; ``ema`` the student's
-        ``AveragedModel`` (the teacher's source at a round boundary with refresh_from=ema)."""
-        self._require_distiller().maybe_refresh(step, model, ema)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._require_distiller().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._require_distiller().load_state_dict(state)
-
-
-class DCDObjective(_DistillationObjective):
+class DCDObjective(LibraryObjective):
     """Discrete consistency distillation of a Duo teacher into a student (same architecture).
 
     Rounds of ``steps_per_round`` steps; dt = 2^round / T; at every round boundary the teacher
@@ -365,24 +320,21 @@ class DCDObjective(_DistillationObjective):
         from discdiff.diffusion import UniformDiffusion
         from discdiff.schedules import GammaSchedule
 
-        self.vocab_size = self.model_vocab_size = vocab_size
-        self.steps_per_round, self.rounds = steps_per_round, rounds
-        self.refresh_from = refresh_from
-        self.distiller = None
+        distiller = None
         if teacher is not None:
             from discdiff.distill import DCDistiller
 
-            self.distiller = DCDistiller(
+            distiller = DCDistiller(
                 teacher, vocab_size, window=GammaSchedule(gamma_min, gamma_max),
                 initial_steps=T, steps_per_round=steps_per_round, n_rounds=rounds,
                 divergence=divergence, refresh_from=refresh_from, eps=eps,
             )  # fmt: skip
         # Students sample on the log-linear schedule (alpha_1 ~ 0 matches the uniform prior),
         # as the reference samples them: the distillation window is a training axis only.
-        self.diffusion = UniformDiffusion(vocab_size, eps=eps)
+        super().__init__(distiller, UniformDiffusion(vocab_size, eps=eps), uses_times=False)
 
 
-class SDTTObjective(_DistillationObjective):
+class SDTTObjective(LibraryObjective):
     """Self-distillation through time of an MDLM teacher into a student (same architecture).
 
     Rounds of ``steps_per_round`` steps; round n's student learns to take in one step the
@@ -401,20 +353,17 @@ class SDTTObjective(_DistillationObjective):
     ) -> None:  # fmt: skip
         from discdiff.diffusion import MaskedDiffusion
 
-        self.diffusion = MaskedDiffusion(vocab_size, eps=eps)
-        self.vocab_size = vocab_size
-        self.model_vocab_size = self.diffusion.model_vocab_size
-        self.steps_per_round, self.rounds = steps_per_round, rounds
-        self.refresh_from = refresh_from
-        self.distiller = None
+        diffusion = MaskedDiffusion(vocab_size, eps=eps)
+        distiller = None
         if teacher is not None:
             from discdiff.sdtt import SDTTDistiller
 
-            self.distiller = SDTTDistiller.from_diffusion(
-                teacher, self.diffusion, teacher_steps=teacher_steps, initial_steps=T,
+            distiller = SDTTDistiller.from_diffusion(
+                teacher, diffusion, teacher_steps=teacher_steps, initial_steps=T,
                 steps_per_round=steps_per_round, n_rounds=rounds, divergence=divergence,
                 refresh_from=refresh_from,
             )  # fmt: skip
+        super().__init__(distiller, diffusion, uses_times=False)
 
 
 def build_objective(

@@ -22,6 +22,7 @@ from discdiff import config
 from discdiff.checks import check_generator, check_x0
 from discdiff.losses._common import Reduction, check_mask, check_reduction, reduce_loss
 from discdiff.losses.kl import token_kl
+from discdiff.objective import Bound
 from discdiff.rounds import TeacherRounds, check_distillation_settings, unwrap
 from discdiff.typing import Denoiser, check_vocab_size
 
@@ -75,6 +76,7 @@ class Distiller(abc.ABC):
         """The frozen teacher, its round and the refresh protocol (``TeacherRounds``)."""
         check_distillation_settings(divergence, refresh_from, kl_dtype, eps)
         self.vocab_size = vocab_size
+        self.model_vocab_size = vocab_size  # the masked distiller appends its mask id
         self.initial_steps = initial_steps
         self.divergence: Divergence = divergence
         self.kl_dtype = kl_dtype
@@ -166,6 +168,36 @@ class Distiller(abc.ABC):
         """The teacher's time step in round ``round``: dt = growth^round / initial_steps (growth
         2 for DCD, ``teacher_steps`` for SDTT)."""
         return self._growth ** self.rounds.check_round(round) / self.initial_steps
+
+    # -- the training loop's ``Objective`` (``discdiff.objective``) -------------------------
+
+    def student_diffusion(self) -> Any:
+        """The diffusion the student is sampled and evaluated on (its schedule and process);
+        a distiller that offers ``bound`` defines it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines no student_diffusion(), so it has no bound"
+        )
+
+    def bound(
+        self,
+        student: Denoiser,
+        x_0: Int[Tensor, "b l"],
+        *,
+        generator: torch.Generator | None = None,
+        cond: Mapping[str, Any] | None = None,
+        mask: Bool[Tensor, "b l"] | None = None,
+    ) -> Bound:
+        """The student's NELBO on ``student_diffusion()`` as a ``Bound`` (validation)."""
+        return self.student_diffusion().bound(student, x_0, generator=generator, cond=cond,
+                                              mask=mask)  # fmt: skip
+
+    def phase(self, step: int) -> str:
+        """``round<r>``: the round of distillation step ``step``."""
+        return f"round{self.round_at(step)}"
+
+    def after_step(self, step: int, model: Any, ema: Any = None) -> None:
+        """``maybe_refresh`` after the optimiser update of step ``step``."""
+        self.maybe_refresh(step, model, ema)
 
     def maybe_refresh(self, step: int, student: Any, ema: Any = None) -> bool:
         """Call after the optimiser update of distillation step ``step``: at a round boundary,

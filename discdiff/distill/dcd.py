@@ -31,74 +31,25 @@ from torch import Tensor, nn
 
 from discdiff import samplers
 from discdiff.denoise import denoise, noise_level, warn_if_training
+from discdiff.diffusion import UniformDiffusion
 from discdiff.distill.base import Distiller, Divergence
-from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform, signal_to_noise
+from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
 from discdiff.parameterization import convert_logits, parameterization_of
+from discdiff.processes.gaussian import argmax_pair
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
 from discdiff.typing import (
     Denoiser,
     as_float,
     check_count,
-    check_range,
-    check_tokens,
-    check_vocab_size,
     trusted,
-    typechecked,
 )
 
-__all__ = ["PAPER_DCD_WINDOW", "DCDistiller", "argmax_pair"]
+__all__ = ["PAPER_DCD_WINDOW", "DCDistiller", "argmax_pair"]  # argmax_pair: discdiff.processes
 
 PAPER_DCD_WINDOW = AlphaWindow(0.9986941399953239, 0.006186308465627621)
 """The released run's gamma in [-4, -1] at K = 50257: alpha from 0.9987 to 0.0062
 (``AlphaWindow.from_gamma(-4, -1, 50257)``, which the tests check)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# The shared-noise argmax pair, without the (B, L, K) noise
-# ----------------------------------------------------------------------------------------------
-
-
-@typechecked
-def argmax_pair(
-    x_0: Int[Tensor, "b l"],
-    alpha_tilde_t: Float[Tensor, "b _l"],
-    alpha_tilde_s: Float[Tensor, "b _l"],
-    vocab_size: int,
-    *,
-    generator: torch.Generator | None = None,
-) -> tuple[Int[Tensor, "b l"], Int[Tensor, "b l"]]:
-    """(z_t, z_s) = (argmax w_t, argmax w_s) for w = alpha_tilde onehot(x_0) + sigma_tilde eps with
-    one eps ~ N(0, I_K) shared by both levels; ``alpha_tilde_*`` are (B, 1) or (B, L) in [0, 1].
-
-    Exact in law, and O(1) per token instead of O(K): eps is never drawn. Every coordinate but
-    the clean one is sigma_tilde eps_k at both levels, so the best rival is the same class j at
-    both levels, uniform over the K - 1 others, with value sigma_tilde m, m the maximum of K - 1
-    standard normals (drawn by inverting its cdf Phi(m)^(K-1)). The clean coordinate wins at a
-    level iff alpha_tilde / sigma_tilde + eps_x > m. Each of z_t, z_s has the uniform-state law
-    with alpha = T(alpha_tilde); their joint law is that of ``processes.gaussian_latent`` called
-    twice with the same ``noise``. Returns two int64 (B, L) tensors.
-    """
-    check_vocab_size(vocab_size)
-    check_tokens(x_0, vocab_size, "x_0")
-    check_range(alpha_tilde_t, "alpha_tilde_t", 0.0, 1.0)
-    check_range(alpha_tilde_s, "alpha_tilde_s", 0.0, 1.0)
-    for name, a in (("alpha_tilde_t", alpha_tilde_t), ("alpha_tilde_s", alpha_tilde_s)):
-        if a.shape[1] not in (1, x_0.shape[1]):
-            raise ValueError(
-                f"{name} must be (B, 1) or (B, L) = {tuple(x_0.shape)}, got {tuple(a.shape)}"
-            )
-    shape, device = x_0.shape, x_0.device
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-    eps_x = torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
-    offset = torch.randint(1, vocab_size, shape, generator=generator, device=device)
-    rival = torch.remainder(x_0.long() + offset, vocab_size)
-    # m = Phi^-1(u^(1/(K-1))) through the upper tail: 1 - u^(1/(K-1)) keeps its precision.
-    m = -torch.special.ndtri(-torch.expm1(torch.log(u) / (vocab_size - 1)))
-    margin = eps_x - m
-    z_t = torch.where(signal_to_noise(alpha_tilde_t) + margin > 0, x_0.long(), rival)
-    z_s = torch.where(signal_to_noise(alpha_tilde_s) + margin > 0, x_0.long(), rival)
-    return z_t, z_s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +172,10 @@ class DCDistiller(Distiller):
         gradients, sigma = -log T(alpha_tilde); the KL of ``divergence`` between them."""
         dt = self.dt(round)
         t = antithetic_times(
-            x_0.shape[0], eps=dt + self.eps, generator=generator, device=x_0.device,
+            x_0.shape[0],
+            eps=dt + self.eps,
+            generator=generator,
+            device=x_0.device,
             dtype=torch.float64,
         )
         s = (t - dt).clamp_min(0.0)
@@ -243,6 +197,10 @@ class DCDistiller(Distiller):
         return self._divergence(student_logits, teacher_logits)
 
     # -- sampling ---------------------------------------------------------------------------
+
+    def student_diffusion(self) -> UniformDiffusion:
+        """The uniform diffusion on the log-linear schedule, the student's (``sample``)."""
+        return UniformDiffusion(self.vocab_size, eps=self.eps)
 
     def sample(
         self,

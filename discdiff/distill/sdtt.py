@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from discdiff import processes
 from discdiff.checks import check_schedule
 from discdiff.denoise import denoise, noise_level, warn_if_training
+from discdiff.diffusion import MaskedDiffusion
 from discdiff.distill.base import Distiller, Divergence
 from discdiff.samplers import masked_ancestral_step, sample_masked
 from discdiff.schedules import LogLinearSchedule, Schedule
@@ -272,7 +273,10 @@ class SDTTDistiller(Distiller):
         x_hat and the target over the K data classes at the masked positions of z_t (and of
         ``mask``), 0 elsewhere."""
         t = antithetic_times(
-            x_0.shape[0], eps=self.eps, generator=generator, device=x_0.device,
+            x_0.shape[0],
+            eps=self.eps,
+            generator=generator,
+            device=x_0.device,
             dtype=torch.float64,
         )
         alpha_t = self._alpha(t).unsqueeze(-1)
@@ -291,6 +295,10 @@ class SDTTDistiller(Distiller):
         return out.index_put((rows,), kl.reshape(-1)).reshape(x_0.shape)
 
     # -- sampling -------------------------------------------------------------------------
+
+    def student_diffusion(self) -> MaskedDiffusion:
+        """The masked diffusion on the distiller's schedule, the student's (``sample``)."""
+        return MaskedDiffusion(self.vocab_size, self.schedule, self.eps, self.time_conditioned)
 
     def sample(
         self, student: Denoiser, batch_size: int, length: int, steps: int, **kwargs: Any

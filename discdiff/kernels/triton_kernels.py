@@ -49,6 +49,14 @@ def _g_small(z):
 
 
 @triton.jit
+def _tile_rows(n_rows, ROWS: tl.constexpr):
+    """This program's ROWS rows: their indices, whether each is a real row, and the indices
+    clamped into range (the tail tile reads the last row again and stores nothing)."""
+    rows_out = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    return rows_out, rows_out < n_rows, tl.minimum(rows_out, n_rows - 1).to(tl.int64)
+
+
+@triton.jit
 def _row_max_sum(x_ptr, rows, stride, n_cols, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
     """Online max and sum of exp(x - max) over each row (float32), one pass."""
     m = tl.full([ROWS], float("-inf"), tl.float32)
@@ -77,10 +85,7 @@ def _nelbo_fwd_kernel(
 ):  # fmt: skip
     """Per row: max, 1/sum of the softmax; p_i, p_x, q_x; Σ_{j∉{i,x}} p_j, log1p(β p_j) and (when
     any β of the tile is small) g(β p_j); R = Σ_j p_j q_j with q = p / (A p + c)."""
-    pid = tl.program_id(0)
-    rows_out = pid * ROWS + tl.arange(0, ROWS)
-    live = rows_out < n_rows
-    rows = tl.minimum(rows_out, n_rows - 1).to(tl.int64)
+    rows_out, live, rows = _tile_rows(n_rows, ROWS)
     x_id = tl.load(ix_ptr + rows)
     i_id = tl.load(ii_ptr + rows)
     beta = tl.load(coef_ptr + rows)
@@ -135,10 +140,7 @@ def _nelbo_bwd_kernel(
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """grad_k = p_k (scale q_k + shift) + [k = x] at_x + [k = i] at_i, one pass over the row."""
-    pid = tl.program_id(0)
-    rows_out = pid * ROWS + tl.arange(0, ROWS)
-    live = rows_out < n_rows
-    rows = tl.minimum(rows_out, n_rows - 1).to(tl.int64)
+    rows_out, live, rows = _tile_rows(n_rows, ROWS)
     x_id = tl.load(ix_ptr + rows)
     i_id = tl.load(ii_ptr + rows)
     m = tl.load(stats_ptr + rows)
@@ -335,10 +337,7 @@ def _step_kernel(
     mixture (stay at z_t, the x̂ draw, a uniform draw) with float64 weights from x̂[z_t].
     """
     H: tl.constexpr = BLOCK_K // 2
-    pid = tl.program_id(0)
-    rows_out = pid * ROWS + tl.arange(0, ROWS)
-    live = rows_out < n_rows
-    rows = tl.minimum(rows_out, n_rows - 1).to(tl.int64)
+    rows_out, live, rows = _tile_rows(n_rows, ROWS)
     key = _token_keys(seed_ptr, rows, call, length, ROW_KEYS)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)

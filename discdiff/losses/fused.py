@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -241,78 +242,84 @@ class _FusedLinearLoss(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_head(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, reduction: str, mask: Tensor | None
-) -> int:
-    k, d = weight.shape
-    check_vocab_size(k, "weight.shape[0] (the vocabulary size K)")
-    if hidden.shape[-1] != d:
-        raise ValueError(
-            f"hidden has size {hidden.shape[-1]} on its last axis but weight is (K, D) = ({k}, {d})"
-        )
-    if bias is not None and bias.shape != (k,):
-        raise ValueError(f"bias must have shape (K,) = ({k},), got {tuple(bias.shape)}")
-    check_reduction(reduction)
-    check_mask(mask, hidden.shape[:2])
-    return k
-
-
 class _Rows:
-    """The rows of the (B·L) tokens that the loss computes: those where ``mask`` is True, or all.
+    """One fused loss call: its checked head and options, and the rows of the (B·L) tokens that
+    it computes — those where ``mask`` is True, or all.
 
     Ignored tokens are dropped before the output layer (no logits, no loss, no gradient), so
-    padding costs nothing and its ids and levels are never read.
+    padding costs nothing and their ids and levels are never read.
     """
 
-    def __init__(self, mask: Tensor | None, shape: torch.Size, device: torch.device) -> None:
-        self.shape = shape
-        self.n = shape.numel()
-        self.keep = None if mask is None else mask.to(device).reshape(-1).nonzero().squeeze(1)
+    def __init__(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        mask: Tensor | None,
+        reduction: str,
+        block_rows: int | None,
+    ) -> None:
+        self.k, d = weight.shape
+        check_vocab_size(self.k, "weight.shape[0] (the vocabulary size K)")
+        if hidden.shape[-1] != d:
+            raise ValueError(
+                f"hidden has size {hidden.shape[-1]} on its last axis but weight is (K, D) = "
+                f"({self.k}, {d})"
+            )
+        if bias is not None and bias.shape != (self.k,):
+            raise ValueError(f"bias must have shape (K,) = ({self.k},), got {tuple(bias.shape)}")
+        check_reduction(reduction)
+        check_mask(mask, hidden.shape[:2])
+        self.block_rows = None if block_rows is None else check_count(block_rows, "block_rows")
+        self.reduction = reduction
+        self.acc = accumulation_dtype(hidden.device)
+        self.batch = hidden.shape[0]
+        self.n = hidden.shape[0] * hidden.shape[1]
+        self.keep = None if mask is None else mask.to(hidden.device).reshape(-1).nonzero()[:, 0]
         self.count = self.n if self.keep is None else int(self.keep.numel())
 
     def take(self, x: Tensor) -> Tensor:
         """(B, L, ...) per-token values -> (count, ...) of the kept tokens."""
-        flat = x.reshape(self.n, *x.shape[2:])
+        flat = rearrange(x, "b l ... -> (b l) ...")
         return flat if self.keep is None else flat.index_select(0, self.keep)
 
     def put(self, values: Tensor) -> Tensor:
         """(count,) losses of the kept tokens -> (B, L), 0 at the ignored ones."""
         if self.keep is not None:
             values = values.new_zeros(self.n).index_put((self.keep,), values)
-        return values.view(self.shape)
+        return rearrange(values, "(b l) -> b l", b=self.batch)
 
-
-def _run(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    row_weight: Tensor,
-    raw: RowLoss,
-    reduction: str,
-    block_rows: int | None,
-    out_dtype: torch.dtype,
-    rows: _Rows,
-) -> Tensor:
-    """The loss over the kept rows: ``hidden`` (count, D), ``row_weight`` (count,), ``raw`` of a
-    block of kept rows."""
-    n, d = hidden.shape
-    k = weight.shape[0]
-    mm_dtype = _autocast_dtype(hidden.device)
-    if mm_dtype is None or not hidden.dtype.is_floating_point:
-        mm_dtype = torch.promote_types(hidden.dtype, weight.dtype)
-    if block_rows is None:
-        block_rows = default_chunk_rows(
-            k, hidden.device, cpu_elements=BLOCK_ELEMENTS_CPU, device_elements=BLOCK_ELEMENTS_DEVICE
-        )
-    block_rows = min(block_rows, max(n, 1))
-    reduced = reduction != "none"
-    loss = _FusedLinearLoss.apply(
-        hidden, weight, bias, row_weight, raw, reduced, block_rows, mm_dtype,
-        torch.is_grad_enabled(),
-    )  # fmt: skip
-    if reduction == "mean":
-        loss = loss / max(rows.count, 1)  # the tokens that count; 0 when none does
-    return loss.to(out_dtype) if reduced else rows.put(loss).to(out_dtype)
+    def run(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        row_weight: Tensor,
+        raw: RowLoss,
+        out_dtype: torch.dtype,
+    ) -> Tensor:
+        """The loss over the kept rows: ``hidden`` (B, L, D), ``row_weight`` (count,), ``raw``
+        the loss of a block of kept rows."""
+        hidden = self.take(hidden)
+        n = hidden.shape[0]
+        mm_dtype = _autocast_dtype(hidden.device)
+        if mm_dtype is None or not hidden.dtype.is_floating_point:
+            mm_dtype = torch.promote_types(hidden.dtype, weight.dtype)
+        block_rows = self.block_rows
+        if block_rows is None:
+            block_rows = default_chunk_rows(
+                self.k, hidden.device, cpu_elements=BLOCK_ELEMENTS_CPU,
+                device_elements=BLOCK_ELEMENTS_DEVICE,
+            )  # fmt: skip
+        block_rows = min(block_rows, max(n, 1))
+        reduced = self.reduction != "none"
+        loss = _FusedLinearLoss.apply(
+            hidden, weight, bias, row_weight, raw, reduced, block_rows, mm_dtype,
+            torch.is_grad_enabled(),
+        )  # fmt: skip
+        if self.reduction == "mean":
+            loss = loss / max(self.count, 1)  # the tokens that count; 0 when none does
+        return loss.to(out_dtype) if reduced else self.put(loss).to(out_dtype)
 
 
 def _compute(logits: Tensor) -> Tensor:
@@ -364,7 +371,8 @@ def fused_linear_uniform_nelbo(
     Memory: one block of logits and one of their gradient at a time; nothing of size (B·L, K) is
     held. The per-row loss and gradient are ``discdiff.losses.uniform``'s closed forms.
     """
-    k = _check_head(hidden, weight, bias, reduction, mask)
+    rows = _Rows(hidden, weight, bias, mask, reduction, block_rows)
+    k, acc, shape = rows.k, rows.acc, x_0.shape
     check_tokens(x_0, k, "x_0")
     check_tokens(z_t, k, "z_t")
     check_levels(alpha_t, dalpha_t, "alpha_t")
@@ -373,12 +381,7 @@ def fused_linear_uniform_nelbo(
             "alpha_t requires grad, but the uniform NELBO treats it as a constant; pass "
             "alpha_t.detach() (gradients flow to hidden, weight, bias and dalpha_t)"
         )
-    if block_rows is not None:
-        block_rows = check_count(block_rows, "block_rows")
     out_dtype = result_dtype(hidden, alpha_t, dalpha_t)
-    acc = accumulation_dtype(hidden.device)
-    shape = x_0.shape
-    rows = _Rows(mask, shape, hidden.device)
     alpha = rows.take(per_token(alpha_t, shape, hidden, acc)).contiguous()
     x_f, z_f = rows.take(x_0).view(-1, 1), rows.take(z_t).view(-1, 1)
     if checks_enabled() and bool(((alpha == 1) & (z_f != x_f).view(-1)).any()):
@@ -399,9 +402,7 @@ def fused_linear_uniform_nelbo(
         )
         return d.view(r)
 
-    return _run(
-        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
-    )
+    return rows.run(hidden, weight, bias, row_weight, raw, out_dtype)
 
 
 @typechecked
@@ -422,17 +423,13 @@ def fused_linear_masked_nelbo(
     """``masked_nelbo(hidden @ weight.T + bias, x_0, z_t, alpha_t, dalpha_t, mask_id)``, block by
     block; arguments as in ``fused_linear_uniform_nelbo`` (``mask``: the tokens that count, not
     ``mask_id``). K (weight's rows) counts the mask token."""
-    k = _check_head(hidden, weight, bias, reduction, mask)
+    rows = _Rows(hidden, weight, bias, mask, reduction, block_rows)
+    k, acc, shape = rows.k, rows.acc, x_0.shape
     check_tokens(x_0, k, "x_0")
     check_tokens(z_t, k, "z_t")
     check_mask_id(mask_id, k, x_0)
     check_levels(alpha_t, dalpha_t, "alpha_t")
-    if block_rows is not None:
-        block_rows = check_count(block_rows, "block_rows")
     out_dtype = result_dtype(hidden, alpha_t, dalpha_t)
-    acc = accumulation_dtype(hidden.device)
-    shape = x_0.shape
-    rows = _Rows(mask, shape, hidden.device)
     alpha = rows.take(per_token(alpha_t, shape, hidden, acc))
     dalpha = rows.take(per_token(dalpha_t, shape, hidden, acc))
     masked = rows.take(z_t) == mask_id
@@ -444,9 +441,7 @@ def fused_linear_masked_nelbo(
         log_p = log_prob_without_mask(_compute(logits).unsqueeze(0), x_f[sl].unsqueeze(0), mask_id)
         return log_p.view(-1).to(acc)
 
-    return _run(
-        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
-    )
+    return rows.run(hidden, weight, bias, row_weight, raw, out_dtype)
 
 
 @typechecked
@@ -466,19 +461,14 @@ def fused_linear_cross_entropy(
     arguments as in ``fused_linear_uniform_nelbo`` (``mask`` False where ``F.cross_entropy``
     would take ``ignore_index``).
     """
-    k = _check_head(hidden, weight, bias, reduction, mask)
-    check_tokens(targets, k, "targets")
-    if block_rows is not None:
-        block_rows = check_count(block_rows, "block_rows")
+    rows = _Rows(hidden, weight, bias, mask, reduction, block_rows)
+    check_tokens(targets, rows.k, "targets")
     out_dtype = result_dtype(hidden)
-    acc = accumulation_dtype(hidden.device)
-    rows = _Rows(mask, targets.shape, hidden.device)
+    acc = rows.acc
     t_f = rows.take(targets)
     row_weight = torch.ones(t_f.shape, dtype=acc, device=hidden.device)
 
     def raw(logits: Tensor, sl: slice) -> Tensor:
         return F.cross_entropy(_compute(logits), t_f[sl], reduction="none").to(acc)
 
-    return _run(
-        rows.take(hidden), weight, bias, row_weight, raw, reduction, block_rows, out_dtype, rows
-    )
+    return rows.run(hidden, weight, bias, row_weight, raw, out_dtype)

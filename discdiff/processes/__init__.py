@@ -27,6 +27,7 @@ from discdiff.processes.base import NELBO, Process
 from discdiff.processes.gaussian import (
     GaussianLatent,
     TopKLatent,
+    argmax_pair,
     gaussian_latent,
     relax,
     topk_gaussian_latent,
@@ -41,6 +42,7 @@ __all__ = [
     "Process",
     "TopKLatent",
     "UniformProcess",
+    "argmax_pair",
     "gaussian_latent",
     "masked_corrupt",
     "masked_marginal",

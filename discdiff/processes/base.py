@@ -26,7 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from torch import Tensor
 from discdiff.denoise import Head, denoise, denoise_head
 from discdiff.losses._common import Reduction, check_mask, reduce_loss
 from discdiff.losses.dispatch import use_fused_head
+from discdiff.objective import Bound
 from discdiff.schedules import Schedule
 from discdiff.typing import Denoiser
 
@@ -70,6 +71,14 @@ class NELBO:
         "diffusion (continuous time, t in [eps, 1]) + prior KL at t = 1 + reconstruction at t = eps"
     )
 
+    def bound(self, mask: Tensor | None = None) -> Bound:
+        """The ``Bound`` of the training loop (``discdiff.objective``): ``total`` and the three
+        terms by name; ``mask`` (B, L) True at the tokens that count."""
+        check_mask(mask, self.diffusion.shape)
+        terms = {"diffusion": self.diffusion, "prior": self.prior,
+                 "reconstruction": self.reconstruction}  # fmt: skip
+        return Bound(self.total, terms, self.terms, mask)
+
 
 def column(x: Tensor) -> Tensor:
     """(B,) -> (B, 1): a level per sequence that broadcasts over the positions."""
@@ -82,10 +91,12 @@ class Process(ABC):
     Attributes:
         vocab_size: K, the number of data token ids.
         model_vocab_size: the number of logits the denoiser returns (K, or K + 1 with a mask id).
+        name: the process's short name ("uniform", "masked").
         needs_token_levels: whether clean positions must be told to the denoiser by per-token
             noise levels (True for the uniform process, whose clean and noised tokens look alike).
     """
 
+    name: ClassVar[str]
     vocab_size: int
     model_vocab_size: int
     needs_token_levels: bool

@@ -93,6 +93,8 @@ class MaskedProcess(Process):
 
     needs_token_levels = False
 
+    name = "masked"
+
     def __init__(
         self, vocab_size: int, time_conditioned: bool = False, mask_id: int | None = None
     ) -> None:

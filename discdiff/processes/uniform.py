@@ -78,6 +78,8 @@ class UniformProcess(Process):
 
     needs_token_levels = True
 
+    name = "uniform"
+
     def __init__(self, vocab_size: int) -> None:
         check_vocab_size(vocab_size)
         self.vocab_size = self.model_vocab_size = vocab_size
