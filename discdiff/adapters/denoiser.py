@@ -171,7 +171,7 @@ class ModelDenoiser(nn.Module):
             raise TypeError(
                 f"cond has a padding_mask but {type(self.model).__name__}'s forward takes "
                 "neither attention_mask= nor padding_mask=: mask the padding inside the model, "
-                "or drop it from cond and only from the loss (loss(..., mask=))"
+                "or leave it out of cond and pass it to the loss only (loss(..., mask=))"
             )
         return kwargs
 
