@@ -146,7 +146,8 @@ def denoise(
             hint = (
                 f": it returns {logits.shape[-1]} classes but vocab_size={vocab_size}; give the "
                 "diffusion, distiller or sampler the vocab_size the model was built for "
-                "(a masked model returns K + 1 logits: MaskedDiffusion(K), mask id K)"
+                "(a masked model returns K + 1 logits with MaskedDiffusion(K), mask id K, or "
+                "K logits with its own mask id: MaskedDiffusion(K, mask_id=m))"
             )
         raise ValueError(f"{role} returned logits of shape {got}, expected (B, L, K) = {expected}"
                          + hint)
@@ -249,12 +250,14 @@ def _signature_problem(
 
 
 def _unwrap_hint(output: Any) -> str:
+    wrap = "; discdiff.adapters.as_denoiser(model) does it for any model"
     if isinstance(getattr(output, "logits", None), Tensor):
-        return "return the logits tensor, e.g. `.logits` of this output (return output.logits)"
+        return ("return the logits tensor, e.g. `.logits` of this output (return output.logits)"
+                + wrap)  # fmt: skip
     if isinstance(output, (tuple, list)):
         return ("return the logits tensor, e.g. `.logits` of a model output or the tensor "
-                "inside this tuple (output[0]), not the tuple")  # fmt: skip
-    return "return the logits tensor, e.g. `.logits` of a model output"
+                "inside this tuple (output[0]), not the tuple" + wrap)  # fmt: skip
+    return "return the logits tensor, e.g. `.logits` of a model output" + wrap
 
 
 def _input_note(

@@ -27,7 +27,7 @@ can), True / False force either. The validation bounds (``nelbo``) always take t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -217,7 +217,7 @@ class Diffusion(ObjectiveDefaults):
         ``reads_token_levels``); the masked process simply never masks them. A model trained
         with such rows (``discdiff.context.random_clean_mask``) samples prompts exactly.
         """
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         step = _check_step(step)
         t = self._times(denoiser, x_0, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
@@ -265,7 +265,7 @@ class Diffusion(ObjectiveDefaults):
         average over a validation set for the bound ``exp(sum(total) / n_tokens)`` on
         perplexity (``discdiff.metrics`` reduces it across ranks).
         """
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         t = self._times(denoiser, x_0, t, generator)
         clean = self.checked_clean_mask(denoiser, clean_mask, x_0, "or drop clean_mask")
         kw: dict[str, Any] = {"generator": generator, "cond": cond, "clean": clean}
@@ -307,9 +307,15 @@ class UniformDiffusion(Diffusion):
         eps: the smallest time; t is drawn on [eps, 1].
         block_size: None (one diffusion over the sequence) or b, a block diffusion over
             blocks of b tokens with a block model of the same b (``discdiff.blocks``).
+        objective: what ``loss`` trains: "nelbo" (Duo, UDLM: the bound, whose optimum is x_hat)
+            or "cross_entropy" (-log p_theta(x_0 | z_t), the recipe of production uniform-state
+            models, whose optimum is the posterior; NOT a bound: unweighted in t). Either
+            trains a denoiser of either ``parameterization``: the logits are converted exactly
+            (``discdiff.parameterization``) to what the objective reads. ``nelbo`` is the bound
+            for both.
     """
 
-    _fields = ("vocab_size", "schedule", "curriculum", "eps", "block_size")
+    _fields = ("vocab_size", "schedule", "curriculum", "eps", "objective", "block_size")
 
     def __init__(
         self,
@@ -317,8 +323,16 @@ class UniformDiffusion(Diffusion):
         schedule: Schedule | None = None,
         curriculum: GaussianCurriculum | None = None,
         eps: float = 1e-3,
+        objective: Literal["nelbo", "cross_entropy"] = "nelbo",
         block_size: int | None = None,
     ) -> None:
+        if objective not in ("nelbo", "cross_entropy"):
+            raise ValueError(f"objective must be 'nelbo' (the bound) or 'cross_entropy' (the "
+                             f"posterior's objective, not a bound), got {objective!r}")  # fmt: skip
+        if objective == "cross_entropy" and block_size is not None:
+            raise ValueError("objective='cross_entropy' trains one diffusion over the sequence; "
+                             "a block diffusion (block_size) trains its NELBO")  # fmt: skip
+        self.objective = objective
         process = UniformProcess(vocab_size)
         if curriculum is not None and not isinstance(curriculum, GaussianCurriculum):
             kind = type(curriculum).__name__
@@ -353,7 +367,7 @@ class UniformDiffusion(Diffusion):
     ) -> Tensor:
         """The continuous-time uniform NELBO integrand at times ``t`` (B,), per token (B, L) or
         reduced; ``fused``, ``mask``, ``reduction`` and ``clean_mask`` as in ``loss``."""
-        x_0 = _check_x0(x_0, self.vocab_size)
+        x_0 = self.process.check_data(_check_x0(x_0, self.vocab_size))
         t = self._times(denoiser, x_0, t, generator)
         kw = self._loss_options(denoiser, x_0, fused, mask, reduction, clean_mask)
         with trusted():
@@ -379,6 +393,16 @@ class UniformDiffusion(Diffusion):
             clean=kw.get("clean"),
         )  # fmt: skip
         return self._integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+
+    def _integrand(
+        self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
+        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, **kw: Any,
+    ) -> Tensor:  # fmt: skip
+        """The NELBO integrand, or the cross-entropy of ``objective="cross_entropy"``."""
+        if self.objective == "cross_entropy":
+            kw.pop("fused", None)  # the cross-entropy reads the logits
+            return self.process.cross_entropy(denoiser, z_in, x_0, z_t, alpha_t, cond, **kw)
+        return super()._integrand(denoiser, z_in, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
 
     def phase(self, step: int) -> str:
         """ "curriculum" while the Gaussian curriculum trains step ``step``, "discrete" after."""
@@ -416,16 +440,20 @@ class MaskedDiffusion(Diffusion):
     """MDLM: absorbing-state diffusion with the SUBS parameterisation.
 
     Args:
-        vocab_size: K, the number of data token ids. The mask token is id K, so the denoiser
-            returns K + 1 logits (``model_vocab_size``); its mask logit is ignored.
+        vocab_size: K, the number of token ids. By default the mask token is the extra id K,
+            so the denoiser returns K + 1 logits (``model_vocab_size``); its mask logit is
+            ignored.
         schedule: alpha_t (default log-linear).
         eps: the smallest time.
         time_conditioned: whether the denoiser sees the noise level. MDLM's default is no: the
             denoiser then gets sigma = 0, and the sampler may reuse x_hat while no token changes.
         block_size: None, or b for a block diffusion (BD3-LM; ``discdiff.blocks``).
+        mask_id: None or K (the mask is the extra id K, K + 1 logits), or an id m in [0, K) of
+            the model's own vocabulary (a [MASK] token): the denoiser then returns K logits, m
+            is never a data token and never sampled.
     """
 
-    _fields = ("vocab_size", "schedule", "eps", "time_conditioned", "block_size")
+    _fields = ("vocab_size", "schedule", "eps", "time_conditioned", "mask_id", "block_size")
 
     def __init__(
         self,
@@ -433,9 +461,10 @@ class MaskedDiffusion(Diffusion):
         schedule: Schedule | None = None,
         eps: float = 1e-3,
         time_conditioned: bool = False,
+        mask_id: int | None = None,
         block_size: int | None = None,
     ) -> None:
-        process = MaskedProcess(vocab_size, time_conditioned)
+        process = MaskedProcess(vocab_size, time_conditioned, mask_id)
         super().__init__(process, schedule, eps, block_size)
         self.time_conditioned = process.time_conditioned
         self.mask_id = process.mask_id

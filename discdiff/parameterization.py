@@ -19,17 +19,23 @@ log(1 - alpha) with 1 - alpha = -expm1(-sigma), which keeps its precision as alp
 
 The masked process needs no conversion: on a masked position both laws are the same (a mask
 carries no evidence) and on a clean one both are the point mass.
+
+A denoiser declares what its logits mean with an attribute ``parameterization`` ("x_hat" when it
+has none; ``discdiff.adapters.as_denoiser`` sets it). ``parameterization_of`` reads it, and
+``convert_logits`` is what the uniform samplers, the uniform NELBO and DCD call where they need
+x_hat (and the cross-entropy objective where it needs the posterior).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["PARAMETERIZATIONS", "Parameterization", "evidence_shift", "posterior_from_x_hat",
+__all__ = ["PARAMETERIZATIONS", "Parameterization", "check_parameterization", "convert_logits",
+           "evidence_shift", "parameterization_of", "posterior_from_x_hat",
            "x_hat_from_posterior"]  # fmt: skip
 
 Parameterization = Literal["x_hat", "posterior"]
@@ -76,3 +82,52 @@ def x_hat_from_posterior(
     (t >= t_min): there the posterior is nearly the point mass at z_t and x_hat's other entries
     are recovered from its tiny remainder."""
     return _shift_at_z(posterior_logits, z_t, sigma, vocab_size, -1.0)
+
+
+def check_parameterization(value: Any, name: str = "parameterization") -> Parameterization:
+    """``value`` if it is "x_hat" or "posterior", else a ValueError naming ``name``."""
+    if value not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"{name} must be 'x_hat' (logits trained with the uniform NELBO: Duo, UDLM) or "
+            f"'posterior' (logits trained with cross-entropy on x_0 from z_t), got {value!r}"
+        )
+    return value
+
+
+def parameterization_of(denoiser: Any) -> Parameterization:
+    """What ``denoiser``'s logits mean: its ``parameterization`` attribute (through a
+    ``torch.compile`` or DDP / FSDP wrapper too), "x_hat" when it declares none."""
+    for obj in (denoiser, getattr(denoiser, "_orig_mod", None), getattr(denoiser, "module", None)):
+        value = getattr(obj, "parameterization", None) if obj is not None else None
+        if value is not None:
+            return check_parameterization(value, f"{type(obj).__name__}.parameterization")
+    return "x_hat"
+
+
+def convert_logits(
+    logits: Float[Tensor, "b l k"],
+    z_t: Int[Tensor, "b l"],
+    sigma: Tensor,
+    *,
+    source: Parameterization,
+    target: Parameterization,
+) -> Float[Tensor, "b l k"]:
+    """Logits of ``source`` meaning as logits of ``target`` meaning (B, L, K), exactly (SPEC §11).
+
+    ``logits`` themselves when the two agree (no copy). ``sigma`` = -log alpha_t, (B,) or per
+    token (B, L). At a clean position (sigma = 0: a prompt, a previous block) the posterior is
+    the point mass at z_t whatever x_hat is, so nothing can be converted there: those rows are
+    returned as they are (the callers hold such positions fixed and give them no loss).
+    """
+    if source == target:
+        return logits
+    k = logits.shape[-1]
+    clean = sigma == 0
+    # Any positive level at the clean positions keeps the shift finite there; their rows are
+    # then replaced by the input rows below.
+    safe = torch.where(clean, torch.ones_like(sigma), sigma)
+    convert = posterior_from_x_hat if target == "posterior" else x_hat_from_posterior
+    moved = convert(logits, z_t, safe, k)
+    # No branch on clean.any(): that would cost a host sync per call on an accelerator.
+    held = clean if clean.dim() == 2 else clean.unsqueeze(-1).expand(z_t.shape)
+    return torch.where(held.unsqueeze(-1), logits.to(moved.dtype), moved)

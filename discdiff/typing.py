@@ -71,7 +71,12 @@ class Denoiser(Protocol):
     ``z_t`` is token ids (B, L), soft inputs (B, L, K) (the curriculum's relaxed latent), or a
     top-n ``Bag``. ``sigma`` is the noise level -log(alpha_t), (B,) float32. ``cond`` is the
     caller's conditioning (class labels, padding masks), passed through untouched. Returns
-    logits (B, L, K). No base class: a bare ``nn.Module`` or a lambda fits.
+    logits (B, L, K). No base class: a bare ``nn.Module`` or a lambda fits
+    (``discdiff.adapters.as_denoiser`` wraps a model that is called otherwise).
+
+    Optional attributes: ``reads_token_levels = True`` (it reads sigma (B, L), 0 at clean
+    context: ``discdiff.context``) and ``parameterization`` ("x_hat", the default, or
+    "posterior": what its logits mean for the uniform process, ``discdiff.parameterization``).
     """
 
     def __call__(self, z_t: DenoiserInput, sigma: Times, **cond: Any) -> Logits: ...

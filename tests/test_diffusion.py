@@ -232,9 +232,11 @@ def test_both_diffusions_are_a_process_around_one_base():
     assert (masked.mask_id, masked.model_vocab_size) == (5, 6)
     assert repr(masked) == (
         "MaskedDiffusion(vocab_size=5, schedule=LogLinearSchedule(eps=0.001), eps=0.001, "
-        "time_conditioned=True)"
+        "time_conditioned=True, mask_id=5)"
     )
-    assert list(uniform.to_dict()) == ["type", "vocab_size", "schedule", "curriculum", "eps"]
-    assert list(masked.to_dict()) == ["type", "vocab_size", "schedule", "eps", "time_conditioned"]
+    assert list(uniform.to_dict()) == ["type", "vocab_size", "schedule", "curriculum", "eps",
+                                       "objective"]  # fmt: skip
+    assert list(masked.to_dict()) == ["type", "vocab_size", "schedule", "eps", "time_conditioned",
+                                      "mask_id"]  # fmt: skip
     with pytest.raises(ValueError, match="MaskedDiffusion.from_dict got a config of type"):
         MaskedDiffusion.from_dict(uniform.to_dict())

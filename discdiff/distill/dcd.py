@@ -34,6 +34,7 @@ from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.diffusion import UniformDiffusion
 from discdiff.distill.base import Distiller, Divergence
 from discdiff.duality import AlphaWindow, DualSchedule, GaussianArgmaxTransform
+from discdiff.parameterization import convert_logits, parameterization_of
 from discdiff.processes.gaussian import argmax_pair
 from discdiff.schedules import GammaSchedule, LogLinearSchedule, Schedule
 from discdiff.timesteps import antithetic_times
@@ -141,10 +142,19 @@ class DCDistiller(Distiller):
         return noise_level(self.schedule.alpha(t.to(torch.float64)), t.shape[0], t.device)
 
     def _call(
-        self, role: str, denoiser: Any, z: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None
+        self, role: str, denoiser: Any, z: Tensor, t: Tensor, cond: Mapping[str, Any] | None
     ) -> Tensor:
+        """The checked x_hat logits of ``denoiser`` at (z, t): a "posterior" denoiser's are
+        converted exactly (``discdiff.parameterization``) at sigma in float64, so that teacher
+        and student are compared as the x_hat the sampler reads."""
         name = self._role(role, denoiser)
-        return denoise(denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond, role=name)
+        logits = denoise(denoiser, z, self._sigma(t), vocab_size=self.vocab_size, cond=cond,
+                         role=name)  # fmt: skip
+        source = parameterization_of(denoiser)
+        if source == "x_hat":
+            return logits
+        sigma = -torch.log(self.schedule.alpha(t.to(torch.float64)))
+        return convert_logits(logits, z, sigma, source=source, target="x_hat")
 
     def _token_loss(
         self,
@@ -182,8 +192,8 @@ class DCDistiller(Distiller):
             with torch.no_grad():
                 if isinstance(self.teacher, nn.Module):
                     self.teacher.eval()
-                teacher_logits = self._call("teacher", self.teacher, z_s, self._sigma(s), cond)
-            student_logits = self._call("student", student, z_t, self._sigma(t), cond)
+                teacher_logits = self._call("teacher", self.teacher, z_s, s, cond)
+            student_logits = self._call("student", student, z_t, t, cond)
         return self._divergence(student_logits, teacher_logits)
 
     # -- sampling ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ token (B, L), 0 at the ignored tokens), "sum" or "mean" over the tokens that cou
 ``dalpha_t`` are python floats, 0-d tensors, or tensors that broadcast as (B, 1) or (B, L).
 
 Modules: ``uniform`` (the memory-lean uniform-state NELBO), ``masked`` (the masked NELBO),
-``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss),
+``bounds`` (prior KL and reconstruction terms, which terms make a true bound, the AR loss, the
+cross-entropy objective of posterior-parameterized uniform models, which is not a bound),
 ``reference`` (both NELBOs exactly as Concepts §3 writes them, the readable formulas that the tests
 and benchmarks hold the fast paths to), ``fused`` (the losses from the last hidden state and the
 output projection), ``dispatch`` (when the diffusions take the fused head), ``kl``
@@ -19,6 +20,7 @@ from discdiff.losses.bounds import (
     ar_loss,
     masked_prior_kl,
     masked_reconstruction,
+    posterior_cross_entropy,
     uniform_prior_kl,
     uniform_reconstruction,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "masked_nelbo_reference",
     "masked_prior_kl",
     "masked_reconstruction",
+    "posterior_cross_entropy",
     "token_kl",
     "uniform_nelbo",
     "uniform_nelbo_reference",

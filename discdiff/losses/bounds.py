@@ -34,18 +34,22 @@ import math
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from discdiff.losses._common import (
     Level,
+    Reduction,
     accumulation_dtype,
     check_common,
+    check_mask,
     check_mask_id,
+    check_reduction,
     g,
     log_prob_without_mask,
     per_token,
     prior_dtype,
+    reduce_loss,
     result_dtype,
 )
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
@@ -54,6 +58,7 @@ __all__ = [
     "ar_loss",
     "masked_prior_kl",
     "masked_reconstruction",
+    "posterior_cross_entropy",
     "uniform_prior_kl",
     "uniform_reconstruction",
 ]
@@ -76,6 +81,28 @@ def ar_loss(logits: Float[Tensor, "b l k"], targets: Int[Tensor, "b l"]) -> Floa
     """
     check_common(logits, targets, None, x_name="targets")
     return _nll(logits, targets)
+
+
+@typechecked
+def posterior_cross_entropy(
+    logits: Float[Tensor, "b l k"],
+    x_0: Int[Tensor, "b l"],
+    *,
+    mask: Bool[Tensor, "b l"] | None = None,
+    reduction: Reduction = "none",
+) -> Float[Tensor, "b l"] | Float[Tensor, ""]:
+    """Cross-entropy -log softmax(logits)[x_0] per token, the objective of a uniform-state model
+    whose logits are the posterior p(x_0^l | z_t) (``UniformDiffusion(K, objective=
+    "cross_entropy")``; SPEC §11). NOT a bound on -log p(x): it is unweighted in t and its
+    optimum is the Bayes posterior, which the exact conversion turns into the NELBO's optimal
+    x_hat (``discdiff.parameterization``). Validate such a model with the NELBO.
+
+    ``mask`` / ``reduction`` as in ``uniform_nelbo``.
+    """
+    check_common(logits, x_0, None)
+    check_mask(mask, x_0.shape)
+    check_reduction(reduction)
+    return reduce_loss(_nll(logits, x_0), mask, reduction)
 
 
 @typechecked

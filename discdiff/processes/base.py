@@ -150,6 +150,10 @@ class Process(ABC):
     ) -> Tensor:
         """-log p_theta(x_0 | z_eps) per token (B, L) from the logits at t = eps."""
 
+    def check_data(self, x_0: Tensor) -> Tensor:
+        """``x_0`` if it may be clean data of this process (checked once, at the door)."""
+        return x_0
+
     # --- built on them, once for every process ---------------------------------------------------
 
     def logits(
@@ -159,6 +163,19 @@ class Process(ABC):
         """The denoiser's checked logits (B, L, K') at ``z_t`` (ids, soft input or a bag)."""
         sigma = self.levels(alpha_t, alpha_t.shape[0], alpha_t.device, clean)
         return denoise(denoiser, z_t, sigma, vocab_size=self.model_vocab_size, cond=cond)
+
+    def x_hat_logits(
+        self, denoiser: Denoiser, logits: Tensor, z_t: Tensor, alpha_t: Tensor,
+        clean: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """The logits the bound's terms expect, from the denoiser's at the ids ``z_t``: the
+        logits themselves unless the process must convert what they mean (the uniform process
+        converts a "posterior" denoiser's, ``discdiff.parameterization``)."""
+        return logits
+
+    def converts(self, denoiser: Denoiser) -> bool:
+        """Whether ``x_hat_logits`` changes this denoiser's logits (then no fused head)."""
+        return False
 
     def integrand(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
@@ -171,11 +188,13 @@ class Process(ABC):
         leave them out)."""
         kw: dict[str, Any] = {"mask": mask, "reduction": reduction}
         k = self.model_vocab_size
-        if use_fused_head(denoiser, fused, x_0.numel(), k, x_0.device, reduction):
+        fusable = not self.converts(denoiser)  # a fused head never holds logits to convert
+        if fusable and use_fused_head(denoiser, fused, x_0.numel(), k, x_0.device, reduction):
             sigma = self.levels(alpha_t, alpha_t.shape[0], alpha_t.device, clean)
             head = denoise_head(denoiser, z_in, sigma, vocab_size=k, cond=cond)
             return self.fused_diffusion_loss(head, x_0, z_t, alpha_t, dalpha_dt, **kw)
         logits = self.logits(denoiser, z_in, alpha_t, cond, clean)
+        logits = self.x_hat_logits(denoiser, logits, z_t, alpha_t, clean)
         return self.diffusion_loss(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
 
     def diffusion_term(
@@ -206,6 +225,7 @@ class Process(ABC):
         alpha_eps = schedule.alpha(one * eps)
         z_eps = self.corrupt(x_0, alpha_eps, generator=generator, clean=clean)
         logits = self.logits(denoiser, z_eps, alpha_eps, cond, clean)
+        logits = self.x_hat_logits(denoiser, logits, z_eps, alpha_eps, clean)
         reconstruction = self.reconstruction(logits, x_0, z_eps, alpha_eps).float()
         if clean is not None:
             prior = prior.masked_fill(clean, 0)

@@ -2,7 +2,8 @@
 
 ``x_0`` clean ids (B, L); ``alpha_t`` the signal level in [0, 1], (B, 1) or (B, L); m the mask
 id. ``MaskedProcess(K)`` puts the mask at id K, so its denoiser returns K + 1 logits (SUBS: the
-mask logit is ignored). The prior at t = 1 is all masks. A masked position is visible as such,
+mask logit is ignored); ``MaskedProcess(K, mask_id=m)`` uses an id m < K of the model's own
+vocabulary and K logits. The prior at t = 1 is all masks. A masked position is visible as such,
 so clean context needs no per-token levels: clean positions are simply never masked.
 """
 
@@ -72,35 +73,61 @@ def masked_corrupt(
         check_tokens(x_0, torch.iinfo(torch.int64).max, "x_0")
     if checks_enabled() and x_0.numel() > 0:
         reject_if(x_0 == mask_id, f"x_0 holds the mask id mask_id={mask_id}; clean data never "
-                  "does (the mask token is the extra id K of a masked model)")  # fmt: skip
+                  "does (the mask token is the extra id K of a masked model, or the model's "
+                  "own [MASK] id with MaskedDiffusion(K, mask_id=m))")  # fmt: skip
     check_range(alpha_t, "alpha_t", 0.0, 1.0)
     keep = survivors(x_0, alpha_t, generator)
     return torch.where(keep, x_0, torch.full_like(x_0, mask_id))
 
 
 class MaskedProcess(Process):
-    """The masked process over ``vocab_size`` data ids with the mask at id ``vocab_size``, and
-    the terms of its NELBO (``discdiff.losses.masked_nelbo``, ``masked_prior_kl``,
-    ``masked_reconstruction``).
+    """The masked process and the terms of its NELBO (``discdiff.losses.masked_nelbo``,
+    ``masked_prior_kl``, ``masked_reconstruction``).
 
-    ``time_conditioned``: whether the denoiser sees the noise level; if not (MDLM's default) it
-    gets sigma = 0.
+    ``mask_id=None`` (or K): ``vocab_size`` data ids and the mask at the extra id K =
+    ``vocab_size``, so the denoiser returns K + 1 logits. ``mask_id=m`` in [0, K): the mask is
+    an id of the model's own vocabulary (a [MASK] token), the denoiser returns K logits and m
+    is never a data id nor sampled (SUBS ignores its logit). ``time_conditioned``: whether the
+    denoiser sees the noise level; if not (MDLM's default) it gets sigma = 0.
     """
 
     needs_token_levels = False
 
     name = "masked"
 
-    def __init__(self, vocab_size: int, time_conditioned: bool = False) -> None:
+    def __init__(
+        self, vocab_size: int, time_conditioned: bool = False, mask_id: int | None = None
+    ) -> None:
         check_vocab_size(vocab_size)
         self.vocab_size = vocab_size
-        self.mask_id = vocab_size
-        self.model_vocab_size = vocab_size + 1
+        is_int = isinstance(mask_id, int) and not isinstance(mask_id, bool)
+        if mask_id is not None and not (is_int and 0 <= mask_id <= vocab_size):
+            raise ValueError(
+                f"mask_id must be an id of the model's vocabulary, an int in [0, {vocab_size}) "
+                f"(the model returns {vocab_size} logits), or None / {vocab_size} for the extra "
+                f"mask id {vocab_size} (the model returns {vocab_size + 1}), got {mask_id!r}"
+            )
+        if mask_id is None or mask_id == vocab_size:
+            self.mask_id, self.model_vocab_size = vocab_size, vocab_size + 1
+        elif vocab_size < 3:  # the prior spreads alpha_1 over the K - 1 other ids: two at least
+            raise ValueError(f"MaskedProcess(vocab_size={vocab_size}, mask_id={mask_id}) needs "
+                             "vocab_size >= 3: two data ids besides the mask")  # fmt: skip
+        else:
+            self.mask_id, self.model_vocab_size = mask_id, vocab_size
         self.time_conditioned = bool(time_conditioned)
 
     def __repr__(self) -> str:
-        k, timed = self.vocab_size, self.time_conditioned
-        return f"MaskedProcess(vocab_size={k}, time_conditioned={timed})"
+        k, timed, m = self.vocab_size, self.time_conditioned, self.mask_id
+        return f"MaskedProcess(vocab_size={k}, time_conditioned={timed}, mask_id={m})"
+
+    def check_data(self, x_0: Tensor) -> Tensor:
+        """``x_0``, unless it holds the mask id (possible only with the mask inside the
+        vocabulary: the extra id K is out of range already)."""
+        if self.mask_id < self.vocab_size:
+            reject_if(x_0 == self.mask_id, lambda: (
+                f"x_0 holds the mask id mask_id={self.mask_id}; clean data never does: keep the "
+                "model's [MASK] token out of the training data"))  # fmt: skip
+        return x_0
 
     def corrupt(
         self, x_0: Tensor, alpha_t: Tensor, *, generator: torch.Generator | None = None,

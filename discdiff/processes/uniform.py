@@ -8,6 +8,8 @@ look alike, so clean context reaches the denoiser as per-token levels, sigma = 0
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -16,6 +18,7 @@ from discdiff import losses
 from discdiff.context import token_levels
 from discdiff.denoise import Head, noise_level
 from discdiff.losses._common import Reduction
+from discdiff.parameterization import convert_logits, parameterization_of
 from discdiff.processes._common import Alpha, float_dtype, survivors
 from discdiff.processes.base import Process
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
@@ -63,6 +66,12 @@ def uniform_corrupt(
     return torch.where(keep, x_0, noise)
 
 
+def _levels_at(alpha_t: Tensor, z_t: Tensor, clean: Tensor | None) -> Tensor:
+    """sigma = -log alpha_t per token (B, L), in alpha_t's precision, 0 at ``clean``."""
+    sigma = -torch.log(alpha_t).expand(z_t.shape)  # alpha_t (B, 1) or (B, L)
+    return sigma if clean is None else sigma.masked_fill(clean, 0.0)
+
+
 class UniformProcess(Process):
     """The uniform-state process over ``vocab_size`` classes, and the terms of its NELBO
     (``discdiff.losses.uniform_nelbo``, ``uniform_prior_kl``, ``uniform_reconstruction``)."""
@@ -97,6 +106,35 @@ class UniformProcess(Process):
         self, alpha_t: Tensor, batch_size: int, device: torch.device, clean: Tensor | None = None
     ) -> Tensor:
         return token_levels(noise_level(alpha_t, batch_size, device), clean)
+
+    def converts(self, denoiser: Any) -> bool:
+        return parameterization_of(denoiser) != "x_hat"
+
+    def x_hat_logits(
+        self, denoiser: Any, logits: Tensor, z_t: Tensor, alpha_t: Tensor,
+        clean: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """x_hat logits: a "posterior" denoiser's converted exactly at sigma = -log alpha_t (in
+        alpha_t's precision, per token with 0 at ``clean``), an "x_hat" one's as they are."""
+        source = parameterization_of(denoiser)
+        if source == "x_hat":
+            return logits
+        sigma = _levels_at(alpha_t, z_t, clean)
+        return convert_logits(logits, z_t, sigma, source=source, target="x_hat")
+
+    def cross_entropy(
+        self, denoiser: Any, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
+        cond: Any, *, mask: Tensor | None, reduction: Reduction, clean: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """-log p_theta(x_0 | z_t) per token (B, L) or reduced, from the denoiser's output at
+        ``z_in`` (``z_t`` or the curriculum's relaxed input): the objective that trains
+        posterior logits (``losses.posterior_cross_entropy``, not a bound). An "x_hat"
+        denoiser's logits are converted to the posterior they imply first, so either kind
+        trains to the same optimum."""
+        logits = self.logits(denoiser, z_in, alpha_t, cond, clean)
+        posterior = convert_logits(logits, z_t, _levels_at(alpha_t, z_t, clean),
+                                   source=parameterization_of(denoiser), target="posterior")
+        return losses.posterior_cross_entropy(posterior, x_0, mask=mask, reduction=reduction)
 
     def diffusion_loss(
         self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,

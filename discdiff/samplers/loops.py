@@ -152,7 +152,8 @@ def masked_loop(
         cache = not time_conditioned
     predict = Predictor(denoiser, vocab_size, cond=cond,
                         guidance=Guidance.of(guidance_scale, uncond),
-                        time_conditioned=time_conditioned, cache=cache)  # fmt: skip
+                        time_conditioned=time_conditioned, cache=cache,
+                        convert=False)  # fmt: skip
     finish = None if tail == "none" else Finish("greedy", filt, mask_id)
     return run(predict, MaskedStep(mask_id, remask, filt), grid, z, finish=finish,
                prompt=_prompt_part(prompt, prompt_mask), callback=callback, progress=progress,
@@ -308,7 +309,8 @@ def sample_masked(
         raise ValueError(f"prompt holds the mask token {mask_id} at a prompt position")
     predict = Predictor(denoiser, vocab_size, cond=cond, guidance=guidance,
                         time_conditioned=time_conditioned,
-                        cache=not time_conditioned if cache is None else cache)  # fmt: skip
+                        cache=not time_conditioned if cache is None else cache,
+                        convert=False)  # fmt: skip
     grid = TimeGrid.build(schedule, steps, tail=tail, times=time_grid)
     source = row_source(generator, seed, length)
     z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=dev)

@@ -6,7 +6,10 @@ level the denoiser is shown (sigma = -log alpha_t, per token with 0 at clean pos
 for a denoiser that is not time-conditioned), the conditioning ``cond``, classifier-free
 guidance (a second call with the unconditional conditioning: the prediction then carries both
 logits and gamma), and the cache of the masked process (the last prediction again while the
-tokens have not changed, which is exact only without time conditioning).
+tokens have not changed, which is exact only without time conditioning), and what the logits
+mean: the steps of the uniform process expect x_hat, so the logits of a denoiser that declares
+``parameterization = "posterior"`` are converted here, exactly (``discdiff.parameterization``),
+at the level in float64; the masked process needs no conversion (``convert=False``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from discdiff.context import token_levels
 from discdiff.denoise import denoise, noise_level
+from discdiff.parameterization import convert_logits, parameterization_of
 from discdiff.samplers.parts import Guidance, Prediction
 from discdiff.typing import Denoiser
 
@@ -43,7 +47,9 @@ class Predictor:
     ``guidance.uncond``. With a ``clean`` mask (B, L) it sees per-token levels, 0 there.
     ``time_conditioned=False`` shows it sigma = 0 whatever alpha_t; ``cache`` (only then valid)
     returns the last prediction again while z is unchanged (one host sync per call), without
-    calling the denoiser.
+    calling the denoiser. ``convert`` (the uniform process): a "posterior" denoiser's logits
+    become x_hat logits before any step sees them (``Prediction.logits`` and the callback's
+    ``StepRecord`` hold x_hat).
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class Predictor:
         clean: Bool[Tensor, "b l"] | None = None,
         time_conditioned: bool = True,
         cache: bool = False,
+        convert: bool = True,
     ) -> None:
         if cache and time_conditioned:
             raise ValueError(
@@ -65,6 +72,7 @@ class Predictor:
         self.denoiser, self.vocab_size, self.cond = denoiser, vocab_size, cond
         self.guidance, self.clean = guidance, clean
         self.time_conditioned, self.cache = time_conditioned, cache
+        self.source = parameterization_of(denoiser) if convert else "x_hat"
         self.calls = 0
         self._last: tuple[Tensor, Prediction] | None = None
 
@@ -73,10 +81,10 @@ class Predictor:
             return self._last[1]
         level = alpha_t if self.time_conditioned else 1.0
         sigma = token_levels(noise_level(level, z.shape[0], z.device), self.clean)
-        logits = self._denoise(z, sigma, self.cond)
+        logits = self._x_hat(self._denoise(z, sigma, self.cond), z, level)
         pred = Prediction(logits)
         if self.guidance is not None:
-            uncond = self._denoise(z, sigma, self.guidance.uncond)
+            uncond = self._x_hat(self._denoise(z, sigma, self.guidance.uncond), z, level)
             pred = Prediction(logits, uncond, self.guidance.scale)
         if self.cache:
             self._last = (z, pred)
@@ -85,3 +93,12 @@ class Predictor:
     def _denoise(self, z: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
         self.calls += 1
         return denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond)
+
+    def _x_hat(self, logits: Tensor, z: Tensor, level: float) -> Tensor:
+        """x_hat logits from the denoiser's, converted at sigma = -log alpha_t in float64 (the
+        float32 sigma the denoiser sees would cost the shift ~1e-7 of its value)."""
+        if self.source == "x_hat":
+            return logits
+        alpha = torch.tensor(level, dtype=torch.float64, device=z.device)
+        sigma = token_levels(-torch.log(alpha).expand(z.shape[0]), self.clean)
+        return convert_logits(logits, z, sigma, source=self.source, target="x_hat")
