@@ -140,7 +140,14 @@ def test_modules_and_functions_stay_short(folder):
     assert not long_functions, "\n".join(long_functions)
 
 
-KEYWORD_LAYER = {"sample_uniform", "sample_masked", "uniform_loop", "masked_loop"}
+KEYWORD_LAYER = {
+    "sample_uniform",
+    "sample_masked",
+    "uniform_loop",
+    "masked_loop",
+    "sample_uniform_blocks",
+    "sample_masked_blocks",
+}
 """The samplers' convenience layer: keywords in, parts built once, the one loop called."""
 
 

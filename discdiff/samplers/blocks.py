@@ -85,17 +85,19 @@ class BlockPlan:
     of ``block_size``; ``window`` the most positions the model sees at once (None: no limit),
     a multiple of ``block_size``; ``eos_id`` where rows stop (None: never); ``kv_cache``
     whether the model reads a cache (protocol calls 2 and 3) or recomputes the clean blocks
-    (call 1)."""
+    (call 1); ``batch_size`` the rows generated."""
 
     block_size: int
     length: int
     window: int | None = None
     eos_id: int | None = None
     kv_cache: bool = True
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         b = check_count(self.block_size, "block_size")
         check_count(self.length, "length")
+        check_count(self.batch_size, "batch_size")
         if self.window is not None:
             window = check_count(self.window, "window")
             if window % b:
@@ -210,7 +212,6 @@ def run_blocks(
     prior: Prior,
     plan: BlockPlan,
     *,
-    batch_size: int,
     prompt: Int[Tensor, "b p"] | None = None,
     conds: Sequence[Mapping[str, Any]] = ({},),
     finish: Finish | None = None,
@@ -227,7 +228,7 @@ def run_blocks(
     conditionings the model is called with (``cond`` and, under guidance, ``uncond``), one cache
     each. Randomness only from ``generator``, every draw (B, b) (a ``RowStream`` of length b).
     """
-    b = plan.block_size
+    b, batch_size = plan.block_size, plan.batch_size
     dev = device if device is not None else torch.device("cpu")
     tokens = prompt if prompt is not None else torch.zeros(batch_size, 0, dtype=torch.long)
     context = _Context(model, plan, tokens.long().to(dev), conds)
@@ -287,7 +288,7 @@ def _setup(
             "blocks at every call"
         )
     plan = BlockPlan(block_size, length, window if window is not None else model_window(model),
-                     eos_id, kv_cache)  # fmt: skip
+                     eos_id, kv_cache, batch_size)  # fmt: skip
     if eos_id is not None and eos_id >= vocab_size:
         raise ValueError(f"eos_id={eos_id} must be a token id in [0, {vocab_size})")
     if prompt is not None:
@@ -360,8 +361,8 @@ def sample_uniform_blocks(
         return randint(vocab_size, rows * b, source, where).view(rows, b)
 
     with trusted():
-        return run_blocks(model, make_predict, step, grid, prior, plan, batch_size=batch_size,
-                          prompt=prompt, conds=_conds(cond, guidance), finish=finish,
+        return run_blocks(model, make_predict, step, grid, prior, plan, prompt=prompt,
+                          conds=_conds(cond, guidance), finish=finish,
                           callback=callback, generator=row_source(generator, seed, block_size),
                           device=dev).tokens  # fmt: skip
 
@@ -424,7 +425,7 @@ def sample_masked_blocks(
         return torch.full((rows, b), mask_id, dtype=torch.long, device=where)
 
     with trusted():
-        return run_blocks(model, make_predict, step, grid, prior, plan, batch_size=batch_size,
-                          prompt=prompt, conds=_conds(cond, guidance), finish=finish,
+        return run_blocks(model, make_predict, step, grid, prior, plan, prompt=prompt,
+                          conds=_conds(cond, guidance), finish=finish,
                           callback=callback, generator=row_source(generator, seed, block_size),
                           device=dev).tokens  # fmt: skip
