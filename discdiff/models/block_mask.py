@@ -26,6 +26,7 @@ fully masked tiles (half of the 2L x 2L scores) instead of computing them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,11 +132,17 @@ class AttentionMask:
 def training_attention_mask(
     length: int, block_size: int, device: torch.device, backend: str = "auto"
 ) -> AttentionMask:
-    """The training pass's mask for the kernel ``mask_kernel(device, backend)`` chooses."""
-    dense = training_mask(length, block_size, device)
+    """The training pass's mask for the kernel ``mask_kernel(device, backend)`` chooses.
+
+    Under ``torch.compile`` the masks are built inside the graph (traced once per shape), not
+    looked up in the LRU caches, which dynamo would bypass with a warning."""
+    dense: Callable[..., Tensor] = training_mask
+    block: Callable[..., Any] = _training_block_mask
+    if torch.compiler.is_compiling():
+        dense, block = training_mask.__wrapped__, _training_block_mask.__wrapped__
     if mask_kernel(device, backend) == "flex":
-        return AttentionMask(dense, _training_block_mask(length, block_size, device))
-    return AttentionMask(dense)
+        return AttentionMask(dense(length, block_size, device), block(length, block_size, device))
+    return AttentionMask(dense(length, block_size, device))
 
 
 def prefill_mask(

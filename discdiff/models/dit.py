@@ -369,9 +369,11 @@ class DiT(nn.Module):
                              f"block_size={self.block_size}")  # fmt: skip
         assert c is not None  # a block model is a diffusion model
         clean = self._conditioning(c.new_zeros(b, n), label, b, n)  # (B, L, c): level 0
+        assert clean is not None
         c = torch.cat([c if c.ndim == 3 else c.unsqueeze(1).expand(-1, n, -1), clean], dim=1)
         x = torch.cat([x, self.embed_input(x_0)], dim=1)  # (B, 2L, h)
-        rope = tuple(torch.cat([t, t]) for t in self._rope(n, 0, x))  # shared positions
+        cos, sin = self._rope(n, 0, x)
+        rope = (torch.cat([cos, cos]), torch.cat([sin, sin]))  # both copies at 0..L-1
         mask = training_attention_mask(n, self.block_size, x.device, self.attention_backend)
         padding = None if padding_mask is None else padding_mask.repeat(1, 2)  # (B, 2L)
         x = self._trunk(x, c, rope, None, padding, mask)[:, :n]  # the noisy copy: (B, L, h)
