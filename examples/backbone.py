@@ -117,6 +117,8 @@ def build_model(
     overrides = {names[k]: v for k, v in asdict(mcfg).items() if k in names and v is not None}
     if num_classes is not None:
         overrides["num_classes"] = num_classes
+    if mcfg.block_size is not None:
+        overrides["block_size"] = mcfg.block_size
     return DiT.from_preset(mcfg.preset, vocab_size=vocab_size, causal=causal, **overrides)
 
 

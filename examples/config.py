@@ -65,6 +65,9 @@ class ModelConfig:
     fields above that are set (preset, and the sizes that are not none) and ``options``."""
     options: str = ""
     """A JSON object of extra keyword arguments for ``factory`` (e.g. '{"layers": 2}')."""
+    block_size: int | None = None
+    """Block diffusion (BD3-LM, duo and mdlm): blocks of b tokens, each a diffusion given the
+    clean blocks before it; b divides data.seq_len. None: one diffusion over the sequence."""
 
 
 @dataclass
@@ -330,6 +333,10 @@ class Config:
             raise ValueError(f"train.cond_dropout must lie in [0, 1], got {t.cond_dropout}")
         if self.data.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.data.seq_len}")
+        b = self.model.block_size
+        if b is not None and (t.objective not in ("duo", "mdlm") or b < 1 or self.data.seq_len % b):
+            raise ValueError(f"model.block_size={b} needs train.objective duo or mdlm and must "
+                             f"divide data.seq_len={self.data.seq_len}")  # fmt: skip
         if t.max_bad_steps < 1:
             raise ValueError(f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
         d = self.duo

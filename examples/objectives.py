@@ -192,7 +192,7 @@ class DuoObjective(LibraryObjective):
     def __init__(
         self, vocab_size: int, *, gamma_min: float, gamma_max: float, tau: float,
         curriculum_end: int, top_k: int | None = None, tau_end: float | None = None,
-        eps: float = 1e-3, clean_context: float = 0.0,
+        eps: float = 1e-3, clean_context: float = 0.0, block_size: int | None = None,
     ) -> None:  # fmt: skip
         from discdiff import GammaSchedule, GaussianCurriculum, UniformDiffusion
 
@@ -202,7 +202,8 @@ class DuoObjective(LibraryObjective):
                 window=GammaSchedule(gamma_min, gamma_max), tau=tau, end_step=curriculum_end,
                 top_k=top_k, tau_end=tau_end,
             )  # fmt: skip
-        diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps)
+        diffusion = UniformDiffusion(vocab_size, curriculum=curriculum, eps=eps,
+                                     block_size=block_size)  # fmt: skip
         super().__init__(diffusion, diffusion, uses_times=True, clean_context=clean_context)
         self.curriculum_end = curriculum_end
 
@@ -212,10 +213,11 @@ class MDLMObjective(LibraryObjective):
 
     name = "mdlm"
 
-    def __init__(self, vocab_size: int, *, eps: float = 1e-3) -> None:
+    def __init__(self, vocab_size: int, *, eps: float = 1e-3,
+                 block_size: int | None = None) -> None:  # fmt: skip
         from discdiff.diffusion import MaskedDiffusion
 
-        diffusion = MaskedDiffusion(vocab_size, eps=eps)
+        diffusion = MaskedDiffusion(vocab_size, eps=eps, block_size=block_size)
         super().__init__(diffusion, diffusion, uses_times=True)
 
 
@@ -387,10 +389,10 @@ def _objective(
         return DuoObjective(
             vocab_size, gamma_min=d.gamma_min, gamma_max=d.gamma_max, tau=d.tau,
             curriculum_end=d.curriculum_end, top_k=d.top_k, tau_end=d.tau_end, eps=d.eps,
-            clean_context=d.clean_context or 0.0,
+            clean_context=d.clean_context or 0.0, block_size=cfg.model.block_size,
         )  # fmt: skip
     if kind == "mdlm":
-        return MDLMObjective(vocab_size, eps=cfg.duo.eps)
+        return MDLMObjective(vocab_size, eps=cfg.duo.eps, block_size=cfg.model.block_size)
     if kind == "ar":
         return ARObjective(vocab_size, bos_id)
     if kind == "dcd":
