@@ -11,24 +11,40 @@
 Plain torch at import time; ``chi_square_p`` needs scipy (``pip install 'discdiff[testing]'``).
 """
 
+from discdiff.testing.contracts import (
+    check_denoiser,
+    check_sampler,
+    check_schedule,
+    samples_needed,
+)
+from discdiff.testing.exact import Options, exact_law, exact_tv, filtered_law, guided_law
 from discdiff.testing.gradients import gradient_variances, small_dit
 from discdiff.testing.laws import (
+    Agreement,
+    assert_samples_follow,
     chi_square_p,
     conditional,
+    detectable_tv,
     frequencies,
     sample_metrics,
     sequence_ids,
     total_variation,
+    tv_bound,
     uniform_chain,
 )
 from discdiff.testing.machine import machine_info
 from discdiff.testing.toys import (
+    ClassOracle,
     ExactDenoiser,
     ExactMaskedDenoiser,
     MarkovChain,
     MaskedOracle,
+    Toy,
     UniformOracle,
     all_sequences,
+    markov_joint,
+    posterior_denoiser,
+    posterior_logits,
     random_law,
 )
 from discdiff.testing.training import (
@@ -43,29 +59,47 @@ from discdiff.testing.training import (
 )
 
 __all__ = [
+    "Agreement",
+    "ClassOracle",
     "Corrected",
     "ExactDenoiser",
     "ExactMaskedDenoiser",
     "MarkovChain",
     "MaskedOracle",
+    "Options",
+    "Toy",
     "ToyDenoiser",
     "UniformOracle",
     "all_sequences",
+    "assert_samples_follow",
+    "check_denoiser",
+    "check_sampler",
+    "check_schedule",
     "chi_square_p",
     "conditional",
     "cosine_warmup",
+    "detectable_tv",
     "distill",
     "evaluate_masked",
     "evaluate_uniform",
+    "exact_law",
+    "exact_tv",
+    "filtered_law",
     "frequencies",
     "gradient_variances",
+    "guided_law",
     "machine_info",
+    "markov_joint",
+    "posterior_denoiser",
+    "posterior_logits",
     "random_law",
     "sample_metrics",
+    "samples_needed",
     "sequence_ids",
     "small_dit",
     "total_variation",
     "train_duo",
     "train_mdlm",
+    "tv_bound",
     "uniform_chain",
 ]
