@@ -29,6 +29,7 @@ from discdiff.testing import (
     check_denoiser,
     check_sampler,
     check_schedule,
+    chi_square_p,
     exact_law,
     exact_tv,
     markov_joint,
@@ -194,6 +195,22 @@ def test_the_tv_bound_holds_for_exact_draws():
     freq = torch.nn.functional.one_hot(draws, 4).to(F64).mean(1)
     tv = 0.5 * (freq - law).abs().sum(-1)
     assert float((tv > bound).to(F64).mean()) <= 0.05
+
+
+def test_the_grouped_chi_square_sums_the_groups_statistics():
+    """chi_square_p with (G, C) laws against Pearson's statistic and degrees of freedom summed
+    by hand (no pooling: every cell expects 5 draws or more)."""
+    from scipy import stats
+
+    laws = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=F64)
+    draws = torch.stack([torch.multinomial(p, 400, True, generator=gen(9)) for p in laws])
+    stat = 0.0
+    for x, p in zip(draws, laws, strict=True):
+        counts = torch.bincount(x, minlength=3).to(F64)
+        stat += float(((counts - 400 * p) ** 2 / (400 * p)).sum())
+    assert chi_square_p(draws, laws) == pytest.approx(float(stats.chi2.sf(stat, 4)), rel=1e-12)
+    with pytest.raises(ValueError, match="needs samples"):
+        chi_square_p(draws.flatten(), laws)
 
 
 def test_assert_samples_follow_refuses_impossible_draws():
