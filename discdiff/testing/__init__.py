@@ -1,14 +1,25 @@
-"""Toys whose truth is known, for testing a discrete diffusion model or sampler exactly.
+"""Toys whose truth is known, and checks that compare a component with it: a kit for testing a
+discrete diffusion model, schedule or sampler exactly (docs: "Test your own component").
 
-- ``toys``: laws (``MarkovChain``, ``random_law``) and their exact denoisers for both processes
-  (``ExactDenoiser``, ``ExactMaskedDenoiser``, ``UniformOracle``, ``MaskedOracle``);
-- ``laws``: the exact law of a sampler run by enumeration (``uniform_chain``), ``conditional``,
-  and samples vs a law (``chi_square_p``, ``total_variation``, ``sample_metrics``, ...);
+- ``toys``: laws (``MarkovChain``, ``random_law``, ``markov_joint``, the class-conditional
+  ``Toy``) and their exact denoisers for both processes (``ExactDenoiser``,
+  ``ExactMaskedDenoiser``, ``UniformOracle``, ``MaskedOracle``, ``Toy.denoiser``), as x_hat or
+  as the posterior p(x^l | z_t) (``posterior_denoiser``);
+- ``exact``: the exact law of a sampler run by enumeration through its steps, tail and filters
+  (``exact_law`` of an ``Options`` combination), ``exact_tv``, the reference filters
+  (``filtered_law``, ``guided_law``);
+- ``laws``: ``uniform_chain``, ``conditional``, and samples vs a law (``assert_samples_follow``
+  with its chi-square, exact-TV bound and stated power; ``chi_square_p``, ``total_variation``,
+  ``sample_metrics``, ...);
+- ``contracts``: ``check_schedule``, ``check_denoiser``, ``check_sampler`` (SPEC §9), each
+  raising AssertionError with a message saying what is wrong;
+- ``strategies``: hypothesis strategies (imported on use: ``discdiff.testing.strategies``);
 - ``training``: small trainable denoisers and their training / distillation loops;
 - ``gradients``: the curriculum's gradient-variance measurement;
 - ``machine``: the machine a measurement ran on.
 
-Plain torch at import time; ``chi_square_p`` needs scipy (``pip install 'discdiff[testing]'``).
+Plain torch at import time; the statistics need scipy and the strategies hypothesis
+(``pip install 'discdiff[testing]'``).
 """
 
 from discdiff.testing.contracts import (
