@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -65,7 +65,7 @@ class Options:
     label: int | None = None
     guidance_scale: float | None = None
     prompt: tuple[int | None, ...] | None = None
-    block_size: int | None = field(default=None)
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.process not in ("uniform", "masked"):
