@@ -320,9 +320,12 @@ def _draw_step(step: Callable[..., Tensor], toy: Toy, opts: Options, n: int,
     k, masked = toy.vocab_size, opts.process == "masked"
     prompt = _prompt(toy, opts, n)
     cond, uncond = _conditioning(toy, opts, n)
-    guidance = None if uncond is None else Guidance(opts.guidance_scale, uncond)
+    guidance = None
+    if uncond is not None and opts.guidance_scale is not None:
+        guidance = Guidance(opts.guidance_scale, uncond)
     clean = None if masked or prompt is None else prompt.mask
-    predict = Predictor(toy.denoiser(opts.process), k + masked, cond=cond, guidance=guidance,
+    denoiser: Any = toy.denoiser(opts.process)  # a Denoiser whose only conditioning is label
+    predict = Predictor(denoiser, k + masked, cond=cond, guidance=guidance,
                         clean=clean, time_conditioned=not masked)  # fmt: skip
     if masked:
         z = torch.full((n, toy.length), k)

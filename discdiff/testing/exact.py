@@ -154,7 +154,7 @@ class _Run:
             sigma = torch.full((s,), -math.log(alpha_t) if alpha_t > 0 else math.inf)
             if bool(self.clean.any()):  # per-token levels: 0 at clean context
                 sigma = torch.where(self.clean, 0.0, sigma[:, None])
-        laws = []
+        laws: list[Tensor | None] = []
         for cond in (self.cond, self.uncond):
             if cond is None:
                 laws.append(None)
@@ -162,6 +162,7 @@ class _Run:
             logits = self.denoiser(z, sigma.to(torch.float32), **cond).to(F64)[..., : self.k]
             laws.append(filtered_law(torch.softmax(logits, -1), self.options.top_k,
                                      self.options.top_p))  # fmt: skip
+        assert laws[0] is not None
         return laws[0], laws[1]
 
 
@@ -216,7 +217,7 @@ def _step(run: _Run, z: Tensor, grid: TimeGrid, i: int, schedule: Schedule) -> T
 def _tail(run: _Run, z: Tensor, alpha: float) -> Tensor:
     """The tokens (S, L) each state z (S, L) ends on after the tail call at level ``alpha``."""
     c, u = run.x_hats(z, alpha)
-    x_hat = guided_law(c, u, run.options.guidance_scale if u is not None else None)
+    x_hat = c if u is None else guided_law(c, u, run.options.guidance_scale)
     best = x_hat.argmax(-1)
     if run.options.process == "masked":
         return torch.where(z == run.k, best, z)
@@ -282,7 +283,7 @@ def exact_law(
     else:
         law = torch.full((len(states),), 1.0 / len(states), dtype=F64)
     grid = TimeGrid.build(schedule, options.steps, tail=options.tail)
-    run = replace(run, cond=_labelled(run.cond, len(states)),
+    run = replace(run, cond=_labelled(run.cond, len(states)) or {},
                   uncond=_labelled(run.uncond, len(states)))  # fmt: skip
     for i in range(grid.steps):
         post = _step(run, z, grid, i, schedule)
