@@ -394,6 +394,9 @@ def test_the_strategies_draw_valid_inputs(data):
     assert not bool(torch.isnan(x).any())
     prompt = data.draw(kit.prompts(k, 3))
     assert len(prompt) == 3 and None in prompt
+    tokens, mask = data.draw(kit.prompt_batches(k))
+    assert tokens.shape == mask.shape and mask.dtype == torch.bool
+    assert bool((~mask).any(-1).all()) and int(tokens.max()) < k
 
 
 def test_the_kit_imports_without_hypothesis_and_the_strategies_name_the_extra():

@@ -25,6 +25,7 @@ __all__ = [
     "alpha_pairs",
     "builtin_schedules",
     "logits",
+    "prompt_batches",
     "prompts",
     "sampler_options",
     "schedules",
@@ -140,6 +141,24 @@ def prompts(vocab_size: int, length: int, *, min_free: int = 1) -> Any:
     entry = st.one_of(st.none(), st.integers(0, vocab_size - 1))
     return st.lists(entry, min_size=length, max_size=length).filter(
         lambda p: sum(v is None for v in p) >= min_free).map(tuple)  # fmt: skip
+
+
+def _prompt_tensors(rows: list[tuple[int | None, ...]]) -> tuple[Tensor, Tensor]:
+    tokens = torch.tensor([[0 if v is None else v for v in row] for row in rows])
+    return tokens, torch.tensor([[v is not None for v in row] for row in rows])
+
+
+def prompt_batches(vocab_size: int, max_batch: int = 4, max_length: int = 6) -> Any:
+    """(prompt (B, L) int64 ids, prompt_mask (B, L) bool) as the samplers take them: each row
+    its own pattern of given positions, at least one position free per row."""
+    st = _st()
+
+    def build(shape: tuple[int, int]) -> Any:
+        b, length = shape
+        rows = st.lists(prompts(vocab_size, length), min_size=b, max_size=b)
+        return rows.map(_prompt_tensors)
+
+    return st.tuples(st.integers(1, max_batch), st.integers(1, max_length)).flatmap(build)
 
 
 def sampler_options(
