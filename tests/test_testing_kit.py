@@ -117,6 +117,9 @@ def test_options_refuse_what_does_not_combine():
         Options(block_size=2)
     with pytest.raises(ValueError, match="K <= 8, L <= 6"):
         Toy.of(torch.full((9,), 1 / 9, dtype=F64))
+    with pytest.raises(ValueError, match="denoiser returned logits that are no law"):
+        exact_law(Toy.random(3, 2), Options(), denoiser=lambda z, s: torch.full((*z.shape, 3),
+                                                                               math.nan))
     with pytest.raises(ValueError, match="3 and 4 cells"):
         exact_tv(torch.ones(3) / 3, torch.ones(4) / 4)
 

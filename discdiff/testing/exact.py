@@ -298,7 +298,11 @@ def exact_law(
             raise AssertionError(f"the masked run ends with masks left, mass {stuck:.3g}")
     out = torch.zeros(k ** len(free), dtype=F64)
     keep = ~(ends == k).any(-1) if masked else torch.ones(len(states), dtype=torch.bool)
-    return out.index_add_(0, state_ids(ends[keep], k), law[keep])
+    out.index_add_(0, state_ids(ends[keep], k), law[keep])
+    if not bool(torch.isfinite(out).all()) or abs(float(out.sum()) - 1) > 1e-9:
+        raise ValueError(f"the run's law sums to {float(out.sum())!r}: the denoiser returned "
+                         "logits that are no law (NaN, +inf, or -inf at every class)")  # fmt: skip
+    return out
 
 
 def exact_tv(p: Tensor, q: Tensor) -> float:
