@@ -306,7 +306,8 @@ def _exact_law(logits, z, a_s, a_t, kappa):
 def _chi2_pvalue(draws, law, groups):
     """One chi-square over all groups of rows (each group shares one law, ``law`` (n, K) per
     row), by ``discdiff.testing.chi_square_p``."""
-    return chi_square_p(draws.view(len(groups), -1), law[[rows[0] for rows in groups]])
+    return chi_square_p(draws.view(len(groups), -1), law[[rows[0] for rows in groups]],
+                        groups=True)
 
 
 def _configurations(k: int, per: int, seed: int):

@@ -162,6 +162,8 @@ def test_the_class_oracle_answers_each_row_with_its_class():
     for row, y in enumerate([0, 1, None]):
         want = UniformOracle(toy.law(y))(z[row : row + 1], torch.full((1,), 0.7))
         torch.testing.assert_close(out[row : row + 1], want)
+    torch.testing.assert_close(toy.denoiser()(z, torch.full((3,), 0.7), label=1),
+                               out[1:2].expand(3, -1, -1))  # one label for every row
     with pytest.raises(ValueError, match="label must be"):
         toy.denoiser()(z, torch.ones(3), label=torch.tensor([0, 1, 3]))
 
@@ -201,8 +203,8 @@ def test_the_tv_bound_holds_for_exact_draws():
 
 
 def test_the_grouped_chi_square_sums_the_groups_statistics():
-    """chi_square_p with (G, C) laws against Pearson's statistic and degrees of freedom summed
-    by hand (no pooling: every cell expects 5 draws or more)."""
+    """chi_square_p(groups=True) with (G, C) laws against Pearson's statistic and degrees of
+    freedom summed by hand (no pooling: every cell expects 5 draws or more)."""
     from scipy import stats
 
     laws = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=F64)
@@ -211,9 +213,10 @@ def test_the_grouped_chi_square_sums_the_groups_statistics():
     for x, p in zip(draws, laws, strict=True):
         counts = torch.bincount(x, minlength=3).to(F64)
         stat += float(((counts - 400 * p) ** 2 / (400 * p)).sum())
-    assert chi_square_p(draws, laws) == pytest.approx(float(stats.chi2.sf(stat, 4)), rel=1e-12)
-    with pytest.raises(ValueError, match="needs samples"):
-        chi_square_p(draws.flatten(), laws)
+    grouped = chi_square_p(draws, laws, groups=True)
+    assert grouped == pytest.approx(float(stats.chi2.sf(stat, 4)), rel=1e-12)
+    with pytest.raises(ValueError, match="groups=True needs"):
+        chi_square_p(draws.flatten(), laws, groups=True)
 
 
 def test_assert_samples_follow_refuses_impossible_draws():

@@ -40,11 +40,11 @@ __all__ = [
 F64 = torch.float64
 
 
-def chi_square_p(samples: Tensor, probs: Tensor) -> float:
+def chi_square_p(samples: Tensor, probs: Tensor, *, groups: bool = False) -> float:
     """p-value of the samples (ids, any shape) against the law ``probs`` (flattened, the ids
-    index it); cells of zero mass must be empty. With ``probs`` (G, C) and ``samples`` (G, n):
-    group g's draws follow ``probs[g]``, one chi-square over all groups (the statistics and the
-    degrees of freedom summed).
+    index it); cells of zero mass must be empty. With ``groups=True``, ``probs`` (G, C) and
+    ``samples`` (G, n): group g's draws follow ``probs[g]``, one chi-square over all groups (the
+    statistics and the degrees of freedom summed).
 
     Cells expected to hold fewer than 5 draws are pooled (the chi-square approximation needs
     it), the smallest first, until the pool holds 5 or more. Needs scipy (the ``testing`` extra).
@@ -53,10 +53,10 @@ def chi_square_p(samples: Tensor, probs: Tensor) -> float:
         from scipy import stats  # a dev / testing dependency, not a library one
     except ImportError as err:  # pragma: no cover - scipy is installed with the extra
         raise ImportError("chi_square_p needs scipy: pip install 'discdiff[testing]'") from err
-    if probs.ndim == 2:
-        if samples.ndim != 2 or samples.shape[0] != probs.shape[0]:
-            raise ValueError(f"probs (G, C) = {tuple(probs.shape)} needs samples (G, n), got "
-                             f"{tuple(samples.shape)}")  # fmt: skip
+    if groups:
+        if probs.ndim != 2 or samples.ndim != 2 or samples.shape[0] != probs.shape[0]:
+            raise ValueError(f"groups=True needs probs (G, C) and samples (G, n), got probs "
+                             f"{tuple(probs.shape)}, samples {tuple(samples.shape)}")  # fmt: skip
         parts = [_pearson(s, p) for s, p in zip(samples, probs, strict=True)]
     else:
         parts = [_pearson(samples, probs)]

@@ -374,7 +374,8 @@ class ClassOracle:
     -> float64 logits (B, L, K), (B, L, K + 1) for the masked process (mask id K).
 
     Each row is answered by the enumerated oracle of its class's law (``UniformOracle`` /
-    ``MaskedOracle``), the marginal law for the null label or no label. Reads per-token levels
+    ``MaskedOracle``), the marginal law for the null label or no label; ``label`` is (B,) or
+    one int for every row. Reads per-token levels
     (0 at clean context). ``calls`` counts the calls.
     """
 
@@ -391,6 +392,8 @@ class ClassOracle:
         b = z_t.shape[0]
         null = self.toy.null_label
         labels = torch.full((b,), null) if label is None else torch.as_tensor(label).reshape(-1)
+        if labels.numel() == 1:  # one label for every row
+            labels = labels.expand(b)
         if labels.shape != (b,) or bool(((labels < 0) | (labels > null)).any()):
             raise ValueError(f"label must be (B,) = ({b},) ints in [0, {null}] ({null}: no "
                              f"condition), got {label!r:.60}")  # fmt: skip
