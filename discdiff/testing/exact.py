@@ -36,9 +36,10 @@ from torch import Tensor
 
 from discdiff.samplers import CappedRemask, TimeGrid
 from discdiff.schedules import LogLinearSchedule, Schedule
+from discdiff.testing.laws import sequence_ids
 from discdiff.testing.toys import Toy, all_sequences
 
-__all__ = ["Options", "exact_law", "exact_tv", "filtered_law", "guided_law", "state_ids"]
+__all__ = ["Options", "exact_law", "exact_tv", "filtered_law", "guided_law"]
 
 F64 = torch.float64
 
@@ -100,6 +101,7 @@ class Options:
         return values, mask
 
     def with_(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (checked again)."""
         return replace(self, **changes)
 
 
@@ -126,11 +128,6 @@ def guided_law(c: Tensor, u: Tensor, gamma: float | None) -> Tensor:
     g = torch.where((c > 0) & (u > 0), c.pow(gamma) * u.pow(1 - gamma), 0.0)
     total = g.sum(-1, keepdim=True)
     return torch.where(total > 0, g / torch.where(total > 0, total, 1.0), c)
-
-
-def state_ids(x: Tensor, base: int) -> Tensor:
-    """Each row of x (n, F) as one id in [0, base^F), first position most significant."""
-    return (x * base ** torch.arange(x.shape[1] - 1, -1, -1)).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -298,7 +295,7 @@ def exact_law(
             raise AssertionError(f"the masked run ends with masks left, mass {stuck:.3g}")
     out = torch.zeros(k ** len(free), dtype=F64)
     keep = ~(ends == k).any(-1) if masked else torch.ones(len(states), dtype=torch.bool)
-    out.index_add_(0, state_ids(ends[keep], k), law[keep])
+    out.index_add_(0, sequence_ids(ends[keep], k), law[keep])
     if not bool(torch.isfinite(out).all()) or abs(float(out.sum()) - 1) > 1e-9:
         raise ValueError(f"the run's law sums to {float(out.sum())!r}: the denoiser returned "
                          "logits that are no law (NaN, +inf, or -inf at every class)")  # fmt: skip
