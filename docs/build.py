@@ -4,9 +4,10 @@
     python docs/build.py --out DIR
 
 pdoc renders every public module of discdiff (a dotted name with no part starting with ``_``)
-and four pages, each a module under ``docs/pages`` whose docstring includes a markdown file:
-the README (Guide), ``docs/concepts.md`` (Concepts), ``examples/README.md`` (Training example)
-and ``docs/replication.md`` (Replication report). Links between those markdown files are
+and five pages, each a module under ``docs/pages`` whose docstring includes a markdown file:
+the README (Guide), ``docs/concepts.md`` (Concepts), ``examples/README.md`` (Training example),
+``docs/pages/testing.md`` (Test your own component) and ``docs/replication.md`` (Replication
+report). Links between those markdown files are
 rewritten to the pages' HTML.
 
 The build fails (exit status 1, each problem named) on any warning pdoc raises (a missing
@@ -39,6 +40,9 @@ PAGES = {  # page module -> (title, the markdown file it includes, a one-line su
     "training": ("Training example", "examples/README.md",
                  "The example: data, configs, the training loop on CPU or many GPUs, unpacked "
                  "data, your own backbone, evaluation, released checkpoints."),
+    "testing": ("Test your own component", "docs/pages/testing.md",
+                "discdiff.testing: exact laws of toys, contract checks and hypothesis strategies "
+                "for your own samplers, schedules and denoisers."),
     "replication": ("Replication report", "docs/replication.md",
                     "The paper's claims at CPU scale, each beside the paper's figure."),
 }  # fmt: skip

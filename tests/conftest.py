@@ -51,17 +51,23 @@ def generator():
 
 def pytest_terminal_summary(terminalreporter):
     """After a run that included tests/test_fuzz.py: how many bad inputs were tried, and how many
-    failed clearly (the right error type, the culprit named). Counted from the reports, so it
-    also works under pytest-xdist."""
-    tried = clear = 0
+    failed clearly (the right error type, the culprit named); after one that included
+    tests/test_sampler_combinations.py: how many option combinations it checked. Counted from
+    the reports, so it also works under pytest-xdist."""
+    tried = clear = combinations = 0
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) != "call":
                 continue
             properties = dict(getattr(report, "user_properties", ()))
+            combinations += properties.get("sampler_combinations", 0)
             if "fuzz" in properties:
                 tried += 1
                 clear += "fuzz_clear" in properties
+    if combinations:  # tests/test_sampler_combinations.py
+        terminalreporter.write_line(
+            f"sampler combinations: {combinations} checked against their exact laws"
+        )
     if tried:
         terminalreporter.write_line(
             f"fuzz: {tried} bad inputs tried, {clear} failed clearly "

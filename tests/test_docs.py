@@ -29,7 +29,7 @@ def test_the_site_builds_without_warnings_or_broken_references(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     index = (out / "index.html").read_text(encoding="utf-8")
-    for page in ("guide", "concepts", "training", "replication"):
+    for page in ("guide", "concepts", "training", "testing", "replication"):
         assert f'href="{page}.html"' in index
         assert (out / f"{page}.html").is_file()
     assert 'href="discdiff/diffusion.html"' in index

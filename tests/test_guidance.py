@@ -11,38 +11,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy import stats
 
 from discdiff import MaskedDiffusion, UniformDiffusion
 from discdiff.samplers import guided_logits, guided_uniform_step, psi_posterior, uniform_posterior
+from discdiff.testing import Toy, chi_square_p
 
 K = 4
 LAW = torch.tensor([[0.70, 0.15, 0.10, 0.05], [0.05, 0.10, 0.25, 0.60]], dtype=torch.float64)
-PRIOR_Y = torch.tensor([0.5, 0.5], dtype=torch.float64)
-NULL = 2  # the label that means "no condition"
+TOY = Toy(LAW, torch.tensor([0.5, 0.5], dtype=torch.float64))  # p(x | y), p(y) = 1/2, L = 1
+NULL = TOY.null_label  # the label that means "no condition"
 
 
 def marginal() -> torch.Tensor:
-    return PRIOR_Y @ LAW
+    return TOY.law()
 
 
-def oracle(extra: int = 0):
-    """The optimal denoiser: log p(x | y) for y in {0, 1}, log p(x) for the null label."""
-
-    def denoiser(z_t, sigma, label):
-        table = torch.cat([LAW, marginal()[None]]).log().float()
-        logits = table[label].unsqueeze(1).expand(*z_t.shape, K)
-        if extra:  # the masked model's mask logit (ignored by SUBS)
-            logits = torch.cat([logits, torch.zeros(*z_t.shape, extra)], dim=-1)
-        return logits
-
-    return denoiser
-
-
-def chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
-    counts = torch.bincount(samples.flatten(), minlength=K).double()
-    expected = probs * counts.sum()
-    return float(stats.chisquare(counts.numpy(), expected.numpy()).pvalue)
+def oracle(masked: bool = False):
+    """The optimal denoiser: log p(x | y) for y in {0, 1}, log p(x) for the null label (the
+    masked one with a mask logit, ignored by SUBS)."""
+    return TOY.denoiser("masked" if masked else "uniform")
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -51,7 +38,7 @@ def test_guidance_scale_one_is_conditional_and_zero_unconditional(masked):
     g = torch.Generator().manual_seed(0)
     label, null = torch.full((n,), y), torch.full((n,), NULL)
     if masked:
-        diffusion, model = MaskedDiffusion(K), oracle(extra=1)
+        diffusion, model = MaskedDiffusion(K), oracle(masked=True)
     else:
         diffusion, model = UniformDiffusion(K), oracle()
 

@@ -23,11 +23,11 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 pytest.importorskip("triton")
-stats = pytest.importorskip("scipy.stats")
 
 from discdiff import kernels  # noqa: E402
 from discdiff.kernels import triton_kernels  # noqa: E402
 from discdiff.losses import uniform_nelbo as torch_uniform_nelbo  # noqa: E402
+from discdiff.testing import chi_square_p  # noqa: E402
 
 F64 = torch.float64
 
@@ -304,23 +304,10 @@ def _exact_law(logits, z, a_s, a_t, kappa):
 
 
 def _chi2_pvalue(draws, law, groups):
-    """One chi-square over all groups of rows (each group shares one law); classes with
-    expectation below 5 are pooled."""
-    stat, dof = 0.0, 0
-    for rows in groups:
-        p = law[rows[0]]
-        n = len(rows)
-        counts = torch.bincount(draws[rows], minlength=p.numel()).to(F64)
-        expected = n * p
-        small = expected < 5
-        if small.any():
-            counts = torch.cat([counts[~small], counts[small].sum().view(1)])
-            expected = torch.cat([expected[~small], expected[small].sum().view(1)])
-        keep = expected > 0
-        assert counts[~keep].sum() == 0, "a class of probability 0 was drawn"
-        stat += float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
-        dof += int(keep.sum()) - 1
-    return float(stats.chi2.sf(stat, dof))
+    """One chi-square over all groups of rows (each group shares one law, ``law`` (n, K) per
+    row), by ``discdiff.testing.chi_square_p``."""
+    return chi_square_p(draws.view(len(groups), -1), law[[rows[0] for rows in groups]],
+                        groups=True)
 
 
 def _configurations(k: int, per: int, seed: int):

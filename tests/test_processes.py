@@ -9,7 +9,6 @@ are deterministic and fail only on a real error.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -27,6 +26,7 @@ from discdiff.processes import (
     uniform_corrupt,
     uniform_marginal,
 )
+from discdiff.testing import chi_square_p
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 LEVELS = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
@@ -60,9 +60,11 @@ def assert_binomial(hits: int, n: int, p: float, sigmas: float = 5.0) -> None:
     assert abs(hits / n - p) <= bound, f"frequency {hits / n:.5f} vs probability {p:.5f}"
 
 
-def assert_uniform(counts: np.ndarray) -> None:
-    """Chi-square goodness of fit of `counts` to the uniform law, p-value above 1e-6."""
-    assert stats.chisquare(counts).pvalue > 1e-6, counts
+def assert_uniform_off_x(offset: torch.Tensor, k: int) -> None:
+    """The offsets (z_t - x) mod K that are not 0 are uniform over the K - 1 other classes
+    (chi-square, p-value above 1e-6)."""
+    off = offset[offset > 0] - 1
+    assert chi_square_p(off, torch.full((k - 1,), 1 / (k - 1), dtype=torch.float64)) > 1e-6
 
 
 def make_alpha(
@@ -211,7 +213,7 @@ def test_gaussian_argmax_has_the_uniform_marginal(k, alpha_tilde, seed):
     # The argmax off x is uniform over the other K - 1 classes.
     if 2 < k <= 60:
         offset = ((latent.z_t - x_0) % k).flatten()
-        assert_uniform(torch.bincount(offset, minlength=k)[1:].numpy())
+        assert_uniform_off_x(offset, k)
 
 
 def test_gaussian_argmax_at_a_large_vocabulary():
@@ -389,7 +391,7 @@ def test_topk_argmax_has_the_law_of_the_full_argmax(k, top_k, alpha_tilde):
         assert abs(hits / n - f_hits / m) <= 5 * sd + 1 / m
     if 2 < k <= 101:
         offset = ((out.z_t - x_0) % k).flatten()
-        assert_uniform(torch.bincount(offset, minlength=k)[1:].numpy())
+        assert_uniform_off_x(offset, k)
 
 
 def test_topk_values_have_the_exact_order_statistic_law():
@@ -405,7 +407,8 @@ def test_topk_values_have_the_exact_order_statistic_law():
         pvalue = stats.kstest(sample, lambda v, j=j: stats.binom.cdf(j - 1, k, special.ndtr(-v)))
         assert pvalue.pvalue > 1e-6, (j, pvalue)
     # ...and z_t is uniform over the vocabulary (here in 50 bins).
-    assert_uniform(torch.bincount(out.z_t.flatten() * 50 // k, minlength=50).numpy())
+    bins = torch.bincount(torch.arange(k) * 50 // k, minlength=50).double() / k  # the exact law
+    assert chi_square_p(out.z_t.flatten() * 50 // k, bins) > 1e-6
 
 
 def test_topk_values_match_the_full_sampler():
@@ -505,7 +508,7 @@ def test_bad_shapes_and_dtypes_raise_type_errors_naming_the_argument(call, name)
 from discdiff import MaskedDiffusion, UniformDiffusion  # noqa: E402
 from discdiff.harness import stratified_stderr  # noqa: E402
 from discdiff.processes import MaskedProcess, Process, UniformProcess  # noqa: E402
-from tests.test_samplers_laws import MaskedOracle, UniformOracle, conditional, random_law  # noqa: E402
+from discdiff.testing import MaskedOracle, UniformOracle, conditional, random_law  # noqa: E402
 
 
 @pytest.mark.parametrize("process", [UniformProcess(5), MaskedProcess(5)])

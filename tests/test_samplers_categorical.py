@@ -14,21 +14,8 @@ from scipy import stats
 
 import discdiff.samplers.categorical as categorical
 from discdiff.samplers import sample_categorical, sample_categorical_logits, uniform_ancestral_step
+from discdiff.testing import filtered_law as filtered
 from tests.test_samplers_laws import F64, P_MIN, chi_square_p, gen
-
-
-def filtered(probs: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Reference top-k then nucleus filtering by a full sort, renormalised (float64)."""
-    p = probs.to(F64).clone()
-    if top_k is not None:
-        kth = p.topk(top_k, -1).values[..., -1:]
-        p = torch.where(p >= kth, p, 0)
-    if top_p is not None:
-        values = p.sort(-1, descending=True).values
-        cum = values.cumsum(-1)
-        first = (cum < top_p * p.sum(-1, keepdim=True)).sum(-1, keepdim=True)
-        p = torch.where(p >= values.gather(-1, first), p, 0)
-    return p / p.sum(-1, keepdim=True)
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from discdiff.testing import (
     chi_square_p,
     conditional,
     frequencies,
+    markov_joint,
     random_law,
     sequence_ids,
     total_variation,
@@ -64,15 +65,15 @@ def one_token_chain(pi: torch.Tensor, grid: TimeGrid) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def markov_joint() -> tuple[MarkovChain, torch.Tensor]:
+def markov_pair() -> tuple[MarkovChain, torch.Tensor]:
     """The K = 3, L = 2 law of discdiff.testing's peaked Markov chain, and its (3, 3) joint."""
     chain = MarkovChain.peaked(3, seed=0)
-    return chain, chain.initial[:, None] * chain.transition
+    return chain, markov_joint(chain, 2)
 
 
 @pytest.mark.parametrize("a_t", [0.0, 0.3, 0.9, 1.0])
 def test_the_oracle_is_the_markov_chains_exact_denoiser(a_t):
-    chain, joint = markov_joint()
+    chain, joint = markov_pair()
     z = all_sequences(3, 2)
     sigma = torch.full((9,), -math.log(a_t) if a_t > 0 else math.inf)
     toy = torch.softmax(ExactDenoiser(chain)(z, sigma).to(F64), -1)
@@ -125,7 +126,7 @@ def test_uniform_sampler_reproduces_a_one_token_law_at_any_step_count(steps):
 
 
 def test_uniform_sampler_reproduces_a_two_token_law_with_many_steps():
-    _, joint = markov_joint()
+    _, joint = markov_pair()
     oracle = UniformOracle(joint)
     chains = {
         n: uniform_chain(oracle, TimeGrid.build(SCHEDULE, n, tail="none")) for n in (4, 16, 64)
@@ -143,7 +144,7 @@ def test_uniform_sampler_reproduces_a_two_token_law_with_many_steps():
 def test_masked_sampler_reproduces_a_two_token_law():
     # Unmasking both tokens in one step draws them independently: exact only when that never
     # happens, so many steps again; one token is exact at any step count.
-    _, joint = markov_joint()
+    _, joint = markov_pair()
     x = sample_masked(
         MaskedOracle(joint), 6000, 2, 128, schedule=SCHEDULE, vocab_size=4, mask_id=3,
         tail="none", generator=gen(16),
@@ -173,7 +174,7 @@ def test_psi_re_noising_the_denoising_posterior_lands_near_the_law():
     0.0043 for plain ancestral. The sampler's 20000 draws are that chain (chi-square), and their
     TV to the data, 0.012-0.017 over seeds 40-42 (Monte Carlo error ~0.008), stays below 0.035,
     which the old form's 0.064 could not."""
-    chain, joint = markov_joint()
+    chain, joint = markov_pair()
     grid = TimeGrid.build(SCHEDULE, 64, tail="none")
     oracle = UniformOracle(joint)
     spec = uniform_chain(oracle, grid, kappa=0.5)
@@ -304,9 +305,7 @@ PROMPTS = {  # the prompt kinds of L = 3: which positions are given
 
 def markov_law3() -> torch.Tensor:
     """The K = 3, L = 3 joint of discdiff.testing's peaked Markov chain (seed 0)."""
-    chain = MarkovChain.peaked(3, seed=0)
-    t = chain.transition
-    return chain.initial[:, None, None] * t[:, :, None] * t[None, :, :]
+    return markov_joint(MarkovChain.peaked(3, seed=0), 3)
 
 
 def prompt_tv(law: torch.Tensor, kind: str, steps: int, told: bool) -> tuple[float, float]:
@@ -401,7 +400,7 @@ def test_distilled_student_reproduces_the_law_on_the_log_linear_schedule(k):
 
 def _report() -> None:  # pragma: no cover - a measurement, run by hand
     """Print the exact-chain TVs and the seeded tests' statistics the bounds above rest on."""
-    chain, joint = markov_joint()
+    chain, joint = markov_pair()
     oracle = UniformOracle(joint)
     for n in (4, 16, 64):
         grid = TimeGrid.build(SCHEDULE, n, tail="none")

@@ -1,9 +1,9 @@
 """Where two sampler options meet: filters in the tails, guidance with nuclei that do not overlap.
 
-Every expectation is computed here, independently of the samplers: the nucleus by a full sort in
-float64, the guided law as the renormalised product x_c^gamma x_u^(1 - gamma) of the filtered
-predictions, the MAP tail as the argmax of the explicit denoising posterior
-(``denoising_posterior``, Concepts §5).
+Every expectation is computed independently of the samplers: the nucleus by a full sort in
+float64 and the guided law as the renormalised product x_c^gamma x_u^(1 - gamma) of the filtered
+predictions (``discdiff.testing.filtered_law`` / ``guided_law``), the MAP tail as the argmax of
+the explicit denoising posterior (``denoising_posterior``, Concepts §5).
 """
 
 from __future__ import annotations
@@ -24,32 +24,12 @@ from discdiff.samplers import (
     sample_uniform,
 )
 from discdiff.samplers.grid import T_MIN
+from discdiff.testing import filtered_law as filtered
+from discdiff.testing import guided_law as guided
 from tests.test_samplers_laws import SCHEDULE, alpha, gen
 
 F64 = torch.float64
 K = 6
-
-
-def filtered(probs: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """probs (..., K) after top-k then nucleus by a full sort (ties at the boundary kept),
-    renormalised, float64."""
-    p = probs.to(F64)
-    if top_k is not None:
-        kth = p.sort(-1, descending=True).values[..., top_k - 1 : top_k]
-        p = torch.where(p >= kth, p, 0.0)
-    if top_p is not None:
-        values = p.sort(-1, descending=True).values
-        cum = values.cumsum(-1) / values.sum(-1, keepdim=True)
-        first = (cum < top_p).sum(-1, keepdim=True).clamp(max=p.shape[-1] - 1)
-        p = torch.where(p >= values.gather(-1, first), p, 0.0)
-    return p / p.sum(-1, keepdim=True)
-
-
-def guided(c: torch.Tensor, u: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The renormalised x_c^gamma x_u^(1 - gamma); the conditional law where it is empty."""
-    g = torch.where((c > 0) & (u > 0), c.pow(gamma) * u.pow(1 - gamma), 0.0)
-    total = g.sum(-1, keepdim=True)
-    return torch.where(total > 0, g / torch.where(total > 0, total, 1.0), c)
 
 
 class LabelDenoiser:

@@ -23,7 +23,7 @@ from discdiff.samplers import (
     uniform_ancestral_step,
     uniform_posterior,
 )
-from tests.test_samplers_categorical import filtered
+from discdiff.testing import filtered_law as filtered
 from tests.test_samplers_laws import F64, P_MIN, SCHEDULE, alpha, chi_square_p, gen
 
 

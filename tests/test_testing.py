@@ -20,6 +20,7 @@ from discdiff.testing import (
     chi_square_p,
     conditional,
     gradient_variances,
+    markov_joint,
     random_law,
     sample_metrics,
     sequence_ids,
@@ -30,17 +31,9 @@ from discdiff.testing import (
 F64 = torch.float64
 
 
-def chain_joint(chain: MarkovChain, length: int) -> torch.Tensor:
-    """The chain's joint law (K,) * L by explicit products, an independent computation."""
-    joint = chain.initial
-    for _ in range(length - 1):
-        joint = joint.unsqueeze(-1) * chain.transition.reshape((1,) * (joint.ndim - 1) + (3, 3))
-    return joint
-
-
 def test_the_masked_forward_backward_is_the_enumerated_oracle():
     chain = MarkovChain.peaked(3, seed=4)
-    joint = chain_joint(chain, 3)
+    joint = markov_joint(chain, 3)
     assert float(joint.sum()) == pytest.approx(1.0, abs=1e-12)
     z = torch.tensor([[3, 1, 3], [0, 3, 2], [3, 3, 3]])  # mask id K = 3
     fb = torch.softmax(ExactMaskedDenoiser(chain)(z, torch.zeros(3))[..., :3].to(F64), -1)
@@ -49,8 +42,10 @@ def test_the_masked_forward_backward_is_the_enumerated_oracle():
 
 
 def test_the_chains_statistics_are_its_joint_laws():
+    """markov_joint (products of the tables) against nll (a sum of logs per sequence), and the
+    entropy against the joint."""
     chain = MarkovChain.peaked(3, seed=4)
-    joint = chain_joint(chain, 3)
+    joint = markov_joint(chain, 3)
     entropy = -float((joint * joint.log()).sum())
     assert chain.entropy(3) == pytest.approx(entropy, abs=1e-12)
     x = all_sequences(3, 3)

@@ -14,6 +14,9 @@ position a prompt) the reverse chain is the exact one at any step count.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -21,21 +24,27 @@ from discdiff.samplers import TimeGrid, psi_posterior, uniform_posterior
 from discdiff.testing.toys import MarkovChain, UniformOracle, all_sequences
 
 __all__ = [
+    "Agreement",
+    "assert_samples_follow",
     "chi_square_p",
     "conditional",
+    "detectable_tv",
     "frequencies",
     "sample_metrics",
     "sequence_ids",
     "total_variation",
+    "tv_bound",
     "uniform_chain",
 ]
 
 F64 = torch.float64
 
 
-def chi_square_p(samples: Tensor, probs: Tensor) -> float:
+def chi_square_p(samples: Tensor, probs: Tensor, *, groups: bool = False) -> float:
     """p-value of the samples (ids, any shape) against the law ``probs`` (flattened, the ids
-    index it); cells of zero mass must be empty.
+    index it); cells of zero mass must be empty. With ``groups=True``, ``probs`` (G, C) and
+    ``samples`` (G, n): group g's draws follow ``probs[g]``, one chi-square over all groups (the
+    statistics and the degrees of freedom summed).
 
     Cells expected to hold fewer than 5 draws are pooled (the chi-square approximation needs
     it), the smallest first, until the pool holds 5 or more. Needs scipy (the ``testing`` extra).
@@ -44,6 +53,20 @@ def chi_square_p(samples: Tensor, probs: Tensor) -> float:
         from scipy import stats  # a dev / testing dependency, not a library one
     except ImportError as err:  # pragma: no cover - scipy is installed with the extra
         raise ImportError("chi_square_p needs scipy: pip install 'discdiff[testing]'") from err
+    if groups:
+        if probs.ndim != 2 or samples.ndim != 2 or samples.shape[0] != probs.shape[0]:
+            raise ValueError(f"groups=True needs probs (G, C) and samples (G, n), got probs "
+                             f"{tuple(probs.shape)}, samples {tuple(samples.shape)}")  # fmt: skip
+        parts = [_pearson(s, p) for s, p in zip(samples, probs, strict=True)]
+    else:
+        parts = [_pearson(samples, probs)]
+    stat, dof = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return 1.0 if dof == 0 else float(stats.chi2.sf(stat, dof))
+
+
+def _pearson(samples: Tensor, probs: Tensor) -> tuple[float, int]:
+    """Pearson's statistic of the samples against ``probs`` after pooling, and its degrees of
+    freedom."""
     probs = probs.to(F64).flatten()
     counts = torch.bincount(samples.flatten(), minlength=probs.numel()).to(F64)
     if counts.numel() != probs.numel():
@@ -62,9 +85,8 @@ def chi_square_p(samples: Tensor, probs: Tensor) -> float:
     if pooled:
         expected = torch.cat([expected[:pooled].sum(0, keepdim=True), expected[pooled:]])
         observed = torch.cat([observed[:pooled].sum(0, keepdim=True), observed[pooled:]])
-    if expected.numel() < 2:
-        return 1.0
-    return float(stats.chisquare(observed.numpy(), expected.numpy()).pvalue)
+    stat = float(((observed - expected) ** 2 / expected).sum())
+    return stat, expected.numel() - 1
 
 
 def total_variation(p: Tensor, q: Tensor) -> float:
@@ -164,3 +186,92 @@ def sample_metrics(x: Tensor, law: MarkovChain) -> dict[str, float]:
         "tv_bigram": 0.5 * float((bigram - law.bigram(length)).abs().sum()),
         "distinct": torch.unique(x, dim=0).shape[0] / x.shape[0],
     }
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What ``assert_samples_follow`` measured: ``n`` draws, the chi-square ``p_value``, the
+    empirical ``tv`` from the law and the ``tv_bound`` it had to stay under, ``alpha``, and
+    ``detectable``: the TV at which any alternative law is rejected with probability ``power``
+    (``detectable_tv``)."""
+
+    n: int
+    p_value: float
+    tv: float
+    tv_bound: float
+    alpha: float
+    power: float
+    detectable: float
+
+
+def tv_bound(probs: Tensor, n: int, alpha: float) -> float:
+    """A bound the empirical TV of n exact draws from ``probs`` exceeds with probability at most
+    ``alpha``, from no approximation: E TV <= 1/2 sum_i sqrt(p_i (1 - p_i) / n) (Jensen), and one
+    draw moves the TV by at most 1/n, so P(TV >= E TV + e) <= exp(-2 n e^2) (McDiarmid)."""
+    p = probs.to(F64).flatten()
+    mean = 0.5 * float(torch.sqrt(p * (1 - p) / n).sum())
+    return mean + math.sqrt(math.log(1 / alpha) / (2 * n))
+
+
+def detectable_tv(probs: Tensor, n: int, alpha: float, power: float = 0.99) -> float:
+    """The TV from ``probs`` beyond which the chi-square test of n draws at level ``alpha``
+    rejects every alternative law with probability >= ``power``.
+
+    A law q at TV d from p has noncentrality lambda = n sum (q - p)^2 / p >= 4 n d^2
+    (Cauchy-Schwarz: (sum |q - p|)^2 <= sum (q - p)^2 / p), so the power is at least that of the
+    noncentral chi-square with S - 1 degrees of freedom at 4 n d^2 (the asymptotic law of the
+    statistic, for S cells each expected to hold >= 5 draws). Needs scipy.
+    """
+    from scipy import optimize, stats
+
+    df = max(int((probs.flatten() > 0).sum()) - 1, 1)
+    crit = stats.chi2.isf(alpha, df)
+
+    def short(lam: float) -> float:
+        return float(stats.ncx2.sf(crit, df, lam)) - power
+
+    lam = optimize.brentq(short, 1e-9, 1e7)
+    return math.sqrt(lam / (4 * n))
+
+
+def assert_samples_follow(
+    samples: Tensor,
+    law: Tensor,
+    *,
+    alpha: float = 1e-4,
+    power: float = 0.99,
+    what: str = "samples",
+) -> Agreement:
+    """Raise AssertionError unless the ids ``samples`` (any shape; each indexes ``law``) pass
+    both tests at level ``alpha`` each: the chi-square test (``chi_square_p``) and the exact-TV
+    bound (``tv_bound``, no approximation). The message says which failed, by how much, and the
+    TV the test detects with probability ``power`` (``detectable_tv``); ``what`` names the
+    samples. Returns the ``Agreement``. Needs scipy.
+    """
+    law = law.to(F64).flatten()
+    n = samples.numel()
+    if n == 0:
+        raise ValueError("samples is empty: draw some samples first")
+    if bool((samples < 0).any()) or int(samples.max()) >= law.numel():
+        raise AssertionError(f"{what}: ids outside the law's {law.numel()} cells (min "
+                             f"{int(samples.min())}, max {int(samples.max())})")  # fmt: skip
+    freq = frequencies(samples.cpu(), law.numel())
+    outside = float(freq[law <= 0].sum())
+    if outside > 0:
+        raise AssertionError(f"{what}: {outside:.2%} of the draws fall where the law has mass 0")
+    found = Agreement(n, chi_square_p(samples.cpu(), law), total_variation(freq, law),
+                      tv_bound(law, n, alpha), alpha, power,
+                      detectable_tv(law, n, alpha, power))  # fmt: skip
+    worst = int((freq - law).abs().argmax())
+    where = (f"the worst cell {worst}: frequency {float(freq[worst]):.4f}, law "
+             f"{float(law[worst]):.4f}; n = {n}; the test detects TV >= {found.detectable:.4f} "
+             f"with probability {power}")  # fmt: skip
+    if found.p_value < alpha:
+        raise AssertionError(f"{what} do not follow the law: chi-square p = "
+                             f"{found.p_value:.3g} < alpha = {alpha:g} (empirical TV "
+                             f"{found.tv:.4f}); {where}")  # fmt: skip
+    if found.tv > found.tv_bound:
+        raise AssertionError(f"{what} do not follow the law: empirical TV {found.tv:.4f} exceeds "
+                             f"the exact bound {found.tv_bound:.4f} at alpha = {alpha:g} by "
+                             f"{found.tv - found.tv_bound:.4f}; {where}")  # fmt: skip
+    return found

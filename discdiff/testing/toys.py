@@ -20,6 +20,7 @@ with alpha = 1.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,12 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ClassOracle",
     "ExactDenoiser",
     "ExactMaskedDenoiser",
     "MarkovChain",
     "MaskedOracle",
+    "Toy",
     "UniformOracle",
     "all_sequences",
+    "markov_joint",
+    "posterior_denoiser",
+    "posterior_logits",
     "random_law",
 ]
 
@@ -267,3 +273,171 @@ class MaskedOracle(UniformOracle):
         self.calls += 1
         logits = self.table(z_t, torch.ones(z_t.shape[0], dtype=F64), None).log()
         return torch.cat([logits, torch.full((*z_t.shape, 1), self.MASK_LOGIT, dtype=F64)], -1)
+
+
+def markov_joint(chain: MarkovChain, length: int) -> Tensor:
+    """The joint law (K,) * L float64 of ``length`` tokens of a ``MarkovChain``, explicit."""
+    joint = chain.initial.to(F64)
+    k = chain.vocab_size
+    for _ in range(length - 1):
+        joint = joint.unsqueeze(-1) * chain.transition.to(F64).reshape((1,) * (joint.ndim - 1)
+                                                                       + (k, k))  # fmt: skip
+    return joint
+
+
+def _check_law(law: Tensor, name: str) -> Tensor:
+    if not isinstance(law, Tensor) or law.ndim < 1:
+        raise ValueError(f"{name} must be a tensor (K,) * L of probabilities, got {law!r:.60}")
+    law = law.to(F64)
+    if len(set(law.shape)) != 1:
+        raise ValueError(f"{name} must have one size K on every axis, got {tuple(law.shape)}")
+    if law.shape[0] > 8 or law.ndim > 6:
+        raise ValueError(f"{name} has K = {law.shape[0]}, L = {law.ndim}: a toy keeps K <= 8, "
+                         "L <= 6 so that every law is enumerable")  # fmt: skip
+    if bool((law < 0).any()) or abs(float(law.sum()) - 1) > 1e-9:
+        raise ValueError(f"{name} must hold probabilities summing to one, sum = {float(law.sum())}")
+    return law
+
+
+@dataclass(frozen=True, eq=False)
+class Toy:
+    """A class-conditional law small enough to enumerate, with its exact denoisers.
+
+    ``laws`` (C, K, ..., K) float64: p(x | y) for the C classes y (C = 1: an unconditional law);
+    ``prior`` (C,): p(y). The denoisers (``denoiser``) take the label as ``label`` (B,) int
+    conditioning, ``C`` (``null_label``) or no label meaning "no condition": they then answer
+    with the marginal law sum_y p(y) p(x | y), the exact unconditional denoiser that guidance
+    needs. K <= 8, L <= 6: every law is enumerable.
+    """
+
+    laws: Tensor
+    prior: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.laws, Tensor) or self.laws.ndim < 2:
+            raise ValueError("laws must be (C, K, ..., K): one law per class (Toy.of for one law)")
+        laws = torch.stack([_check_law(law, f"laws[{c}]") for c, law in enumerate(self.laws)])
+        prior = torch.as_tensor(self.prior, dtype=F64)
+        if prior.shape != (laws.shape[0],) or abs(float(prior.sum()) - 1) > 1e-9:
+            raise ValueError(f"prior must be ({laws.shape[0]},) probabilities summing to one")
+        object.__setattr__(self, "laws", laws)
+        object.__setattr__(self, "prior", prior)
+
+    @staticmethod
+    def of(law: Tensor) -> Toy:
+        """The toy of one (unconditional) law (K,) * L."""
+        return Toy(_check_law(law, "law").unsqueeze(0), torch.ones(1, dtype=F64))
+
+    @staticmethod
+    def random(k: int, length: int, *, classes: int = 1, seed: int = 0) -> Toy:
+        """``classes`` dependent laws of full support over K^L (``random_law``), uniform prior."""
+        laws = torch.stack([random_law(k, length, seed + 1000 * c) for c in range(classes)])
+        return Toy(laws, torch.full((classes,), 1.0 / classes, dtype=F64))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.laws.shape[1]
+
+    @property
+    def length(self) -> int:
+        return self.laws.ndim - 1
+
+    @property
+    def classes(self) -> int:
+        return self.laws.shape[0]
+
+    @property
+    def null_label(self) -> int:
+        """The label meaning "no condition" (the unconditional prediction of guidance)."""
+        return self.classes
+
+    def law(self, label: int | None = None) -> Tensor:
+        """p(x | y = label) (K,) * L, or the marginal law for None / ``null_label``."""
+        if label is None or label == self.null_label:
+            return torch.einsum("c,c...->...", self.prior, self.laws)
+        return self.laws[label]
+
+    def denoiser(self, process: str = "uniform", parameterization: str = "x_hat") -> ClassOracle:
+        """The exact denoiser of the ``process`` ("uniform" or "masked", mask id K) returning
+        x_hat logits, or the posterior p(x^l | z_t) (SPEC §11) for ``parameterization=
+        "posterior"``."""
+        if process not in ("uniform", "masked"):
+            raise ValueError(f"process={process!r}: choose 'uniform' or 'masked'")
+        if parameterization not in ("x_hat", "posterior"):
+            raise ValueError(f"parameterization={parameterization!r}: choose 'x_hat' or "
+                             "'posterior'")  # fmt: skip
+        return ClassOracle(self, process, parameterization)
+
+
+class ClassOracle:
+    """The exact denoiser of a ``Toy``: ``oracle(z_t (B, L), sigma (B,) or (B, L), label=None)``
+    -> float64 logits (B, L, K), (B, L, K + 1) for the masked process (mask id K).
+
+    Each row is answered by the enumerated oracle of its class's law (``UniformOracle`` /
+    ``MaskedOracle``), the marginal law for the null label or no label; ``label`` is (B,) or
+    one int for every row. Reads per-token levels
+    (0 at clean context). ``calls`` counts the calls.
+    """
+
+    reads_token_levels = True
+
+    def __init__(self, toy: Toy, process: str, parameterization: str):
+        self.toy, self.process, self.parameterization = toy, process, parameterization
+        kind = MaskedOracle if process == "masked" else UniformOracle
+        self.oracles = [kind(toy.law(y)) for y in range(toy.classes + 1)]
+        self.calls = 0
+
+    def __call__(self, z_t: Tensor, sigma: Tensor, label: Tensor | None = None) -> Tensor:
+        self.calls += 1
+        b = z_t.shape[0]
+        null = self.toy.null_label
+        labels = torch.full((b,), null) if label is None else torch.as_tensor(label).reshape(-1)
+        if labels.numel() == 1:  # one label for every row
+            labels = labels.expand(b)
+        if labels.shape != (b,) or bool(((labels < 0) | (labels > null)).any()):
+            raise ValueError(f"label must be (B,) = ({b},) ints in [0, {null}] ({null}: no "
+                             f"condition), got {label!r:.60}")  # fmt: skip
+        out = None
+        for y in labels.unique().tolist():
+            rows = labels == y
+            logits = self.oracles[y](z_t[rows], sigma[rows])
+            out = logits.new_empty(b, *logits.shape[1:]) if out is None else out
+            out[rows] = logits
+        assert out is not None
+        if self.parameterization == "posterior":
+            return posterior_logits(out, z_t, sigma, self.toy.vocab_size)
+        return out
+
+
+def posterior_logits(logits: Tensor, z_t: Tensor, sigma: Tensor, vocab_size: int) -> Tensor:
+    """x_hat logits (B, L, K') -> the posterior p(x^l | z_t) (SPEC §11), as log-probabilities.
+
+    Uniform process (K' = K): posterior ∝ x_hat (1 + [j = z_t] K alpha / (1 - alpha)), alpha =
+    exp(-sigma) per row (B,) or per token (B, L); at alpha = 1 (clean context) the point mass
+    at z_t. Masked process (K' = K + 1, mask id K): x_hat itself at a masked position (a mask
+    carries no evidence), the point mass at an unmasked one.
+    """
+    b, length, k_out = logits.shape
+    log_p = torch.log_softmax(logits.to(F64), -1)
+    at_z = F.one_hot(z_t.clamp(max=k_out - 1), k_out).bool()
+    if k_out == vocab_size + 1:  # masked: a kept token is clean evidence
+        clean = (z_t != vocab_size).unsqueeze(-1).expand_as(at_z)
+        return torch.where(clean, torch.where(at_z, 0.0, -torch.inf), log_p)
+    alpha = torch.exp(-sigma.to(F64))
+    alpha = alpha.view(b, 1, 1) if alpha.ndim == 1 else alpha.unsqueeze(-1)
+    shift = torch.log1p(vocab_size * alpha / (1 - alpha).clamp_min(torch.finfo(F64).tiny))
+    point = torch.where(at_z, 0.0, -torch.inf)
+    shifted = torch.log_softmax(log_p + torch.where(at_z, shift, 0.0), -1)
+    return torch.where(alpha >= 1, point, shifted)
+
+
+def posterior_denoiser(denoiser: Callable[..., Tensor], vocab_size: int) -> Callable[..., Tensor]:
+    """A denoiser whose logits are the posterior p(x^l | z_t) of ``denoiser``'s x_hat (SPEC §11):
+    what a model trained with cross-entropy on x from z_t outputs. ``vocab_size`` is the number
+    of real tokens K (the masked process's mask id is K). Keeps ``reads_token_levels``."""
+
+    def posterior(z_t: Tensor, sigma: Tensor, **cond: object) -> Tensor:
+        return posterior_logits(denoiser(z_t, sigma, **cond), z_t, sigma, vocab_size)
+
+    posterior.reads_token_levels = getattr(denoiser, "reads_token_levels", False)  # type: ignore[attr-defined]
+    return posterior
