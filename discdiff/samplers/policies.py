@@ -86,9 +86,7 @@ def _torch_generator(generator: Source, name: str) -> torch.Generator | None:
 # --------------------------------------------------------------------------- entropy bound
 
 
-def entropy_bound_accept(
-    entropy: Float[Tensor, "b l"], bound: float
-) -> Bool[Tensor, "b l"]:
+def entropy_bound_accept(entropy: Float[Tensor, "b l"], bound: float) -> Bool[Tensor, "b l"]:
     """The positions (B, L) accepted by the entropy bound: sorting each row's entropies
     ascending, the first k with sum_{i<=k} H_i - max_{i<=k} H_i <= ``bound`` (the left side
     upper-bounds the mutual information among the k tokens). The lowest-entropy position is
@@ -198,12 +196,13 @@ def _top_n(confidence: Tensor, n: Tensor) -> Tensor:
     return (rank < n.unsqueeze(-1)) & torch.isfinite(confidence)
 
 
-def low_confidence_counts(masked: Int[Tensor, "b"], alpha_s: float, alpha_t: float) -> Tensor:
+def low_confidence_counts(masked: Int[Tensor, " b"], alpha_s: float, alpha_t: float) -> Tensor:
     """How many of each row's ``masked`` positions a step t -> s unmasks:
     ceil(M (alpha_s - alpha_t) / (1 - alpha_t)), the masked process's expected share.
 
     On a linspace grid of N steps with alpha linear in t (``LogLinearSchedule``, where the share
-    is (t - s) / t) this is LLaDA's schedule of M masks over N steps: floor(M / N) + 1 for the first M mod N steps, floor(M / N) after; all at alpha_s = 1.
+    is (t - s) / t) this is LLaDA's schedule of M masks over N steps: floor(M / N) + 1 for the
+    first M mod N steps, floor(M / N) after; all at alpha_s = 1.
     """
     if alpha_s >= 1.0 or alpha_t >= 1.0:
         return masked.clone()
