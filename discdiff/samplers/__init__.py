@@ -24,7 +24,9 @@ The modules:
 - ``loops``: the keyword layer: ``sample_uniform`` / ``sample_masked``, ``uniform_loop`` /
   ``masked_loop``;
 - ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
-  sample does not depend on the batch it was drawn in (``seed=`` of the samplers).
+  sample does not depend on the batch it was drawn in (``seed=`` of the samplers);
+- ``policies``: decoding heuristics as step objects (``EntropyBoundStep``, ``ConfidenceStep``,
+  ``LowConfidenceStep``), which do not sample the model's law.
 """
 
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
@@ -35,6 +37,7 @@ from discdiff.samplers.loop import Step, StepRecord, run
 from discdiff.samplers.loops import masked_loop, sample_masked, sample_uniform, uniform_loop
 from discdiff.samplers.masked import MaskedStep
 from discdiff.samplers.parts import Filter, Finish, Guidance, Prompt
+from discdiff.samplers.policies import ConfidenceStep, EntropyBoundStep, LowConfidenceStep, Tally
 from discdiff.samplers.posterior import denoising_posterior, psi_posterior, uniform_posterior
 from discdiff.samplers.predict import Prediction, Predictor
 from discdiff.samplers.steps import masked_ancestral_step, uniform_ancestral_step
@@ -46,11 +49,14 @@ __all__ = [
     "T_MIN",
     "CappedKappa",
     "CappedRemask",
+    "ConfidenceStep",
     "ConstantKappa",
+    "EntropyBoundStep",
     "Filter",
     "Finish",
     "Guidance",
     "Interval",
+    "LowConfidenceStep",
     "MaskedStep",
     "Prediction",
     "Predictor",
@@ -60,6 +66,7 @@ __all__ = [
     "Step",
     "StepRecord",
     "Tail",
+    "Tally",
     "TimeGrid",
     "UniformStep",
     "denoising_posterior",
