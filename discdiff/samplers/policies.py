@@ -223,6 +223,16 @@ class _MaskedPolicy:
             raise ValueError(f"temperature ({name}.temperature) must be >= 0, got {temperature}")
         object.__setattr__(self, "temperature", temperature)
 
+    def _scored(
+        self, pred: Prediction, z: Tensor, generator: Source
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Candidates (B, L), their confidences (-inf where z is not masked) and the mask."""
+        name = type(self).__name__
+        gen = _torch_generator(generator, name)
+        x0, conf = _candidates(_unguided(pred, name), self.mask_id, self.temperature, gen)
+        masked = z == self.mask_id
+        return x0, torch.where(masked, conf, -math.inf), masked
+
     def _commit(self, z: Tensor, x0: Tensor, chosen: Tensor, tally: Tally) -> Tensor:
         tally.add(chosen)
         return torch.where(chosen, x0, z)
@@ -258,11 +268,7 @@ class ConfidenceStep(_MaskedPolicy):
     def __call__(
         self, pred: Prediction, z: Int[Tensor, "b l"], at: Interval, generator: Source
     ) -> Int[Tensor, "b l"]:
-        gen = _torch_generator(generator, "ConfidenceStep")
-        x0, conf = _candidates(_unguided(pred, "ConfidenceStep"), self.mask_id,
-                               self.temperature, gen)  # fmt: skip
-        masked = z == self.mask_id
-        conf = torch.where(masked, conf, -math.inf)
+        x0, conf, masked = self._scored(pred, z, generator)
         if at.alpha_s >= 1.0:
             return self._commit(z, x0, masked, self.tally)
         best = _top_n(conf, torch.ones(z.shape[0], dtype=torch.long, device=z.device))
@@ -293,10 +299,6 @@ class LowConfidenceStep(_MaskedPolicy):
     def __call__(
         self, pred: Prediction, z: Int[Tensor, "b l"], at: Interval, generator: Source
     ) -> Int[Tensor, "b l"]:
-        gen = _torch_generator(generator, "LowConfidenceStep")
-        x0, conf = _candidates(_unguided(pred, "LowConfidenceStep"), self.mask_id,
-                               self.temperature, gen)  # fmt: skip
-        masked = z == self.mask_id
-        conf = torch.where(masked, conf, -math.inf)
+        x0, conf, masked = self._scored(pred, z, generator)
         n = low_confidence_counts(masked.sum(-1), at.alpha_s, at.alpha_t)
         return self._commit(z, x0, _top_n(conf, n) & masked, self.tally)
