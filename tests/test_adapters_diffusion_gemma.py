@@ -122,6 +122,8 @@ def test_protocol_attributes_and_errors(model):
     with pytest.raises(TypeError, match="DiffusionGemmaForBlockDiffusion"):
         DiffusionGemmaDenoiser(torch.nn.Linear(2, 2))
     cache = den.new_kv_cache()
+    with pytest.raises(ValueError, match="carry"):
+        den.carry(torch.zeros(B, 8, K))
     with pytest.raises(ValueError, match="prefill"):
         den(torch.zeros(B, 8, dtype=torch.long), torch.zeros(B), kv_cache=cache)
     with pytest.raises(ValueError, match="kv_cache="):

@@ -71,6 +71,12 @@ def test_bad_settings_name_the_argument():
         DuoScheduler(tail="argmax")
     with pytest.raises(ValueError, match="parameterization"):
         DuoScheduler(parameterization="logits")
+    with pytest.raises(ValueError, match="kappa"):
+        DuoScheduler(kappa=1.5)
+    with pytest.raises(ValueError, match="kappa"):
+        DuoScheduler(kappa="psi")
+    with pytest.raises(ValueError, match="schedule"):
+        DuoScheduler(schedule=3)
     with pytest.raises(ValueError, match="num_inference_steps"):
         DuoScheduler().set_timesteps(1)
     scheduler = DuoScheduler(num_inference_steps=3)

@@ -72,7 +72,9 @@ def test_entropy_bound_step_accepts_the_confident_and_renoises_the_rest():
     torch.multinomial(torch.softmax(_peaked_logits().float(), -1).view(-1, k), 1, generator=g)
     noise = torch.randint(0, k, (1, 3), generator=g)
     assert out[0, 1] == noise[0, 1]  # renoised with the second draw
-    assert (step.tally.calls, step.tally.committed) == (1, 2)
+    assert (step.tally.calls, step.tally.committed, step.tally.per_call) == (1, 2, 2.0)
+    step.tally.reset()
+    assert (step.tally.calls, step.tally.per_call) == (0, 0.0)
 
 
 def test_entropy_bound_step_last_step_is_the_tempered_argmax():

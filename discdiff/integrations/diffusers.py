@@ -54,7 +54,7 @@ class DuoSchedulerOutput(BaseOutput):
 
 
 def _config_of(value: Any, name: str) -> dict[str, Any] | None:
-    """A schedule / kappa schedule as its JSON-safe config dict (objects via ``to_dict``)."""
+    """A schedule as its JSON-safe config dict (objects via ``to_dict``)."""
     if value is None or isinstance(value, dict):
         return value
     if hasattr(value, "to_dict"):
@@ -69,8 +69,8 @@ class DuoScheduler(SchedulerMixin, ConfigMixin):
     """Duo's uniform-state sampler, one diffusers ``step`` per network call.
 
     Config (all JSON-safe, saved by ``save_config``): ``schedule`` a discdiff schedule or its
-    config dict (default ``LogLinearSchedule()``); ``kappa`` None (ancestral), a number in
-    [0, 1] or a kappa schedule's config dict (Ψ step); ``tail`` "greedy" (the paper's argmax
+    config dict (default ``LogLinearSchedule()``); ``kappa`` None (ancestral) or a number in
+    [0, 1] (the Ψ step, kappa constant over the grid); ``tail`` "greedy" (the paper's argmax
     x_hat), "map" (the mode of the denoising posterior) or "none" (exact ancestral to t = 0);
     ``t_min`` where a tail call is made; ``parameterization`` "x_hat" (a Duo / UDLM model) or
     "posterior" (a model trained with cross-entropy); ``num_inference_steps`` the default NFE.
@@ -86,15 +86,18 @@ class DuoScheduler(SchedulerMixin, ConfigMixin):
     def __init__(
         self,
         schedule: dict[str, Any] | Any | None = None,
-        kappa: float | dict[str, Any] | None = None,
+        kappa: float | None = None,
         tail: str = "greedy",
         t_min: float = T_MIN,
         parameterization: str = "x_hat",
         num_inference_steps: int = 64,
     ) -> None:
         schedule_config = _config_of(schedule, "schedule") or LogLinearSchedule().to_dict()
-        kappa_config = kappa if kappa is None or isinstance(kappa, (int, float)) else (
-            _config_of(kappa, "kappa"))  # fmt: skip
+        if kappa is not None and (isinstance(kappa, bool) or not isinstance(kappa, (int, float))):
+            raise ValueError(
+                f"kappa must be None (ancestral) or a number in [0, 1] (the Psi step), "
+                f"got {kappa!r}"
+            )
         if tail not in TAILS:
             raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
         if parameterization not in PARAMETERIZATIONS:
@@ -103,10 +106,9 @@ class DuoScheduler(SchedulerMixin, ConfigMixin):
                 f"mean), got {parameterization!r}"
             )
         # the config holds dicts, not objects, so that save_config writes JSON
-        self.register_to_config(schedule=schedule_config, kappa=kappa_config)
+        self.register_to_config(schedule=schedule_config)
         self.schedule = dd_config.from_dict(schedule_config)
-        kap = dd_config.from_dict(kappa_config) if isinstance(kappa_config, dict) else kappa_config
-        self.uniform_step = UniformStep(kappa=kap)
+        self.uniform_step = UniformStep(kappa=kappa)  # checks 0 <= kappa <= 1
         self.finish = None if tail == "none" else Finish(tail)
         self.set_timesteps(num_inference_steps)
 
