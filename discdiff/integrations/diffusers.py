@@ -19,7 +19,7 @@ same generator: the loop above gives ``sample_uniform``'s tokens for the same se
 
 ``parameterization="posterior"`` converts the logits of a model trained with cross-entropy
 (transformers' DiffusionGemma) to x_hat before each step (``discdiff.parameterization``).
-Needs ``diffusers >= 0.42`` (the ``hf`` extra).
+Needs ``diffusers >= 0.42`` (``pip install 'discdiff[hf]'``).
 """
 
 from __future__ import annotations
