@@ -113,6 +113,23 @@ def test_recompute_pass_equals_the_cached_calls(model):
         b = den(z[:, 8:], torch.zeros(B), kv_cache=cache)
     assert full.shape == (B, 16, K)
     torch.testing.assert_close(full, torch.cat([a, b], 1), rtol=0, atol=0)
+    # gradients: the recompute pass trains through the encoded context too (prefill does not)
+    weight = model.model.decoder.layers[0].self_attn.k_proj.weight  # tied with the encoder's
+
+    def grad_of_second_block(logits):
+        model.zero_grad(set_to_none=True)
+        logits[:, 8:].logsumexp(-1).sum().backward()
+        return weight.grad.clone()
+
+    through_context = grad_of_second_block(den(z, torch.zeros(B), x_0=x))
+    cache = den.new_kv_cache()
+    den.prefill(torch.full((B, 1), 2), cache)
+    den.prefill(x[:, :8], cache)
+    decoder_only = grad_of_second_block(
+        torch.cat([a, den(z[:, 8:], torch.zeros(B), kv_cache=cache)], 1)
+    )
+    model.zero_grad(set_to_none=True)
+    assert not torch.allclose(through_context, decoder_only)
 
 
 def test_protocol_attributes_and_errors(model):

@@ -163,6 +163,10 @@ class DiffusionGemmaDenoiser(nn.Module):
     @torch.no_grad()
     def prefill(self, x: Int[Tensor, "b n"], cache: DiffusionGemmaCache) -> None:
         """Encode the clean ids ``x`` (B, n) after the cached positions; cache.length += n."""
+        self._encode(x, cache)
+
+    def _encode(self, x: Tensor, cache: DiffusionGemmaCache) -> None:
+        """``prefill`` with gradients (the recompute pass trains the encoder through it)."""
         b, n = x.shape
         encoder = self.model.model.encoder
         positions = torch.arange(cache.length, cache.length + n, device=x.device).unsqueeze(0)
@@ -189,13 +193,13 @@ class DiffusionGemmaDenoiser(nn.Module):
             )
         cache = self.new_kv_cache(length + 1)
         bos = self.model.config.text_config.bos_token_id
-        self.prefill(torch.full((b, 1), bos, dtype=x_0.dtype, device=x_0.device), cache)
+        self._encode(torch.full((b, 1), bos, dtype=x_0.dtype, device=x_0.device), cache)
         out = []
         for start in range(0, length, self.block_size):
             block = slice(start, start + self.block_size)
             self._carried = None
             out.append(self._decode(z_t[:, block], cache))
             if start + self.block_size < length:
-                self.prefill(x_0[:, block], cache)
+                self._encode(x_0[:, block], cache)
         self._carried = None
         return torch.cat(out, dim=1)
