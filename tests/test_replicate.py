@@ -131,7 +131,8 @@ def test_render_only_rewrites_the_same_report(tmp_path, monkeypatch):
     """``--render-only`` from a saved ``raw.json`` (a toy run's measurements, its paths and
     machine made neutral) writes, byte for byte, the report that the single-module replication
     wrote from the same file: splitting the code into modules changed no character (the
-    expected file since gained one line: the run config's new ``duo.clean_context``)."""
+    expected file since gained the run config's new fields: ``duo.clean_context``,
+    ``model.block_size``)."""
     from examples.replicate import report
 
     out, docs = tmp_path / "runs", tmp_path / "docs"
