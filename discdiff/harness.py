@@ -1,24 +1,7 @@
 """The lm-evaluation-harness adapter, kept importable under its former name: everything here is
 ``discdiff.integrations.lm_eval``'s (see that module)."""
 
-from discdiff.integrations.lm_eval import (
-    AutoregressiveScorer,
-    DiffusionScorer,
-    DiscDiffLM,
-    Estimate,
-    FirstLogits,
-    Scorer,
-    conditional_nelbo,
-    stratified_stderr,
-)
+from discdiff.integrations import lm_eval as _lm_eval
 
-__all__ = [
-    "AutoregressiveScorer",
-    "DiffusionScorer",
-    "DiscDiffLM",
-    "Estimate",
-    "FirstLogits",
-    "Scorer",
-    "conditional_nelbo",
-    "stratified_stderr",
-]
+__all__ = list(_lm_eval.__all__)
+globals().update({name: getattr(_lm_eval, name) for name in __all__})

@@ -58,19 +58,21 @@ def pytest_terminal_summary(terminalreporter):
     failed clearly (the right error type, the culprit named); after one that included
     tests/test_sampler_combinations.py: how many option combinations it checked. Counted from
     the reports, so it also works under pytest-xdist."""
-    tried = clear = combinations = 0
+    tried = clear = combinations = blocks = 0
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) != "call":
                 continue
             properties = dict(getattr(report, "user_properties", ()))
             combinations += properties.get("sampler_combinations", 0)
+            blocks += properties.get("block_combinations", 0)
             if "fuzz" in properties:
                 tried += 1
                 clear += "fuzz_clear" in properties
     if combinations:  # tests/test_sampler_combinations.py
         terminalreporter.write_line(
             f"sampler combinations: {combinations} checked against their exact laws"
+            + (f", and {blocks} block-diffusion combinations" if blocks else "")
         )
     if tried:
         terminalreporter.write_line(
