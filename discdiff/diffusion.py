@@ -275,6 +275,30 @@ class Diffusion(ObjectiveDefaults):
                                           self.eps, self.block_size, **kw)  # fmt: skip
             return self.process.nelbo(denoiser, x_0, t, self.schedule, self.eps, **kw)
 
+    def sample(
+        self, denoiser: Denoiser, batch_size: int, length: int, steps: int, **options: Any
+    ) -> Tensor:
+        """Sample (batch_size, length) token ids in ``steps`` steps on this diffusion's schedule.
+
+        ``options`` are the sampler's: ``discdiff.samplers.sample_uniform``'s (tail, kappa,
+        top_k, top_p, time_grid, prompt, prompt_mask, clamp_prompt, cond, guidance_scale,
+        uncond, callback, progress, generator, seed, device) for ``UniformDiffusion``,
+        ``sample_masked``'s (also cache, remask) for ``MaskedDiffusion``; an unknown option is a
+        TypeError. ``seed=`` (an int) draws each row's randomness from a stream keyed by
+        (seed, row). With ``block_size``: ``steps`` per block, block by block over a cache of
+        the clean blocks (``sample_uniform_blocks`` / ``sample_masked_blocks``: also
+        ``eos_id=None``, ``kv_cache=True``, ``window``; ``prompt`` (B, P) is the clean prefix
+        and ``length`` counts it)."""
+        sampler, settings = self._sampler()
+        if self.block_size is not None:
+            settings["block_size"] = self.block_size
+        return sampler(denoiser, batch_size, length, steps, schedule=self.schedule, **settings,
+                       **options)  # fmt: skip
+
+    def _sampler(self) -> tuple[Any, dict[str, Any]]:
+        """The sampler of this process and the settings it takes from the diffusion."""
+        raise NotImplementedError
+
     def bound(
         self,
         denoiser: Denoiser,
@@ -409,31 +433,11 @@ class UniformDiffusion(Diffusion):
         active = self.curriculum is not None and self.curriculum.active(_check_step(step))
         return "curriculum" if active else "discrete"
 
-    def sample(
-        self,
-        denoiser: Denoiser,
-        batch_size: int,
-        length: int,
-        steps: int,
-        **options: Any,
-    ) -> Tensor:
-        """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
-        sample_uniform``'s options (tail, kappa, top_k, top_p, time_grid, prompt, prompt_mask,
-        cond, callback, progress, generator, seed, device); an unknown option is a TypeError.
-        ``seed=`` (an int) draws each row's randomness from a stream keyed by (seed, row).
-
-        With ``block_size``: ``steps`` per block, block by block over a cache of the clean blocks
-        (``discdiff.samplers.sample_uniform_blocks``: also ``eos_id=None``, ``kv_cache=True``,
-        ``window``; ``prompt`` (B, P) is the clean prefix and ``length`` counts it)."""
+    def _sampler(self) -> tuple[Any, dict[str, Any]]:
+        """``sample_uniform`` (``sample_uniform_blocks`` with a block size) and its settings."""
         if self.block_size is not None:
-            return samplers.sample_uniform_blocks(
-                denoiser, batch_size, length, steps, schedule=self.schedule,
-                vocab_size=self.vocab_size, block_size=self.block_size, **options,
-            )  # fmt: skip
-        return samplers.sample_uniform(
-            denoiser, batch_size, length, steps, schedule=self.schedule,
-            vocab_size=self.vocab_size, **options,
-        )  # fmt: skip
+            return samplers.sample_uniform_blocks, {"vocab_size": self.vocab_size}
+        return samplers.sample_uniform, {"vocab_size": self.vocab_size}
 
 
 class MaskedDiffusion(Diffusion):
@@ -470,31 +474,10 @@ class MaskedDiffusion(Diffusion):
         self.mask_id = process.mask_id
         self.model_vocab_size = process.model_vocab_size
 
-    def sample(
-        self,
-        denoiser: Denoiser,
-        batch_size: int,
-        length: int,
-        steps: int,
-        **options: Any,
-    ) -> Tensor:
-        """Sample in ``steps`` steps on this diffusion's schedule: ``discdiff.samplers.
-        sample_masked``'s options (tail, cache, remask, top_k, top_p, time_grid, prompt,
-        prompt_mask, cond, callback, progress, generator, seed, device); an unknown option is a
-        TypeError. ``seed=`` (an int) draws each row's randomness from a stream keyed by
-        (seed, row).
-
-        With ``block_size``: ``steps`` per block, block by block over a cache of the clean blocks
-        (``discdiff.samplers.sample_masked_blocks``: also ``eos_id=None``, ``kv_cache=True``,
-        ``window``; ``prompt`` (B, P) is the clean prefix and ``length`` counts it)."""
+    def _sampler(self) -> tuple[Any, dict[str, Any]]:
+        """``sample_masked`` (``sample_masked_blocks`` with a block size) and its settings."""
+        settings = {"vocab_size": self.model_vocab_size, "mask_id": self.mask_id,
+                    "time_conditioned": self.time_conditioned}  # fmt: skip
         if self.block_size is not None:
-            return samplers.sample_masked_blocks(
-                denoiser, batch_size, length, steps, schedule=self.schedule,
-                vocab_size=self.model_vocab_size, mask_id=self.mask_id,
-                time_conditioned=self.time_conditioned, block_size=self.block_size, **options,
-            )  # fmt: skip
-        return samplers.sample_masked(
-            denoiser, batch_size, length, steps, schedule=self.schedule,
-            vocab_size=self.model_vocab_size, mask_id=self.mask_id,
-            time_conditioned=self.time_conditioned, **options,
-        )  # fmt: skip
+            return samplers.sample_masked_blocks, settings
+        return samplers.sample_masked, settings
