@@ -152,3 +152,25 @@ def test_protocol_attributes_and_errors(model):
         den(torch.zeros(B, 12, dtype=torch.long), torch.zeros(B), x_0=torch.zeros(B, 12).long())
     cache.crop(3)
     assert cache.length == 3 and cache.hf.get_seq_length(1) == 3
+
+
+@pytest.mark.parametrize("tail, kappa", [("greedy", None), ("map", 0.5), ("none", None)])
+def test_duos_block_sampler_drives_it_from_its_prompt(model, tail, kappa):
+    """``UniformDiffusion(K, block_size=canvas).sample`` runs Duo's exact steps (ancestral, Ψ,
+    the greedy and MAP tails) on the adapter: its canvases start right after the prompt
+    (``blocks_follow_prompt``), the posterior logits are converted to x_hat on the way, each
+    block takes steps (+ 1 for a tail) decoder calls, and the same seed gives the same tokens."""
+    from discdiff import UniformDiffusion
+
+    den = DiffusionGemmaDenoiser(model)
+    diffusion = UniformDiffusion(K, block_size=den.block_size)
+    records, steps = [], 3
+    kw = {"prompt": PROMPT, "tail": tail, "kappa": kappa, "seed": 4}
+    x = diffusion.sample(den, B, 5 + 2 * den.block_size, steps, callback=records.append, **kw)
+    assert x.shape == (B, 5 + 2 * den.block_size) and torch.equal(x[:, :5], PROMPT)
+    assert int(x.min()) >= 0 and int(x.max()) < K
+    per_block = steps + (tail != "none")
+    assert sorted({r.block for r in records}) == [0, 1]
+    assert records[-1].nfe == 2 * per_block
+    again = diffusion.sample(den, B, 5 + 2 * den.block_size, steps, **kw)
+    assert torch.equal(x, again)

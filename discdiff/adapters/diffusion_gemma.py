@@ -79,6 +79,7 @@ class DiffusionGemmaDenoiser(nn.Module):
 
     reads_token_levels = True
     parameterization = "posterior"
+    blocks_follow_prompt = True  # its canvases start right after the prompt, whatever its length
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

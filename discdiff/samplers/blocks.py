@@ -234,9 +234,12 @@ def run_blocks(
     context = _Context(model, plan, tokens.long().to(dev), conds)
     done = torch.zeros(batch_size, dtype=torch.bool, device=dev)
     nfe: list[int] = []
+    # Blocks sit at multiples of b by absolute position, or right after the prompt for a model
+    # whose canvases follow its prompt (``blocks_follow_prompt``, e.g. DiffusionGemma's).
+    origin = tokens.shape[1] if getattr(model, "blocks_follow_prompt", False) else 0
     while context.tokens.shape[1] < plan.length and not (plan.eos_id is not None and done.all()):
         have = context.tokens.shape[1]
-        start = have - have % b
+        start = have - (have - origin) % b
         context.prepare(start)
         z = prior(batch_size, b, generator, dev)
         held = None
@@ -255,7 +258,7 @@ def run_blocks(
             z,
             finish=finish,
             prompt=held,
-            callback=_block_callback(callback, start // b, sum(nfe)),
+            callback=_block_callback(callback, (start - origin) // b, sum(nfe)),
             generator=generator,
         )
         nfe.append(predict.calls)
