@@ -59,8 +59,6 @@ __all__ = ["HEADERS", "build_parser", "decoders", "main", "policy_rows"]
 HEADERS = [("sampler", "sampler"), ("steps", "steps"), ("nfe", "NFE per sample"),
            ("tokens_per_forward", "tokens per forward"), ("gen_ppl", "gen. PPL"),
            ("entropy", "entropy (nats)")]  # fmt: skip
-RUNS = {"duo": "duo", "mdlm": "mdlm", "ar": "ar"}
-"""The run each part of the table needs: the subdirectory of RUNS_DIR and its objective."""
 
 
 def decoders(
@@ -86,8 +84,9 @@ def decoders(
 
 
 def _load(runs_dir: Path, kind: str, args: argparse.Namespace) -> TrainedRun:
-    """The run RUNS_DIR/<kind>, refused with a message naming RUNS_DIR if it is not one."""
-    path = runs_dir / RUNS[kind]
+    """The run RUNS_DIR/<kind> (its directory is named after its objective, as the demo's
+    are), refused with a message naming RUNS_DIR if it is not one."""
+    path = runs_dir / kind
     if not (path / "config.json").is_file():
         raise SystemExit(f"python -m examples.policies: error: RUNS_DIR {runs_dir} has no run "
                          f"{path} (expected the duo, mdlm and ar runs that `make demo` trains "
