@@ -9,10 +9,11 @@ are exact. Two ToyDenoisers are trained on it with ``discdiff.testing``: a Duo m
 NELBO, its logits x_hat) and an MDLM model (masked NELBO); ``--exact`` uses the NELBO-optimal
 denoisers of the law instead (``ExactDenoiser``, ``ExactMaskedDenoiser``: training's limit, so
 the exact samplers' rows show only the few-step error). Every row draws samples with one
-sampler through ``discdiff.samplers.run`` and reports
+decoder (``discdiff.samplers.Decoding``) through ``discdiff.samplers.decode`` and reports
 
-- NFE: denoiser calls per sample (for the masked runs, the calls made while the sample still
-  held a mask: a policy that finishes early stops costing calls);
+- NFE: denoiser calls per sample (``discdiff.samplers.decode``; for the masked runs, the calls
+  made while the sample still held a mask and had changed since its last call: a policy that
+  finishes early stops costing calls, and a step that changed nothing reuses the prediction);
 - tokens per forward: L / NFE;
 - gen. PPL: exp(mean NLL per token) of the samples under the true law, beside the data's own
   exp(H / L) (lower than the data's means mode-seeking, not better);
@@ -36,8 +37,7 @@ import torch
 
 from benchmarks.rows import add_json_option, row, write_rows
 from discdiff.metrics import sample_entropy
-from discdiff.parameterization import posterior_from_x_hat
-from discdiff.samplers import Finish, MaskedStep, Predictor, TimeGrid, UniformStep, run
+from discdiff.samplers import Decoded, Decoding, MaskedStep, UniformStep, decode
 from discdiff.samplers.policies import ConfidenceStep, EntropyBoundStep, LowConfidenceStep
 from discdiff.schedules import LogLinearSchedule
 from discdiff.testing import (
@@ -62,73 +62,39 @@ class Config:
 QUICK = Config(train_steps=600, curriculum_steps=150, n_samples=500)
 
 
-@dataclass(frozen=True)
-class Run:
-    name: str
-    process: str  # "uniform" or "masked"
-    step: object
-    steps: int
-    tail: str = "none"
-    posterior: bool = False
-
-
-def runs(k: int, length: int) -> list[Run]:
+def runs(k: int, length: int) -> list[tuple[str, Decoding]]:
+    """The rows: (the model they run on, the decoder); ``k`` the masked process's mask id."""
     steps = length  # the policies' budget: at most one call per token
-    return [
-        Run("ancestral (exact)", "uniform", UniformStep(), steps),
-        Run("ancestral + greedy tail", "uniform", UniformStep(), steps, tail="greedy"),
-        Run("ancestral (exact), 4 steps", "uniform", UniformStep(), 4),
-        Run("entropy bound 0.1", "uniform", EntropyBoundStep(0.1), steps, posterior=True),
-        Run("entropy bound 1.0", "uniform", EntropyBoundStep(1.0), steps, posterior=True),
-        Run("entropy bound 1.0, 4 steps", "uniform", EntropyBoundStep(1.0), 4, posterior=True),
-        Run("MDLM ancestral (exact)", "masked", MaskedStep(k), steps),
-        Run("MDLM ancestral (exact), 4 steps", "masked", MaskedStep(k), 4),
-        Run("LLaDA low-confidence, argmax", "masked", LowConfidenceStep(k), steps),
-        Run("LLaDA low-confidence, T=1", "masked", LowConfidenceStep(k, temperature=1.0), steps),
-        Run(
-            "LLaDA low-confidence, T=1, 4 steps", "masked", LowConfidenceStep(k, temperature=1.0), 4
-        ),  # fmt: skip
-        Run("Fast-dLLM tau=0.9, T=1", "masked", ConfidenceStep(k, 1.0, threshold=0.9), steps),
-        Run("Fast-dLLM tau=0.5, T=1", "masked", ConfidenceStep(k, 1.0, threshold=0.5), steps),
+    uniform = [
+        Decoding("ancestral (exact)", UniformStep(), steps),
+        Decoding("ancestral + greedy tail", UniformStep(), steps, tail="greedy"),
+        Decoding("ancestral (exact), 4 steps", UniformStep(), 4),
+        Decoding("entropy bound 0.1", EntropyBoundStep(0.1), steps, reads="posterior"),
+        Decoding("entropy bound 1.0", EntropyBoundStep(1.0), steps, reads="posterior"),
+        Decoding("entropy bound 1.0, 4 steps", EntropyBoundStep(1.0), 4, reads="posterior"),
     ]
+    masked = [
+        Decoding("MDLM ancestral (exact)", MaskedStep(k), steps),
+        Decoding("MDLM ancestral (exact), 4 steps", MaskedStep(k), 4),
+        Decoding("LLaDA low-confidence, argmax", LowConfidenceStep(k), steps),
+        Decoding("LLaDA low-confidence, T=1", LowConfidenceStep(k, temperature=1.0), steps),
+        Decoding("LLaDA low-confidence, T=1, 4 steps", LowConfidenceStep(k, temperature=1.0), 4),
+        Decoding("Fast-dLLM tau=0.9, T=1", ConfidenceStep(k, 1.0, threshold=0.9), steps),
+        Decoding("Fast-dLLM tau=0.5, T=1", ConfidenceStep(k, 1.0, threshold=0.5), steps),
+    ]
+    return [("duo", d) for d in uniform] + [("mdlm", d) for d in masked]
 
 
-def _as_posterior(model: torch.nn.Module, k: int):
-    def denoiser(z_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return posterior_from_x_hat(model(z_t, sigma), z_t, sigma.clamp(min=1e-6), k)
-
-    return denoiser
-
-
-def sample(spec: Run, models: dict, cfg: Config, g: torch.Generator) -> tuple[torch.Tensor, float]:
-    """The samples (n, L) of one row of the table and the calls per sample: every call for
-    the uniform runs; for the masked ones, the calls made while the sample still held a mask
-    (a batch runs until its slowest row is done; alone, a row would stop there)."""
+def sample(model: str, spec: Decoding, models: dict, cfg: Config, g: torch.Generator) -> Decoded:
+    """The samples (n, L) of one row of the table and the calls each cost
+    (``discdiff.samplers.decode``: every call for the uniform runs; for the masked ones, the
+    calls made while the sample still held a mask and had changed)."""
     k, n, length = cfg.vocab_size, cfg.n_samples, cfg.length
-    grid = TimeGrid.build(LogLinearSchedule(), spec.steps, tail=spec.tail)
-    finish = None if spec.tail == "none" else Finish(spec.tail)
-    if spec.process == "uniform":
-        model = models["duo"]
-        denoiser = _as_posterior(model, k) if spec.posterior else model
-        predict = Predictor(denoiser, k)
-        z = torch.randint(0, k, (n, length), generator=g)
-    else:
-        predict = Predictor(models["mdlm"], k + 1, time_conditioned=False, cache=True)
-        z = torch.full((n, length), k, dtype=torch.long)
-    active = torch.zeros(n, dtype=torch.float64)  # calls each row needed
-    state = {"z": z}
-
-    def count(record) -> None:
-        needed = (
-            (state["z"] == k).any(-1)
-            if spec.process == "masked"
-            else torch.ones(n, dtype=torch.bool)
-        )
-        active.add_(needed.double())
-        state["z"] = record.z_s
-
-    out = run(predict, spec.step, grid, z, finish=finish, generator=g, callback=count)
-    return out, float(active.mean())
+    if model == "duo":
+        return decode(spec, models["duo"], n, length, schedule=LogLinearSchedule(),
+                      vocab_size=k, generator=g)  # fmt: skip
+    return decode(spec, models["mdlm"], n, length, schedule=LogLinearSchedule(),
+                  vocab_size=k + 1, mask_id=k, generator=g)  # fmt: skip
 
 
 def table(cfg: Config, exact: bool = False) -> list[dict]:
@@ -160,8 +126,9 @@ def table(cfg: Config, exact: bool = False) -> list[dict]:
         f"{sample_entropy(data):8.3f} {torch.unique(data, dim=0).shape[0] / len(data):8.3f}"
     )
     rows = [row("data gen. PPL (exp(H/L))", "", data_ppl, None)]
-    for spec in runs(k, length):
-        x, calls = sample(spec, models, cfg, g)  # calls per sample
+    for model, spec in runs(k, length):
+        decoded = sample(model, spec, models, cfg, g)
+        x, calls = decoded.samples, decoded.mean_nfe  # calls per sample
         assert bool((x < k).all()), f"{spec.name}: a sample kept a mask"
         ppl = math.exp(float(law.nll(x).mean()) / length)
         ent, distinct = sample_entropy(x), torch.unique(x, dim=0).shape[0] / len(x)

@@ -64,6 +64,8 @@ __all__ = [
     "load_run",
     "add_run_arguments",
     "main",
+    "parse_steps",
+    "positive_int",
     "sample_entropy",
     "validation_perplexity",
     "zero_shot_perplexity",
@@ -350,11 +352,13 @@ def lm_eval_lines(results: dict[str, Any]) -> list[str]:
 # --- command line --------------------------------------------------------------------------------
 
 
-def _parse_steps(text: str) -> list[int]:
-    return [_positive_int(s) for s in text.split(",") if s.strip()]
+def parse_steps(text: str) -> list[int]:
+    """``--steps 64,16,8``: the step counts, each an integer >= 1 (argparse's ``type``)."""
+    return [positive_int(s) for s in text.split(",") if s.strip()]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse's ``type``), else an argparse error naming the text."""
     try:
         value = int(text)
     except ValueError:
@@ -380,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-ppl", action="store_true", help="sample and score the samples")
     p.add_argument("--evaluator", default=None,
                    help="an AR run directory or hf:<local HF causal LM dir>")
-    p.add_argument("--steps", type=_parse_steps, default=None, help="e.g. 64,16,8,4")
-    p.add_argument("--num-samples", type=_positive_int, default=None,
+    p.add_argument("--steps", type=parse_steps, default=None, help="e.g. 64,16,8,4")
+    p.add_argument("--num-samples", type=positive_int, default=None,
                    help="samples per step count (default: the run's sample.num_samples)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="batch size (default: the bounds the training loop's validation batch, "
                    "which fixes the noise each sequence gets; sampling 32)")
     p.add_argument("--tail", choices=("greedy", "map", "none"), default=None,

@@ -28,7 +28,9 @@ The modules:
 - ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
   sample does not depend on the batch it was drawn in (``seed=`` of the samplers);
 - ``policies``: decoding heuristics as step objects (``EntropyBoundStep``, ``ConfidenceStep``,
-  ``LowConfidenceStep``), which do not sample the model's law.
+  ``LowConfidenceStep``), which do not sample the model's law;
+- ``decoding``: ``decode`` runs one ``Decoding`` (a step object, a step count, a tail) on a
+  denoiser and counts the calls each sample cost (NFE, tokens per forward pass).
 """
 
 from discdiff.samplers.blocks import (
@@ -40,6 +42,7 @@ from discdiff.samplers.blocks import (
 )
 from discdiff.samplers.categorical import sample_categorical, sample_categorical_logits
 from discdiff.samplers.correctors import CappedKappa, CappedRemask, ConstantKappa, RescaledRemask
+from discdiff.samplers.decoding import Decoded, Decoding, decode
 from discdiff.samplers.grid import T_MIN, Interval, Tail, TimeGrid, nfe
 from discdiff.samplers.guidance import guided_logits, guided_masked_step, guided_uniform_step
 from discdiff.samplers.loop import Step, StepRecord, run
@@ -62,6 +65,8 @@ __all__ = [
     "CappedRemask",
     "ConfidenceStep",
     "ConstantKappa",
+    "Decoded",
+    "Decoding",
     "EntropyBoundStep",
     "Filter",
     "Finish",
@@ -80,6 +85,7 @@ __all__ = [
     "Tally",
     "TimeGrid",
     "UniformStep",
+    "decode",
     "denoising_posterior",
     "greedy_tail",
     "guided_logits",
