@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from discdiff import samplers
+from discdiff.blocks import check_length, per_token
 from discdiff.denoise import denoise, noise_level, warn_if_training
 from discdiff.diffusion import UniformDiffusion
 from discdiff.distill.base import Distiller, Divergence
@@ -84,6 +84,10 @@ class DCDistiller(Distiller):
             ``maybe_refresh``).
         kl_dtype: torch.float32 or torch.float64, the precision of the KL.
         eps: the smallest time of the teacher's point: t is drawn on [dt + eps, 1], s = t - dt.
+        block_size: None, or b for block models (SPEC §10): each block of b tokens gets its own
+            pair of times (t, s), antithetic over the batch and the blocks; teacher and student
+            are called as block models, ``model(z, sigma (B, L), x_0=x_0)``, and the student
+            samples block by block.
 
     Use, with ``step`` counting distillation steps from 0::
 
@@ -110,8 +114,10 @@ class DCDistiller(Distiller):
         refresh_from: Literal["student", "ema"] = "student",
         kl_dtype: torch.dtype = torch.float32,
         eps: float = 1e-3,
+        block_size: int | None = None,
     ) -> None:
         eps = as_float(eps, "eps")
+        self.block_size = None if block_size is None else check_count(block_size, "block_size")
         super().__init__(
             teacher, vocab_size, initial_steps=check_count(initial_steps, "initial_steps"),
             steps_per_round=steps_per_round, n_rounds=n_rounds, divergence=divergence,
@@ -138,8 +144,12 @@ class DCDistiller(Distiller):
     # -- the loss -------------------------------------------------------------------------
 
     def _sigma(self, t: Tensor) -> Tensor:
-        # -log(alpha) in float64, handed over as float32 (as the samplers do).
-        return noise_level(self.schedule.alpha(t.to(torch.float64)), t.shape[0], t.device)
+        # -log(alpha) in float64, handed over as float32 (as the samplers do); per token (B, L)
+        # for block models.
+        alpha = self.schedule.alpha(t.to(torch.float64))
+        if t.ndim == 2:
+            return (-torch.log(alpha)).to(torch.float32)
+        return noise_level(alpha, t.shape[0], t.device)
 
     def _call(
         self, role: str, denoiser: Any, z: Tensor, t: Tensor, cond: Mapping[str, Any] | None
@@ -170,21 +180,20 @@ class DCDistiller(Distiller):
         s = t - dt with dt of the round; (z_t, z_s) is the shared-noise argmax pair
         (``argmax_pair``); the student sees (z_t, sigma_t), the teacher (z_s, sigma_s) without
         gradients, sigma = -log T(alpha_tilde); the KL of ``divergence`` between them."""
-        dt = self.dt(round)
-        t = antithetic_times(
-            x_0.shape[0],
-            eps=dt + self.eps,
-            generator=generator,
-            device=x_0.device,
-            dtype=torch.float64,
-        )
+        dt, b = self.dt(round), self.block_size
+        blocks = None if b is None else check_length(x_0.shape[1], b, "x_0")
+        t = antithetic_times(x_0.shape[0], eps=dt + self.eps, generator=generator,
+                             device=x_0.device, dtype=torch.float64, blocks=blocks)  # fmt: skip
+        if b is not None:  # one time per block -> per token (B, L); the clean copy as context
+            t, cond = per_token(t, b), {**(cond or {}), "x_0": x_0}
         s = (t - dt).clamp_min(0.0)
         gamma = self.schedule.gamma
+        column = (lambda a: a) if b is not None else (lambda a: a.unsqueeze(-1))
         with trusted():  # x_0 was checked above; the denoisers' outputs are checked by denoise
             z_t, z_s = argmax_pair(
                 x_0,
-                gamma.alpha_tilde(t).unsqueeze(-1),
-                gamma.alpha_tilde(s).unsqueeze(-1),
+                column(gamma.alpha_tilde(t)),
+                column(gamma.alpha_tilde(s)),
                 self.vocab_size,
                 generator=generator,
             )
@@ -199,8 +208,9 @@ class DCDistiller(Distiller):
     # -- sampling ---------------------------------------------------------------------------
 
     def student_diffusion(self) -> UniformDiffusion:
-        """The uniform diffusion on the log-linear schedule, the student's (``sample``)."""
-        return UniformDiffusion(self.vocab_size, eps=self.eps)
+        """The uniform diffusion on the log-linear schedule, the student's (``sample``), block by
+        block with a ``block_size``."""
+        return UniformDiffusion(self.vocab_size, eps=self.eps, block_size=self.block_size)
 
     def sample(
         self,
@@ -219,14 +229,13 @@ class DCDistiller(Distiller):
         (``self.schedule``) is a training axis whose alpha_1 can be far from 0 at a small K.
         ``options`` are ``discdiff.samplers.sample_uniform``'s (tail, kappa, top_k, top_p,
         time_grid, prompt, prompt_mask, cond, callback, progress, generator, seed, device);
-        ``seed=`` makes each row's sample independent of the batch size.
+        ``seed=`` makes each row's sample independent of the batch size. With a ``block_size``,
+        ``steps`` per block (``UniformDiffusion.sample`` of a block diffusion).
         """
         warn_if_training(student, "student")
-        return samplers.sample_uniform(
-            student, batch_size, length, steps,
-            schedule=schedule if schedule is not None else LogLinearSchedule(),
-            vocab_size=self.vocab_size, **options,
-        )  # fmt: skip
+        schedule = schedule if schedule is not None else LogLinearSchedule()
+        diffusion = UniformDiffusion(self.vocab_size, schedule, block_size=self.block_size)
+        return diffusion.sample(student, batch_size, length, steps, **options)
 
     # -- checkpoints and settings (``Distiller``) ---------------------------------------------
 
@@ -236,6 +245,7 @@ class DCDistiller(Distiller):
             "window": {"kind": type(self.window).__name__, **asdict(self.window)},
             "gamma_min": gamma.gamma_min,
             "gamma_max": gamma.gamma_max,
+            **({} if self.block_size is None else {"block_size": self.block_size}),
         }
 
     def _repr_extra(self) -> list[str]:
@@ -243,4 +253,4 @@ class DCDistiller(Distiller):
         return [f"gamma=[{gamma.gamma_min:.6g}, {gamma.gamma_max:.6g}]"]
 
     _SETTINGS = ("vocab_size", "window", "initial_steps", "steps_per_round", "n_rounds",
-                 "divergence", "refresh_from", "kl_dtype", "eps")  # fmt: skip
+                 "divergence", "refresh_from", "kl_dtype", "eps", "block_size")  # fmt: skip
