@@ -90,11 +90,13 @@ def block_rows(results: dict[str, Any], scale: Scale) -> list[dict[str, Any]]:
                                    else str(b), "ppl": results[f"bounds_{name}"]["val"]["ppl"],
                                    "kind": "upper bound"}  # fmt: skip
             row.update({f"gen_{k}": _gen_cell(drawn.get(k)) for k in steps})
+            row.update({f"gen_ppl_{k}": drawn[k]["gen_ppl"] for k in steps if k in drawn})
             rows.append(row)
     ar = next(r for r in results["refs"] if r["method"].startswith("AR"))
     rows.append({"method": RUNS["ar"], "b": "1 (causal)", "kind": "exact",
                  "ppl": results["bounds_ar"]["val"]["ppl"],
-                 **{f"gen_{k}": _gen_cell(ar) for k in steps}})  # fmt: skip
+                 **{f"gen_{k}": _gen_cell(ar) for k in steps},
+                 **{f"gen_ppl_{k}": ar["gen_ppl"] for k in steps}})  # fmt: skip
     return rows
 
 
@@ -111,8 +113,8 @@ def trend_line(rows: Sequence[dict[str, Any]]) -> str:
         monotone = all(b <= a for a, b in zip(ppl, ppl[1:], strict=False))
         gap = ppl[0] - ar
         closed = (ppl[0] - ppl[-1]) / gap if gap > 0 else None
-        how = ("toward AR's" if moves else "away from AR's") + (
-            ", step by step" if monotone and moves else ", not monotonically")
+        how = ("toward AR's" + (", step by step" if monotone else ", not monotonically")
+               if moves else "not toward AR's")  # fmt: skip
         share = f", closing {100 * closed:.0f} % of its gap to AR" if closed is not None else ""
         parts.append(f"{RUNS[base]} {path} ({how}{share})")
     if all(toward):
@@ -123,6 +125,17 @@ def trend_line(rows: Sequence[dict[str, Any]]) -> str:
         verdict = "toward AR's for neither method, unlike the paper"
     return ("Validation perplexity from b = L down to the smallest b: " + "; ".join(parts)
             + f"; AR {ar:.3f}. Ours moves {verdict}.")
+
+
+def gen_line(rows: Sequence[dict[str, Any]], steps: int) -> str:
+    """The generative perplexity at ``steps`` steps per block from b = L down, per method."""
+    parts = []
+    for base in METHODS:
+        got = [r.get(f"gen_ppl_{steps}") for r in rows if r["method"] == RUNS[base]]
+        parts.append(f"{RUNS[base]} " + " → ".join("-" if g is None else f"{g:.1f}" for g in got))
+    ar = next(r[f"gen_ppl_{steps}"] for r in rows if r["method"] == RUNS["ar"])
+    return (f"Generative perplexity at {steps} steps per block, from b = L down: "
+            + "; ".join(parts) + f"; AR's own samples {ar:.1f}.")
 
 
 def long_text(long: dict[str, Any]) -> str:
@@ -145,7 +158,7 @@ def block_section(results: dict[str, Any], scale: Scale) -> dict[str, Any]:
         f"{', '.join(map(str, scale.block_steps))} steps per block, {scale.num_samples} samples "
         f"of {scale.seq_len} tokens, gen. PPL under the AR model")
     say(md)
-    trend = trend_line(rows)
+    trend = trend_line(rows) + " " + gen_line(rows, max(scale.block_steps))
     say(trend)
     for long in longs:
         say(f"Long sample, up to {long['length']} tokens ({long['stopped']} of "
@@ -160,14 +173,14 @@ def block_lines(tables: dict[str, Any], scale: Scale) -> list[str]:
         "## Block diffusion",
         "",
         f"Duo and MDLM trained again as block models (BD3-LM; Concepts, \"Block diffusion\"; "
-        f"`--model.block_size b`) at b ∈ {{{', '.join(map(str, scale.block_sizes))}}}, with the "
-        "same size, steps and data as the ordinary runs (b = L). Each block is a diffusion "
-        "given the clean blocks before it; the bound is the block NELBO (one time per block) on "
-        f"the same {scale.final_sequences} held-out sequences. Samples: {scale.num_samples} "
-        f"per cell, block by block over a KV cache of the clean blocks, "
-        f"{' and '.join(map(str, scale.block_steps))} steps per block without a tail (the "
-        "exact law of the steps, comparable with AR's ancestral samples in the AR row; the "
-        "greedy tail's argmax would turn b = 1 into greedy decoding), NFE = L / b x steps "
+        f"`--model.block_size b`) at b ∈ {{{', '.join(map(str, scale.block_sizes))}}}, with "
+        f"the same size, steps and data as the ordinary runs (b = L = {scale.seq_len}). Each "
+        "block is a diffusion given the clean blocks before it; the bound is the block NELBO "
+        f"(one time per block) on the same {scale.final_sequences} held-out sequences. "
+        f"Samples: {scale.num_samples} per cell, block by block over a KV cache of the clean "
+        f"blocks, {' and '.join(map(str, scale.block_steps))} steps per block without a tail "
+        "(the exact law of the steps, comparable with AR's ancestral samples in the AR row; "
+        "the greedy tail's argmax would turn b = 1 into greedy decoding), NFE = L / b x steps "
         "(fewer where the masked sampler reuses a prediction).",
         "",
         tables["block_md"],
@@ -184,6 +197,9 @@ def block_lines(tables: dict[str, Any], scale: Scale) -> list[str]:
             "(`examples.sample --length --eos`). "
             + " ".join(f"{g['method']}: {g['stopped']} of {g['num_samples']} stopped at EOS."
                        for g in longs)
+            + ("" if all(g["stopped"] for g in longs) else " EOS ends each training "
+               "document (for the Shakespeare corpus, a whole work), so a model that learned "
+               "its statistics rarely writes one within this many tokens.")
             + " Shown: the first that stopped (else the first), newlines as ` / `:",
             "",
             "```",
