@@ -134,6 +134,7 @@ SUITES = (
           ("--draws", "8", "--taus", "1e-3", "1"), 600),
     Suite("distill", "benchmarks.bench_distill", KNOWN_ANSWER, (), ("--quick",), 900),
     Suite("sdtt", "benchmarks.bench_sdtt", KNOWN_ANSWER, (), ("--quick",), 900),
+    Suite("policies", "benchmarks.bench_policies", KNOWN_ANSWER, (), ("--quick",), 1800),
 )  # fmt: skip
 
 # pytest-benchmark pairs measured in the same pytest process: (suite, ours, baseline, target).

@@ -157,10 +157,10 @@ def block_logits(
 
 def block_integrand(
     process: Process, model: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
-    dalpha_dt: Tensor, cond: _Cond, *, fused: bool | None, mask: Tensor | None,
+    dalpha_t: Tensor, cond: _Cond, *, fused: bool | None, mask: Tensor | None,
     reduction: Reduction, clean: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
-    """The process's NELBO integrand at per-token levels ``alpha_t``, ``dalpha_dt`` (B, L) (one
+    """The process's NELBO integrand at per-token levels ``alpha_t``, ``dalpha_t`` (B, L) (one
     value per block) from one training call of the block model: per token (B, L) or reduced.
     ``z_in`` is ``z_t`` or the curriculum's relaxed input whose argmax is ``z_t``; the loss is
     fused with the model's output layer where ``use_fused_head`` says so."""
@@ -169,9 +169,9 @@ def block_integrand(
     if use_fused_head(model, fused, x_0.numel(), k, x_0.device, reduction):
         sigma = block_levels(process, alpha_t, clean)
         head = denoise_head(model, z_in, sigma, vocab_size=k, cond=with_clean_copy(cond, x_0))
-        return process.fused_diffusion_loss(head, x_0, z_t, alpha_t, dalpha_dt, **kw)
+        return process.fused_diffusion_loss(head, x_0, z_t, alpha_t, dalpha_t, **kw)
     logits = block_logits(process, model, z_in, x_0, alpha_t, cond, clean)
-    return process.diffusion_loss(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
+    return process.diffusion_loss(logits, x_0, z_t, alpha_t, dalpha_t, **kw)
 
 
 def block_nelbo(
@@ -185,10 +185,10 @@ def block_nelbo(
     the order of ``Process.nelbo``, so at b = L it is that bound on the same noise."""
     t = t.to(device=x_0.device, dtype=torch.promote_types(t.dtype, torch.float32))
     t_tok = per_token(t, block_size)
-    alpha_t, dalpha_dt = schedule.alpha(t_tok), schedule.dalpha_dt(t_tok)
+    alpha_t, dalpha_t = schedule.alpha(t_tok), schedule.dalpha_dt(t_tok)
     z_t = process.corrupt(x_0, alpha_t, generator=generator, clean=clean)
     loss = block_integrand(
-        process, model, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, fused=False,
+        process, model, z_t, x_0, z_t, alpha_t, dalpha_t, cond, fused=False,
         mask=None if clean is None else ~clean, reduction="none", clean=clean,
     )  # fmt: skip
     # Each t_k ~ U[eps, 1]: the integral over [eps, 1] is (1 - eps) times the mean integrand.

@@ -69,8 +69,10 @@ def token_levels(sigma: Tensor, clean: Bool[Tensor, "b l"] | None) -> Tensor:
 def check_clean_mask(clean_mask: Any, shape: tuple[int, ...] | torch.Size) -> None:
     """``clean_mask`` is a bool tensor of the tokens' shape (B, L), True at clean context."""
     if not isinstance(clean_mask, Tensor) or clean_mask.dtype != torch.bool:
-        got = f"dtype {clean_mask.dtype}" if isinstance(clean_mask, Tensor) else (
-            type(clean_mask).__name__
+        got = (
+            f"dtype {clean_mask.dtype}"
+            if isinstance(clean_mask, Tensor)
+            else (type(clean_mask).__name__)
         )
         raise ValueError(f"clean_mask must be a bool tensor, True at the positions held clean "
                          f"as context, got {got}")  # fmt: skip
@@ -116,8 +118,10 @@ def random_clean_mask(
     check_count(batch_size, "batch_size")
     check_count(length, "length")
     check_range(share, "share", 0.0, 1.0)
-    dev = torch.device(device) if device is not None else (
-        generator.device if generator is not None else torch.device("cpu")
+    dev = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
     )
     u = torch.rand(batch_size, 2, generator=generator, device=dev)
     cuts = torch.randint(1, max(length, 2), (batch_size, 2), generator=generator, device=dev)

@@ -61,10 +61,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise SystemExit(f"discdiff.convert: {err}") from err
     cfg = json.loads((Path(args.dst) / "config.json").read_text())
-    print(f"converted {info['source']} ({info['layout']}, weights {info['weights']}) -> "
-          f"{args.dst}: K={cfg['vocab_size']}, hidden {cfg['hidden_size']}, "
-          f"{cfg['n_blocks']} blocks, {cfg['n_heads']} heads, "
-          f"{'causal' if cfg['causal'] else 'diffusion'}; objective {info['objective']}")
+    print(
+        f"converted {info['source']} ({info['layout']}, weights {info['weights']}) -> "
+        f"{args.dst}: K={cfg['vocab_size']}, hidden {cfg['hidden_size']}, "
+        f"{cfg['n_blocks']} blocks, {cfg['n_heads']} heads, "
+        f"{'causal' if cfg['causal'] else 'diffusion'}; objective {info['objective']}"
+    )
     return info
 
 

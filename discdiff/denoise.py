@@ -149,8 +149,9 @@ def denoise(
                 "(a masked model returns K + 1 logits with MaskedDiffusion(K), mask id K, or "
                 "K logits with its own mask id: MaskedDiffusion(K, mask_id=m))"
             )
-        raise ValueError(f"{role} returned logits of shape {got}, expected (B, L, K) = {expected}"
-                         + hint)
+        raise ValueError(
+            f"{role} returned logits of shape {got}, expected (B, L, K) = {expected}" + hint
+        )
     if not logits.dtype.is_floating_point:
         raise ValueError(f"{role} returned {logits.dtype} logits; expected a float dtype")
     if output_checks_enabled() and logits.numel() > 0:

@@ -239,9 +239,9 @@ class Diffusion(ObjectiveDefaults):
         one per block."""
         t = t.to(torch.promote_types(t.dtype, torch.float32))
         alpha_t = self._levels(self.schedule.alpha(t))
-        dalpha_dt = self._levels(self.schedule.dalpha_dt(t))
+        dalpha_t = self._levels(self.schedule.dalpha_dt(t))
         z_t = self.process.corrupt(x_0, alpha_t, generator=generator, clean=kw.get("clean"))
-        return self._integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, z_t, x_0, z_t, alpha_t, dalpha_t, cond, **kw)
 
     @torch.no_grad()
     def nelbo(
@@ -386,23 +386,23 @@ class UniformDiffusion(Diffusion):
         t = t.to(torch.float32)
         alpha_tilde = self._levels(schedule.alpha_tilde(t))  # per block for a block diffusion
         alpha_t = self._levels(schedule.alpha(t))
-        dalpha_dt = self._levels(schedule.dalpha_dt(t))
+        dalpha_t = self._levels(schedule.dalpha_dt(t))
         dtype = self.curriculum.input_dtype(denoiser)  # the soft input's dtype: the model's
         relaxed, z_t = self.curriculum.relaxed_input(
             x_0, alpha_tilde, step, self.vocab_size, dtype, generator=generator,
             clean=kw.get("clean"),
         )  # fmt: skip
-        return self._integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return self._integrand(denoiser, relaxed, x_0, z_t, alpha_t, dalpha_t, cond, **kw)
 
     def _integrand(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
-        dalpha_dt: Tensor, cond: Mapping[str, Any] | None, **kw: Any,
+        dalpha_t: Tensor, cond: Mapping[str, Any] | None, **kw: Any,
     ) -> Tensor:  # fmt: skip
         """The NELBO integrand, or the cross-entropy of ``objective="cross_entropy"``."""
         if self.objective == "cross_entropy":
             kw.pop("fused", None)  # the cross-entropy reads the logits
             return self.process.cross_entropy(denoiser, z_in, x_0, z_t, alpha_t, cond, **kw)
-        return super()._integrand(denoiser, z_in, x_0, z_t, alpha_t, dalpha_dt, cond, **kw)
+        return super()._integrand(denoiser, z_in, x_0, z_t, alpha_t, dalpha_t, cond, **kw)
 
     def phase(self, step: int) -> str:
         """ "curriculum" while the Gaussian curriculum trains step ``step``, "discrete" after."""

@@ -69,9 +69,9 @@ def _series_terms(
     u_i = 1 + bs * p_i
     g_b, g_bi, g_bx = g_small(bs), g_small(bs * p_i), g_small(bs * p_x)
     b2 = bs * bs
-    s_same = (
-        b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b
-    ) / (1 + bs)
+    s_same = (b2 * one_m_pi * (1 - kf * p_i) / u_i + g_sum - (kf - 1) * g_bi + (kf - 1) * g_b) / (
+        1 + bs
+    )
     s_diff = (
         (kf + bs) * b2 * p_i * p_i / u_i
         + b2 * one_m_px

@@ -41,6 +41,9 @@ Times = Float[Tensor, " b"]
 """One time or noise level per sequence, shape (B,)."""
 PerToken = Float[Tensor, "b l"]
 """A per-token quantity (a loss, a weight), shape (B, L)."""
+Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
+"""A signal level alpha_t (or its time derivative dalpha_t): a number, or a tensor that
+broadcasts over (B, L): (B, 1) one per sequence, (B, L) one per token."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ __all__ = [
     "reject_if",
     "Denoiser",
     "DenoiserInput",
+    "Level",
     "Logits",
     "PerToken",
     "Probs",
@@ -112,4 +116,3 @@ __all__ = [
     "typechecked",
     "unchecked",
 ]
-

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+# The Triton kernels' tests run them in the CPU interpreter, which must be on before triton is
+# first imported, and other test files import it first (transformers does): set it for all.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings

@@ -5,13 +5,19 @@
 curriculum's soft and top-k inputs through the model's input embeddings, in its dtype), keyword
 arguments by name, logits out of whatever the model returns, the meaning of its logits declared
 (``parameterization``: "x_hat" or "posterior", SPEC §11), a mask id inside its vocabulary.
-``NoiseLevelEmbedding`` gives a time-blind backbone the noise level.
+``NoiseLevelEmbedding`` gives a time-blind backbone the noise level. ``DiffusionGemmaDenoiser``
+puts the transformers library's uniform-state block model (``DiffusionGemmaForBlockDiffusion``)
+behind the block-denoiser protocol, so discdiff's block sampler, steps and policies drive it.
 """
 
 from discdiff.adapters.denoiser import ModelDenoiser, as_denoiser
+from discdiff.adapters.diffusion_gemma import DiffusionGemmaCache, DiffusionGemmaDenoiser
 from discdiff.adapters.level import NoiseLevelEmbedding
 
-# The block-diffusion adapter of the transformers library's DiffusionGemma re-exports its names
-# from discdiff.adapters.diffusion_gemma here.
-
-__all__ = ["ModelDenoiser", "NoiseLevelEmbedding", "as_denoiser"]
+__all__ = [
+    "DiffusionGemmaCache",
+    "DiffusionGemmaDenoiser",
+    "ModelDenoiser",
+    "NoiseLevelEmbedding",
+    "as_denoiser",
+]

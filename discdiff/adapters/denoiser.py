@@ -50,7 +50,7 @@ from discdiff.typing import Bag, DenoiserInput
 __all__ = ["ModelDenoiser", "as_denoiser"]
 
 InputMode = Literal["ids", "embeds", "auto"]
-Level = NoiseLevelEmbedding | Literal["ignore"] | None
+LevelOption = NoiseLevelEmbedding | Literal["ignore"] | None
 
 
 def as_denoiser(
@@ -59,7 +59,7 @@ def as_denoiser(
     vocab_size: int | None = None,
     parameterization: Parameterization = "x_hat",
     input: InputMode = "auto",
-    level: Level = None,
+    level: LevelOption = None,
     mask_id: int | None = None,
     embedding: nn.Embedding | str | None = None,
 ) -> ModelDenoiser:
@@ -212,8 +212,10 @@ class ModelDenoiser(nn.Module):
         replaced by ``emb`` for the duration of the call."""
         if "inputs_embeds" in self._params:
             return self.model(inputs_embeds=emb, **kwargs)
-        ids = z_t if isinstance(z_t, Tensor) and not z_t.is_floating_point() else (
-            torch.zeros(emb.shape[:2], dtype=torch.long, device=emb.device)
+        ids = (
+            z_t
+            if isinstance(z_t, Tensor) and not z_t.is_floating_point()
+            else (torch.zeros(emb.shape[:2], dtype=torch.long, device=emb.device))
         )  # only the shape matters: the hook replaces what they embed to
         calls = []
 
@@ -223,8 +225,10 @@ class ModelDenoiser(nn.Module):
 
         handle = self._require_embedding("embeddings").register_forward_hook(replace)
         try:
-            out = self.model(ids, **kwargs) if "input_ids" not in self._params else (
-                self.model(input_ids=ids, **kwargs)
+            out = (
+                self.model(ids, **kwargs)
+                if "input_ids" not in self._params
+                else (self.model(input_ids=ids, **kwargs))
             )
         finally:
             handle.remove()

@@ -28,11 +28,10 @@ from torch.autograd.function import once_differentiable
 
 from discdiff.kernels.dispatch import Backend, entry_point
 from discdiff.numerics import row_terms, series_split
-from discdiff.typing import typechecked
+from discdiff.typing import Level, typechecked
 
 __all__ = ["TritonUniformNelbo", "row_terms", "rows_of", "uniform_nelbo"]
 
-Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
 Reduction = Literal["none", "sum", "mean"]
 
 

@@ -50,11 +50,9 @@ from torch import Tensor
 
 from discdiff.kernels.dispatch import Backend, entry_point
 from discdiff.numerics import mixture_weights
-from discdiff.typing import typechecked
+from discdiff.typing import Level, typechecked
 
 __all__ = ["mixture_weights", "triton_step", "uniform_ancestral_step"]
-
-Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
 
 
 @typechecked

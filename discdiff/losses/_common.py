@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from discdiff.numerics import g_small
@@ -18,7 +17,6 @@ from discdiff.typing import (
     checks_enabled,
 )
 
-Level = Float[Tensor, "#b #l"] | Float[Tensor, ""] | float | int
 """alpha_t or dalpha_t: a python number, a 0-d tensor, or a tensor broadcasting as (B, 1)/(B, L)."""
 
 Reduction = Literal["none", "sum", "mean"]

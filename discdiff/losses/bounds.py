@@ -38,7 +38,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from discdiff.losses._common import (
-    Level,
     Reduction,
     accumulation_dtype,
     check_common,
@@ -52,7 +51,7 @@ from discdiff.losses._common import (
     reduce_loss,
     result_dtype,
 )
-from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
+from discdiff.typing import Level, check_range, check_tokens, check_vocab_size, typechecked
 
 __all__ = [
     "ar_loss",
@@ -67,8 +66,9 @@ __all__ = [
 def _nll(logits: Tensor, targets: Tensor) -> Tensor:
     b, length, k = logits.shape
     out_dtype = result_dtype(logits)
-    nll = F.cross_entropy(logits.reshape(b * length, k).to(out_dtype), targets.reshape(b * length),
-                          reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(b * length, k).to(out_dtype), targets.reshape(b * length), reduction="none"
+    )
     return nll.view(b, length)
 
 
@@ -180,8 +180,9 @@ def uniform_prior_kl(
     below = a < 1
     a_safe = torch.where(below, a, 0.0)
     m = (k - 1) * a_safe
-    kl = (m * m + (k - 1) * a_safe * a_safe - (1 + m) * g(m)
-          - (k - 1) * (1 - a_safe) * g(-a_safe)) / k
+    kl = (
+        m * m + (k - 1) * a_safe * a_safe - (1 + m) * g(m) - (k - 1) * (1 - a_safe) * g(-a_safe)
+    ) / k
     kl = torch.where(below, kl, math.log(vocab_size))  # α = 1: q is one-hot, KL = log K
     return kl.clamp_min(0.0).to(out_dtype).expand(x_0.shape).clone()
 

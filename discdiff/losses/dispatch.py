@@ -83,9 +83,7 @@ def use_fused_head(
     """The diffusions' one dispatch: ``fused`` True / False forces the path (True only where the
     denoiser offers ``discdiff.denoise.FusedHead``); None applies ``fused_head_pays``."""
     if fused is not None and not isinstance(fused, bool):
-        raise ValueError(
-            f"fused must be None (the library's rule), True or False, got {fused!r}"
-        )
+        raise ValueError(f"fused must be None (the library's rule), True or False, got {fused!r}")
     if not has_fused_head(denoiser):
         return False
     if fused is not None:

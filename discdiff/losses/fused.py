@@ -41,7 +41,6 @@ from discdiff._chunks import chunk_rows as default_chunk_rows
 from discdiff.kernels.dispatch import Backend, use_triton
 from discdiff.kernels.nelbo import TritonUniformNelbo
 from discdiff.losses._common import (
-    Level,
     Reduction,
     accumulation_dtype,
     check_levels,
@@ -54,6 +53,7 @@ from discdiff.losses._common import (
 )
 from discdiff.losses.uniform import UniformNelboCore
 from discdiff.typing import (
+    Level,
     check_count,
     check_finite,
     check_tokens,

@@ -7,7 +7,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from discdiff.losses._common import (
-    Level,
     Reduction,
     check_common,
     check_levels,
@@ -19,7 +18,7 @@ from discdiff.losses._common import (
     reduce_loss,
     result_dtype,
 )
-from discdiff.typing import typechecked
+from discdiff.typing import Level, typechecked
 
 __all__ = ["masked_nelbo"]
 

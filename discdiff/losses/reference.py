@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.losses._common import Level
+from discdiff.typing import Level
 
 __all__ = ["masked_nelbo_reference", "uniform_nelbo_reference"]
 

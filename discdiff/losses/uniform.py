@@ -19,7 +19,6 @@ from discdiff._chunks import chunk_rows as default_chunk_rows
 from discdiff.kernels.dispatch import Backend, provide, use_triton
 from discdiff.kernels.nelbo import TritonUniformNelbo, rows_of
 from discdiff.losses._common import (
-    Level,
     Reduction,
     accumulation_dtype,
     check_common,
@@ -31,9 +30,10 @@ from discdiff.losses._common import (
     result_dtype,
 )
 from discdiff.numerics import g_small, row_terms, series_split
-from discdiff.typing import check_count, checks_enabled, typechecked
+from discdiff.typing import Level, check_count, checks_enabled, typechecked
 
 __all__ = ["UniformNelboCore", "row_terms", "series_split", "uniform_nelbo"]
+
 
 def _row_reader(logits: Tensor):
     """Return ``rows(r0, r1) -> (r1 - r0, K)`` over the flattened (B*L, K) logits, never copying

@@ -93,8 +93,7 @@ def block_diff_allowed(q: Tensor, k: Tensor, length: int, block_size: int) -> Te
 def _check_blocks(length: int, block_size: int) -> None:
     if block_size < 1 or length < 1 or length % block_size:
         raise ValueError(
-            f"the sequence length L={length} must be a positive multiple of block_size="
-            f"{block_size}"
+            f"the sequence length L={length} must be a positive multiple of block_size={block_size}"
         )
 
 

@@ -157,8 +157,15 @@ class DiTBlock(nn.Module):
         q, k, v = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # (B, L, H, D) each
         if kv_cache is not None:
             k, v = kv_cache.update(self.index, k, v)  # (B, cached + L, H, D) each
-        out = attention(q, k, v, causal=self.causal, backend=backend,
-                        key_padding_mask=padding_mask, attn_mask=attn_mask)  # (B, L, H, D)
+        out = attention(
+            q,
+            k,
+            v,
+            causal=self.causal,
+            backend=backend,
+            key_padding_mask=padding_mask,
+            attn_mask=attn_mask,
+        )  # (B, L, H, D)
         return self.attn_out(rearrange(out, "b l h d -> b l (h d)"))
 
 
@@ -322,8 +329,10 @@ class DiT(nn.Module):
                       ) -> Tensor | None:  # fmt: skip
         """SiLU(sigma embedding + label embedding): (B, c) or (B, L, c); None if causal."""
         if label is not None and self.label_embed is None:
-            raise ValueError("label given, but this DiT has no label embedding: build it with "
-                             "DiTConfig(num_classes=...) (a diffusion DiT, not the causal twin)")
+            raise ValueError(
+                "label given, but this DiT has no label embedding: build it with "
+                "DiTConfig(num_classes=...) (a diffusion DiT, not the causal twin)"
+            )
         if self.sigma_map is None:
             return None
         if sigma is None:
@@ -362,8 +371,10 @@ class DiT(nn.Module):
         ``discdiff.models.block_mask``. Logits (or hidden states) of the noisy copy only."""
         b, n, _ = x.shape
         if self.block_size is None:
-            raise ValueError("x_0 is the clean copy of a block model's training pass; this "
-                             "DiT has no block_size: build it with DiTConfig(block_size=b)")
+            raise ValueError(
+                "x_0 is the clean copy of a block model's training pass; this "
+                "DiT has no block_size: build it with DiTConfig(block_size=b)"
+            )
         if n % self.block_size:
             raise ValueError(f"the length L={n} of z_t and x_0 must be a multiple of "
                              f"block_size={self.block_size}")  # fmt: skip

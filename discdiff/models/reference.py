@@ -127,8 +127,12 @@ _CONFIG_PATHS = {
     "n_heads": ("model.n_heads", "config.model.n_heads", "n_heads", "num_heads"),
     "dropout": ("model.dropout", "config.model.dropout", "dropout"),
     "cond_dim": ("model.cond_dim", "config.model.cond_dim", "cond_dim"),
-    "hidden_size": ("model.hidden_size", "config.model.hidden_size", "hidden_dim",
-                    "hidden_size"),  # fmt: skip
+    "hidden_size": (
+        "model.hidden_size",
+        "config.model.hidden_size",
+        "hidden_dim",
+        "hidden_size",
+    ),  # fmt: skip
     "n_blocks": ("model.n_blocks", "config.model.n_blocks", "n_blocks"),
 }
 
@@ -137,9 +141,7 @@ def _shape(state: Mapping[str, Tensor], key: str, dim: int) -> int:
     return int(state[key].shape[dim])
 
 
-def infer_config(
-    ref: ReferenceWeights, **overrides: Any
-) -> tuple[DiTConfig, dict[str, str]]:
+def infer_config(ref: ReferenceWeights, **overrides: Any) -> tuple[DiTConfig, dict[str, str]]:
     """The ``DiTConfig`` of the reference weights, and where each field came from.
 
     Shapes decide what they determine; the source's config and ``overrides`` fill in the rest

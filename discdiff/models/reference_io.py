@@ -188,8 +188,7 @@ def _apply_ema(
         raise ValueError(f"{path}: the raw weights lack {missing[:5]}; cannot place the EMA")
     if len(shadow) < len(names):
         raise ValueError(
-            f"{path}: the EMA holds {len(shadow)} tensors, the backbone has {len(names)} "
-            "parameters"
+            f"{path}: the EMA holds {len(shadow)} tensors, the backbone has {len(names)} parameters"
         )
     out = dict(state)
     for name, value in zip(names, shadow, strict=False):

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-Alpha = Float[Tensor, "b #l"]
+LevelTensor = Float[Tensor, "b #l"]
 """A signal level per sequence (B, 1) or per token (B, L)."""
 
 

@@ -130,7 +130,7 @@ class Process(ABC):
 
     @abstractmethod
     def diffusion_loss(
-        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         """The continuous-time NELBO integrand from the denoiser's logits (B, L, K'), per token
@@ -138,7 +138,7 @@ class Process(ABC):
 
     @abstractmethod
     def fused_diffusion_loss(
-        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         """``diffusion_loss`` from the denoiser's last hidden state and output projection,
@@ -179,7 +179,7 @@ class Process(ABC):
 
     def integrand(
         self, denoiser: Denoiser, z_in: Any, x_0: Tensor, z_t: Tensor, alpha_t: Tensor,
-        dalpha_dt: Tensor, cond: _Cond, *, fused: bool | None, mask: Tensor | None,
+        dalpha_t: Tensor, cond: _Cond, *, fused: bool | None, mask: Tensor | None,
         reduction: Reduction, clean: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """The NELBO integrand of the denoiser's output at ``z_in`` (``z_t``, or the curriculum's
@@ -192,10 +192,10 @@ class Process(ABC):
         if fusable and use_fused_head(denoiser, fused, x_0.numel(), k, x_0.device, reduction):
             sigma = self.levels(alpha_t, alpha_t.shape[0], alpha_t.device, clean)
             head = denoise_head(denoiser, z_in, sigma, vocab_size=k, cond=cond)
-            return self.fused_diffusion_loss(head, x_0, z_t, alpha_t, dalpha_dt, **kw)
+            return self.fused_diffusion_loss(head, x_0, z_t, alpha_t, dalpha_t, **kw)
         logits = self.logits(denoiser, z_in, alpha_t, cond, clean)
         logits = self.x_hat_logits(denoiser, logits, z_t, alpha_t, clean)
-        return self.diffusion_loss(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
+        return self.diffusion_loss(logits, x_0, z_t, alpha_t, dalpha_t, **kw)
 
     def diffusion_term(
         self, denoiser: Denoiser, x_0: Tensor, t: Tensor, schedule: Schedule, eps: float, *,
@@ -205,10 +205,10 @@ class Process(ABC):
         integral over [eps, 1] per sequence, per token (B, L) float32, 0 at ``clean``."""
         t = t.to(device=x_0.device, dtype=torch.promote_types(t.dtype, torch.float32))
         alpha_t = column(schedule.alpha(t))
-        dalpha_dt = column(schedule.dalpha_dt(t))
+        dalpha_t = column(schedule.dalpha_dt(t))
         z_t = self.corrupt(x_0, alpha_t, generator=generator, clean=clean)
         loss = self.integrand(
-            denoiser, z_t, x_0, z_t, alpha_t, dalpha_dt, cond, fused=False,
+            denoiser, z_t, x_0, z_t, alpha_t, dalpha_t, cond, fused=False,
             mask=None if clean is None else ~clean, reduction="none", clean=clean,
         )  # fmt: skip
         # t ~ U[eps, 1], so the integral over [eps, 1] is (1 - eps) times the mean integrand.

@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from discdiff.duality import signal_to_noise
-from discdiff.processes._common import Alpha, check_tau, float_dtype
+from discdiff.processes._common import LevelTensor, check_tau, float_dtype
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
 
 __all__ = [
@@ -50,7 +50,7 @@ def _sigma_tilde(alpha_tilde: Tensor) -> Tensor:
 @typechecked
 def gaussian_latent(
     x_0: Int[Tensor, "b l"],
-    alpha_tilde: Alpha,
+    alpha_tilde: LevelTensor,
     vocab_size: int,
     *,
     noise: Float[Tensor, "b l k"] | None = None,
@@ -198,7 +198,7 @@ def _log_truncated_exp_moment(z: Tensor, a: Tensor) -> Tensor:
 @typechecked
 def topk_gaussian_latent(
     x_0: Int[Tensor, "b l"],
-    alpha_tilde: Alpha,
+    alpha_tilde: LevelTensor,
     vocab_size: int,
     top_k: int,
     tau: float | int,

@@ -16,7 +16,7 @@ from torch import Tensor
 from discdiff import losses
 from discdiff.denoise import Head, noise_level
 from discdiff.losses._common import Reduction
-from discdiff.processes._common import Alpha, check_index, float_dtype, survivors
+from discdiff.processes._common import LevelTensor, check_index, float_dtype, survivors
 from discdiff.processes.base import Process
 from discdiff.typing import (
     check_range,
@@ -32,7 +32,7 @@ __all__ = ["MaskedProcess", "masked_corrupt", "masked_marginal"]
 
 @typechecked
 def masked_marginal(
-    x_0: Int[Tensor, "b l"], alpha_t: Alpha, mask_id: int, vocab_size: int
+    x_0: Int[Tensor, "b l"], alpha_t: LevelTensor, mask_id: int, vocab_size: int
 ) -> Float[Tensor, "b l k"]:
     """q(z_t | x_0) = alpha_t onehot(x_0) + (1 - alpha_t) onehot(mask_id), shape (B, L, K).
 
@@ -53,7 +53,7 @@ def masked_marginal(
 @typechecked
 def masked_corrupt(
     x_0: Int[Tensor, "b l"],
-    alpha_t: Alpha,
+    alpha_t: LevelTensor,
     mask_id: int,
     *,
     vocab_size: int | None = None,
@@ -151,19 +151,19 @@ class MaskedProcess(Process):
         return noise_level(alpha_t if self.time_conditioned else 1.0, batch_size, device)
 
     def diffusion_loss(
-        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         return losses.masked_nelbo(
-            logits, x_0, z_t, alpha_t, dalpha_dt, self.mask_id, mask=mask, reduction=reduction
+            logits, x_0, z_t, alpha_t, dalpha_t, self.mask_id, mask=mask, reduction=reduction
         )
 
     def fused_diffusion_loss(
-        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         return losses.fused_linear_masked_nelbo(
-            head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, self.mask_id,
+            head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_t, self.mask_id,
             bias=head.bias, mask=mask, reduction=reduction,
         )  # fmt: skip
 

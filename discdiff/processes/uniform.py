@@ -19,7 +19,7 @@ from discdiff.context import token_levels
 from discdiff.denoise import Head, noise_level
 from discdiff.losses._common import Reduction
 from discdiff.parameterization import convert_logits, parameterization_of
-from discdiff.processes._common import Alpha, float_dtype, survivors
+from discdiff.processes._common import LevelTensor, float_dtype, survivors
 from discdiff.processes.base import Process
 from discdiff.typing import check_range, check_tokens, check_vocab_size, typechecked
 
@@ -28,7 +28,7 @@ __all__ = ["UniformProcess", "uniform_corrupt", "uniform_marginal"]
 
 @typechecked
 def uniform_marginal(
-    x_0: Int[Tensor, "b l"], alpha_t: Alpha, vocab_size: int
+    x_0: Int[Tensor, "b l"], alpha_t: LevelTensor, vocab_size: int
 ) -> Float[Tensor, "b l k"]:
     """q(z_t | x_0) = alpha_t onehot(x_0) + (1 - alpha_t) / K, shape (B, L, K).
 
@@ -46,7 +46,7 @@ def uniform_marginal(
 @typechecked
 def uniform_corrupt(
     x_0: Int[Tensor, "b l"],
-    alpha_t: Alpha,
+    alpha_t: LevelTensor,
     vocab_size: int,
     *,
     generator: torch.Generator | None = None,
@@ -132,23 +132,28 @@ class UniformProcess(Process):
         denoiser's logits are converted to the posterior they imply first, so either kind
         trains to the same optimum."""
         logits = self.logits(denoiser, z_in, alpha_t, cond, clean)
-        posterior = convert_logits(logits, z_t, _levels_at(alpha_t, z_t, clean),
-                                   source=parameterization_of(denoiser), target="posterior")
+        posterior = convert_logits(
+            logits,
+            z_t,
+            _levels_at(alpha_t, z_t, clean),
+            source=parameterization_of(denoiser),
+            target="posterior",
+        )
         return losses.posterior_cross_entropy(posterior, x_0, mask=mask, reduction=reduction)
 
     def diffusion_loss(
-        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, logits: Tensor, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         kw = {"mask": mask, "reduction": reduction}
-        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_dt, **kw)
+        return losses.uniform_nelbo(logits, x_0, z_t, alpha_t, dalpha_t, **kw)
 
     def fused_diffusion_loss(
-        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_dt: Tensor,
+        self, head: Head, x_0: Tensor, z_t: Tensor, alpha_t: Tensor, dalpha_t: Tensor,
         *, mask: Tensor | None = None, reduction: Reduction = "none",
     ) -> Tensor:  # fmt: skip
         return losses.fused_linear_uniform_nelbo(
-            head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_dt, bias=head.bias, mask=mask,
+            head.hidden, head.weight, x_0, z_t, alpha_t, dalpha_t, bias=head.bias, mask=mask,
             reduction=reduction,
         )  # fmt: skip
 

@@ -26,7 +26,9 @@ The modules:
 - ``blocks``: block-by-block sampling of a block model over a cache of the clean blocks
   (``run_blocks``, ``sample_uniform_blocks``, ``sample_masked_blocks``);
 - ``streams``: ``RowStream``, counter-based randomness keyed by (seed, row), so that a row's
-  sample does not depend on the batch it was drawn in (``seed=`` of the samplers).
+  sample does not depend on the batch it was drawn in (``seed=`` of the samplers);
+- ``policies``: decoding heuristics as step objects (``EntropyBoundStep``, ``ConfidenceStep``,
+  ``LowConfidenceStep``), which do not sample the model's law.
 """
 
 from discdiff.samplers.blocks import (
@@ -44,6 +46,7 @@ from discdiff.samplers.loop import Step, StepRecord, run
 from discdiff.samplers.loops import masked_loop, sample_masked, sample_uniform, uniform_loop
 from discdiff.samplers.masked import MaskedStep
 from discdiff.samplers.parts import Filter, Finish, Guidance, Prompt
+from discdiff.samplers.policies import ConfidenceStep, EntropyBoundStep, LowConfidenceStep, Tally
 from discdiff.samplers.posterior import denoising_posterior, psi_posterior, uniform_posterior
 from discdiff.samplers.predict import Prediction, Predictor
 from discdiff.samplers.steps import masked_ancestral_step, uniform_ancestral_step
@@ -57,11 +60,14 @@ __all__ = [
     "BlockSample",
     "CappedKappa",
     "CappedRemask",
+    "ConfidenceStep",
     "ConstantKappa",
+    "EntropyBoundStep",
     "Filter",
     "Finish",
     "Guidance",
     "Interval",
+    "LowConfidenceStep",
     "MaskedStep",
     "Prediction",
     "Predictor",
@@ -71,6 +77,7 @@ __all__ = [
     "Step",
     "StepRecord",
     "Tail",
+    "Tally",
     "TimeGrid",
     "UniformStep",
     "denoising_posterior",

@@ -290,5 +290,3 @@ def sample_categorical_logits(
         local = torch.arange(w.shape[0], device=w.device)
         out[rows] = law.draw(local, u_block[rows], u_within[rows])
     return out.reshape(batch)
-
-

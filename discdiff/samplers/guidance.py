@@ -56,8 +56,13 @@ def guided_logits(logits_c: Tensor, logits_u: Tensor, gamma: float) -> Tensor:
 
 
 def _transition_log(
-    w: Tensor, law: ChunkLaw, z: Tensor, a_s: float | Tensor, a_t: float | Tensor,
-    kappa: float | Tensor | None, k: int,
+    w: Tensor,
+    law: ChunkLaw,
+    z: Tensor,
+    a_s: float | Tensor,
+    a_t: float | Tensor,
+    kappa: float | Tensor | None,
+    k: int,
 ) -> Tensor:
     """log q(z_s = j) (n, K) of the (Ψ) step for a chunk, from x_hat weights ``w`` (n, K)."""
     x_hat = w.to(torch.float64) / law.total.unsqueeze(-1)

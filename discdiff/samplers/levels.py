@@ -13,11 +13,12 @@ from torch import Tensor
 from discdiff.numerics import ratio  # noqa: F401  (alpha_ts: one formula, re-exported)
 from discdiff.typing import check_range, checks_enabled, reject_if
 
-Alpha = float | Tensor
-"""A signal level: a Python float, a 0-d tensor, or a tensor broadcastable as (B, 1) / (B, L)."""
+Level = float | Tensor
+"""A signal level as the steps take it: ``discdiff.typing.Level`` (a number, or a tensor that
+broadcasts as (B, 1) / (B, L)), or the flattened (B·L,) levels of a trusted run."""
 
 
-def level(x: Alpha, b: int, ln: int, name: str, like: Tensor) -> float | Tensor:
+def level(x: Level, b: int, ln: int, name: str, like: Tensor) -> float | Tensor:
     """A signal level in [0, 1] as a float, or a float64 tensor broadcast to (B, L)."""
     if isinstance(x, Tensor) and x.numel() == 1:
         x = float(x)

@@ -31,7 +31,6 @@ from discdiff.typing import as_float, check_count, check_tokens
 __all__ = ["Filter", "Finish", "Guidance", "Prediction", "Prompt"]
 
 
-
 @dataclass(frozen=True, eq=False)
 class Prediction:
     """What one prediction gives a step: ``logits`` (B, L, K), the conditional ones under

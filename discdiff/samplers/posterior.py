@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.samplers.levels import Alpha, check_ordered, level
+from discdiff.samplers.levels import Level, check_ordered, level
 from discdiff.typing import check_tokens, checks_enabled, reject_if, typechecked
 
 __all__ = ["denoising_posterior", "psi_posterior", "uniform_posterior"]
@@ -28,8 +28,8 @@ def _expand_k(a: Tensor, b: int, ln: int) -> Tensor:
 def uniform_posterior(
     probs_x0: Float[Tensor, "b l k"],
     z_t: Int[Tensor, "b l"],
-    alpha_s: Alpha,
-    alpha_t: Alpha,
+    alpha_s: Level,
+    alpha_t: Level,
 ) -> Float[Tensor, "b l k"]:
     """q(z_s | z_t, x_hat) of the uniform-state process, as (B, L, K) probabilities (Concepts §5).
 
@@ -69,10 +69,9 @@ def uniform_posterior(
     return num / den
 
 
-
 @typechecked
 def denoising_posterior(
-    probs_x0: Float[Tensor, "b l k"], z_t: Int[Tensor, "b l"], alpha_t: Alpha
+    probs_x0: Float[Tensor, "b l k"], z_t: Int[Tensor, "b l"], alpha_t: Level
 ) -> Float[Tensor, "b l k"]:
     """q(z_0 = j | z_t = i, x_hat) ∝ (alpha_t [j = i] + (1 - alpha_t) / K) x_hat_j, (B, L, K).
 
@@ -87,9 +86,9 @@ def denoising_posterior(
 def psi_posterior(
     probs_x0: Float[Tensor, "b l k"],
     z_t: Int[Tensor, "b l"],
-    alpha_s: Alpha,
-    alpha_t: Alpha,
-    kappa: Alpha,
+    alpha_s: Level,
+    alpha_t: Level,
+    kappa: Level,
 ) -> Float[Tensor, "b l k"]:
     """The Ψ-sampler's transition kappa q(z_s | z_t, x_hat) + (1 - kappa) forward(q0, alpha_s).
 

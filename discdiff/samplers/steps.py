@@ -49,7 +49,7 @@ __all__ = [
     "uniform_step",
 ]
 
-Alpha = lv.Alpha
+Level = lv.Level
 
 
 def _draw_where(
@@ -133,10 +133,10 @@ def uniform_step(
 def uniform_ancestral_step(
     logits: Float[Tensor, "b l k"],
     z_t: Int[Tensor, "b l"],
-    alpha_s: Alpha,
-    alpha_t: Alpha,
+    alpha_s: Level,
+    alpha_t: Level,
     *,
-    kappa: Alpha | None = None,
+    kappa: Level | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | RowStream | None = None,
@@ -240,11 +240,11 @@ def masked_step(
 def masked_ancestral_step(
     logits: Float[Tensor, "b l k"],
     z_t: Int[Tensor, "b l"],
-    alpha_s: Alpha,
-    alpha_t: Alpha,
+    alpha_s: Level,
+    alpha_t: Level,
     *,
     mask_id: int,
-    remask: Alpha | None = None,
+    remask: Level | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | RowStream | None = None,

@@ -75,7 +75,6 @@ from discdiff.testing.training import (
 
 __all__ = [
     "BlockOracle",
-
     "Agreement",
     "ClassOracle",
     "Corrected",
@@ -89,7 +88,6 @@ __all__ = [
     "UniformOracle",
     "all_sequences",
     "block_chain",
-
     "assert_samples_follow",
     "check_denoiser",
     "check_sampler",
@@ -102,7 +100,6 @@ __all__ = [
     "evaluate_masked",
     "evaluate_uniform",
     "exact_block_nelbo",
-
     "exact_law",
     "exact_tv",
     "filtered_law",

@@ -85,8 +85,11 @@ class Options:
     def describe(self) -> str:
         """The options that differ from the defaults, as ``key=value`` pairs."""
         base = Options()
-        shown = [name for name in self.__dataclass_fields__
-                 if getattr(self, name) != getattr(base, name) or name in ("process", "tail")]
+        shown = [
+            name
+            for name in self.__dataclass_fields__
+            if getattr(self, name) != getattr(base, name) or name in ("process", "tail")
+        ]
         parts = [f"{name}={getattr(self, name)!r}" for name in shown]
         return ", ".join(parts)
 

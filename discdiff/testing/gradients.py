@@ -59,7 +59,7 @@ def gradient_variances(
     vocab_size = schedule.transform.vocab_size
     alpha_tilde = schedule.alpha_tilde(t)[:, None]
     alpha_t = schedule.alpha(t)[:, None]
-    dalpha_dt = schedule.dalpha_dt(t)[:, None]
+    dalpha_t = schedule.dalpha_dt(t)[:, None]
     sigma = -torch.log(alpha_t.squeeze(-1))
     generator = torch.Generator().manual_seed(seed)
     grads: dict[str, list[torch.Tensor]] = {"relaxed": [], "discrete": []}
@@ -69,7 +69,7 @@ def gradient_variances(
         for kind, z in inputs.items():
             model.zero_grad(set_to_none=True)
             logits = model(z, sigma)
-            losses.uniform_nelbo(logits, x_0, latent.z_t, alpha_t, dalpha_dt).mean().backward()
+            losses.uniform_nelbo(logits, x_0, latent.z_t, alpha_t, dalpha_t).mean().backward()
             grads[kind].append(_flat_grad(model))
     relaxed, discrete = (torch.stack(grads[k]).var(dim=0).mean().item() for k in grads)
     return relaxed, discrete
