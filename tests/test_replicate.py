@@ -131,8 +131,9 @@ def test_render_only_rewrites_the_same_report(tmp_path, monkeypatch):
     """``--render-only`` from a saved ``raw.json`` (a toy run's measurements, its paths and
     machine made neutral) writes, byte for byte, the report that the single-module replication
     wrote from the same file: splitting the code into modules changed no character (the
-    expected file since gained the run config's new fields: ``duo.clean_context``,
-    ``model.block_size``)."""
+    expected file since gained the run config's new ``duo.clean_context`` and
+    ``model.block_size``, and the scale's block fields; a ``raw.json`` without block runs has
+    no block section)."""
     from examples.replicate import report
 
     out, docs = tmp_path / "runs", tmp_path / "docs"
@@ -142,3 +143,61 @@ def test_render_only_rewrites_the_same_report(tmp_path, monkeypatch):
     summary = main(["--render-only", "--out", str(out), "--docs", str(docs)])
     assert summary["rendered_again"]
     assert (docs / "replication.md").read_bytes() == (DATA / "replication_toy.md").read_bytes()
+
+
+def test_block_section_measures_every_block_size_beside_ar(replication):
+    """Duo and MDLM at b = L, 16, 4, 1 beside AR: bounds, samples without a tail at 2 and 8
+    steps per block (NFE = L / b x steps, fewer for MDLM where it reuses a prediction), the
+    computed trend sentence, the long samples."""
+    summary, _, docs = replication
+    report = (docs / "replication.md").read_text()
+    assert "## Block diffusion" in report
+    blocks = summary["blocks"]
+    rows = blocks["table"]
+    sizes = ("32 (L)", "16", "4", "1")
+    assert [(r["method"], r["b"]) for r in rows] == [
+        *[(m, b) for m in ("Duo", "MDLM") for b in sizes], ("AR", "1 (causal)")]
+    assert all(r["ppl"] > 1 for r in rows)
+    ppl = {r["method"]: r["val_ppl"] for r in summary["perplexity"]}
+    assert rows[-1]["ppl"] == ppl["AR"] and rows[0]["ppl"] == ppl["Duo"]
+    assert rows[4]["ppl"] == ppl["MDLM"]
+    for r in rows[:8]:
+        assert f"| {r['method']} | {r['b']} | {r['ppl']:.3f} | upper bound |" in report
+        for steps in (2, 8):
+            nfe = 32 // int(r["b"].split()[0]) * steps
+            got = int(r[f"gen_{steps}"].rsplit("(", 1)[1].rstrip(")"))
+            assert got == nfe if r["method"] == "Duo" else 1 <= got <= nfe, (r, steps)
+    # the sentence is computed from the table
+    assert blocks["trend"] in report
+    for method, part in (("Duo", rows[:4]), ("MDLM", rows[4:8])):
+        assert f"{method} " + " → ".join(f"{r['ppl']:.3f}" for r in part) in blocks["trend"]
+    assert f"AR {ppl['AR']:.3f}. Ours moves toward AR's for" in blocks["trend"]
+    for long in blocks["long"]:
+        assert long["length"] == 3 * 32 and long["block_size"] == 4
+        assert 0 <= long["stopped"] <= long["num_samples"]
+        assert (long["stop"] is None) == (long["stopped"] == 0)
+        assert long["text"].replace("\n", " / ") in report
+
+
+def test_only_blocks_runs_the_block_section_alone(tmp_path, monkeypatch, capsys):
+    """``--only blocks`` trains Duo, MDLM, AR and the block runs, prints the block table and
+    leaves the report alone (here with one block size, to stay fast)."""
+    from dataclasses import replace
+
+    from examples.replicate import cli
+
+    monkeypatch.setitem(cli.SCALES, "toy", replace(cli.SCALES["toy"], block_sizes=(16,),
+                                                   block_steps=(2,), num_samples=4))
+    corpus = make_corpus(tmp_path / "corpus")
+    out, docs = tmp_path / "runs", tmp_path / "docs"
+    got = main(["--scale", "toy", "--only", "blocks", "--data", str(corpus), "--zero-shot", "",
+                "--out", str(out), "--docs", str(docs), "--workers", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert [(r["method"], r["b"]) for r in got["block_rows"]] == [
+        ("Duo", "32 (L)"), ("Duo", "16"), ("MDLM", "32 (L)"), ("MDLM", "16"),
+        ("AR", "1 (causal)")]
+    assert got["block_md"] in printed and got["block_trend"] in printed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "ar", "duo", "duo_b16", "mdlm", "mdlm_b16"]
+    assert (out / "raw_blocks.json").is_file() and not (docs / "replication.md").exists()
+    assert [g["block_size"] for g in got["block_long"]] == [16, 16]

@@ -22,7 +22,13 @@ Shakespeare character corpus (``examples.corpus``; Milton for zero-shot), seeds 
     vocabulary (the whole pipeline again on a BPE tokenizer trained offline on the training
     split);
 (f) trains Duo once more with a class label per document (the play's genre; label dropout) and
-    samples it with classifier-free guidance at several scales (``examples.guidance``).
+    samples it with classifier-free guidance at several scales (``examples.guidance``);
+Block diffusion: trains Duo and MDLM again as block models (``--model.block_size`` b in
+    ``Scale.block_sizes``; b = L is the ordinary run) and reports their validation bounds
+    beside AR's, their generative perplexity and entropy at a few steps per block, and a
+    sample three times the training length stopped at EOS (``blocks``;
+    ``python -m examples.replicate --quick --only blocks`` runs this section alone and prints
+    its table).
 
 Jobs run in parallel worker processes (``--workers``, one torch thread each), each as soon as
 the runs it reads are trained, the longest first. Every table is printed to stdout as it is made and
@@ -30,7 +36,8 @@ written into the report with the configuration, hardware and measured run time.
 
 The modules: ``scales`` (the sizes, the paper's figures, each run's config), ``jobs`` (what the
 workers run), ``sampling`` (the tails), ``pipeline`` (the jobs and their order), ``tables``,
-``verdicts``, ``sections`` (a section's tables from the measurements), ``prose`` (the computed
+``verdicts``, ``sections`` (a section's tables from the measurements), ``blocks`` (the block
+diffusion section: its jobs, table and text), ``prose`` (the computed
 sentences), ``plots``, ``report`` (``docs/replication.md`` from ``raw.json``) and ``cli``.
 """
 

@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--gen-steps", default=None, help="sampling step counts, e.g. 256,64,16,8,4")
     p.add_argument("--steps", type=int, default=None, help="override the training steps")
+    p.add_argument("--only", choices=("blocks",), default=None,
+                   help="run one section alone and print its table (blocks: block diffusion; "
+                   "the report is not rewritten)")
     p.add_argument("--render-only", action="store_true",
                    help="re-print the tables and rewrite the report and plots from OUT/raw.json")
     args = p.parse_args(argv)
@@ -51,6 +54,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = " ".join(["python -m examples.replicate", *given])
     return run_replication(scale=scale, out=Path(args.out), docs=Path(args.docs), data=args.data,
                            zero_shot=args.zero_shot, workers=args.workers, threads=args.threads,
-                           command=command)  # fmt: skip
+                           command=command, only=args.only)  # fmt: skip
 
 

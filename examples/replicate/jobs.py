@@ -25,6 +25,7 @@ __all__ = [
     "generation_job",
     "gradvar_job",
     "guidance_job",
+    "long_sample_job",
     "reference_job",
     "train_job",
 ]
@@ -54,8 +55,10 @@ def train_job(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def bounds_job(run_dir: str, max_sequences: int, batch_size: int) -> dict[str, Any]:
-    """Validation and zero-shot bounds of a trained run (EMA weights)."""
+def bounds_job(run_dir: str, max_sequences: int, batch_size: int,
+               zero_shot: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Validation and (with ``zero_shot``, when the run has a corpus for it) zero-shot bounds
+    of a trained run (EMA weights)."""
     from examples.evaluate import validation_perplexity, zero_shot_perplexity
     from examples.train import load_trained
 
@@ -63,7 +66,7 @@ def bounds_job(run_dir: str, max_sequences: int, batch_size: int) -> dict[str, A
     run = load_trained(run_dir)
     val = validation_perplexity(run, max_sequences=max_sequences, batch_size=batch_size)
     out: dict[str, Any] = {"val": val, "vocab_size": run.tokenizer.vocab_size}
-    if run.config.data.zero_shot:
+    if zero_shot and run.config.data.zero_shot:
         out["zero_shot"] = zero_shot_perplexity(
             run, run.config.data.zero_shot, max_sequences=max_sequences, batch_size=batch_size
         )
@@ -75,8 +78,11 @@ def bounds_job(run_dir: str, max_sequences: int, batch_size: int) -> dict[str, A
 def generation_job(
     run_dir: str, evaluator_dir: str, gen_steps: Sequence[int], num_samples: int,
     batch_size: int, seed: int, label: str, on_window: bool = False,
+    tails: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """``generation_rows`` of a trained run (EMA weights) under the AR run as evaluator.
+    """``generation_rows`` of a trained run (EMA weights) under the AR run as evaluator, with
+    ``tails`` (default: every tail of the run, ``sampling.tails_of``); a block run samples
+    ``gen_steps`` per block.
 
     ``on_window``: sample a DCD student on its distillation window (the Gaussian gamma-window
     through T) instead of the log-linear schedule: the sampling path before the fix, whose
@@ -95,7 +101,31 @@ def generation_job(
         run.objective.diffusion = UniformDiffusion(k, schedule=window)
     return generation_rows(run, AREvaluator(load_trained(evaluator_dir)), gen_steps,
                            num_samples=num_samples, batch_size=batch_size, seed=seed,
-                           label=label)  # fmt: skip
+                           label=label, tails=tails)  # fmt: skip
+
+
+def long_sample_job(run_dir: str, length: int, steps: int, num_samples: int, batch_size: int,
+                    seed: int, label: str) -> dict[str, Any]:  # fmt: skip
+    """``num_samples`` samples of a block run (EMA weights, no tail) of up to ``length``
+    tokens, longer than it trained on (``examples.sample.draw``: the window slides), each
+    stopped at EOS, and the text of the first that stopped (of the first sample when none did)
+    with where it stopped (None: it ran to ``length`` tokens)."""
+    from examples.sample import draw, until_eos
+    from examples.train import load_trained
+
+    run = load_trained(run_dir)
+    start = time.perf_counter()
+    rows = draw(run, num_samples=num_samples, steps=steps, seed=seed, tail="none",
+                batch_size=batch_size, length=length, eos=True)  # fmt: skip
+    cut = [until_eos(row, run.tokenizer.eos_id) for row in rows]
+    stopped = [i for i, (_, stop) in enumerate(cut) if stop is not None]
+    shown = stopped[0] if stopped else 0
+    kept, stop = cut[shown]
+    return {"method": label, "block_size": run.config.model.block_size, "length": length,
+            "train_length": run.config.data.seq_len, "steps": steps,
+            "num_samples": num_samples, "stopped": len(stopped), "sample": shown,
+            "stop": stop, "text": run.tokenizer.decode(kept.tolist()),
+            "wall_s": time.perf_counter() - start}  # fmt: skip
 
 
 def guidance_job(run_dir: str, scales: Sequence[float], num_samples: int, steps: int,

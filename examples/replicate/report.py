@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from examples.replicate.blocks import block_lines, block_section, has_blocks
 from examples.replicate.plots import write_plots
 from examples.replicate.prose import (
     ablation_line,
@@ -57,6 +58,8 @@ def report_from_raw(
     t.update(verdict_section(t["speedup"], results, t["gen_rows"], t["refs"], scale))
     t.update(ablation_section(results, scale))
     t.update(guidance_section(results, scale))
+    if has_blocks(results, scale):
+        t.update(block_section(results, scale))
     plots = write_plots(docs, jobs, scale, t["ppl_rows"], t["gen_rows"], t["refs"], zero_shot)
     wall = raw["measured_s"] + time.perf_counter() - t_start
     summary = {
@@ -68,6 +71,8 @@ def report_from_raw(
         "perplexity": t["ppl_rows"], "generation": t["gen_rows"], "references": t["refs"],
         "verdicts": t["verdict_rows"], "ablation": t["ablation_rows"], "decay": t["decay_rows"],
         "bpe": results.get("bpe"), "guidance": t["guidance_rows"], "plots": plots,
+        "blocks": {"table": t["block_rows"], "trend": t["block_trend"],
+                   "long": t["block_long"]} if "block_md" in t else None,
         "vocab_size": results["bounds_duo"]["vocab_size"],
     }  # fmt: skip
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -95,6 +100,7 @@ def render_report(
         *_generation(summary, scale, configs, t),
         *_comparison(summary, t),
         *(guidance_lines(summary, scale, configs, t["guidance_md"]) if t["guidance_md"] else []),
+        *(block_lines(t, scale) if "block_md" in t else []),
         *_configuration(summary, scale),
     ]
     return "\n".join(lines)
@@ -319,6 +325,7 @@ def _configuration(summary: dict[str, Any], scale: Scale) -> list[str]:
         "`train.objective`, `train.out_dir`, `duo.curriculum_end` = 0 for the run without "
         "curriculum, `dcd.teacher` / `sdtt.teacher` for the distillations, `steps_per_round` "
         "for the longer rounds, `data.labels` and `train.cond_dropout` for the run with labels, "
+        "`model.block_size` for the block runs, "
         "and for the BPE runs `data.tokenizer json` with the trained "
         "`tokenizer.json`, `data.seq_len` and the Gaussian windows carried to its vocabulary; "
         "`raw.json` holds every run's config):",

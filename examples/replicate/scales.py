@@ -20,6 +20,8 @@ __all__ = [
     "SCALES",
     "TEACHERS",
     "Scale",
+    "block_of",
+    "block_runs",
     "bpe_seq_len",
     "build_config",
     "label_kind",
@@ -78,6 +80,13 @@ class Scale:
     """(f): sampling steps of the guided samples."""
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     """(f): the guidance scales gamma (0: unconditional, 1: conditional, above: sharpened)."""
+    block_sizes: tuple[int, ...] = (16, 4, 1)
+    """Block diffusion: the block sizes b of the extra Duo and MDLM runs (b = seq_len is the
+    ordinary Duo / MDLM run; a b that does not divide seq_len is skipped)."""
+    block_steps: tuple[int, ...] = (2, 8)
+    """Block diffusion: sampling steps per block of the generation rows."""
+    block_long: int = 3
+    """Block diffusion: the long sample has up to this many times seq_len tokens."""
 
 
 SCALES = {
@@ -162,10 +171,27 @@ def bpe_seq_len(scale: Scale, bpe: dict[str, Any]) -> int:
     return max(8, round(scale.seq_len / bpe["chars_per_token"]))
 
 
+def block_of(name: str) -> int | None:
+    """The block size b of a block run (``duo_b4`` -> 4), None for any other run."""
+    base, _, b = name.rpartition("_b")
+    return int(b) if base in ("duo", "mdlm") and b.isdigit() else None
+
+
+def block_runs(scale: Scale) -> list[str]:
+    """The block runs of ``scale``: Duo and MDLM at each of its block sizes below seq_len that
+    divide it, the smallest b (the slowest to train) first."""
+    n = scale.seq_len
+    sizes = sorted(b for b in set(scale.block_sizes) if b < n and n % b == 0)
+    return [f"{base}_b{b}" for b in sizes for base in ("mdlm", "duo")]
+
+
 def run_label(name: str) -> str:
-    """How tables name a run: ``RUNS``' labels, the ablation's with what they change."""
+    """How tables name a run: ``RUNS``' labels, the ablation's with what they change, the block
+    runs with their b."""
     if name in RUNS:
         return RUNS[name]
+    if block_of(name) is not None:
+        return f"{RUNS[name.rpartition('_b')[0]]} (b = {block_of(name)})"
     if name == GUIDED_RUN:
         return "Duo (with labels)"
     what = "BPE" if name.startswith("bpe_") else "longer rounds"
@@ -174,6 +200,8 @@ def run_label(name: str) -> str:
 
 def objective_of(name: str) -> str:
     """The objective of a run: ``bpe_dcd`` -> dcd, ``sdtt_long`` -> sdtt, ``duo_plain`` -> duo."""
+    if block_of(name) is not None:
+        return name.rpartition("_b")[0]
     base = name.removeprefix("bpe_").removesuffix("_long")
     return "duo" if base in ("duo_plain", GUIDED_RUN) else base
 
@@ -229,6 +257,8 @@ def build_config(
         values.update({"data.labels": label_kind(data), "train.cond_dropout": 0.1})
     if name.endswith("_long"):
         values[f"{objective}.steps_per_round"] = s.long_steps_per_round
+    if block_of(name) is not None:
+        values["model.block_size"] = block_of(name)
     if prefix:
         from discdiff.duality import AlphaWindow
 

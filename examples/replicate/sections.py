@@ -30,7 +30,7 @@ __all__ = [
     "verdict_section",
 ]
 
-_TUPLES = ("gen_steps", "grad_taus", "bpe_steps", "guidance_scales")
+_TUPLES = ("gen_steps", "grad_taus", "bpe_steps", "guidance_scales", "block_sizes", "block_steps")
 
 
 def scale_from_raw(values: dict[str, Any]) -> Scale:
