@@ -356,6 +356,43 @@ def test_check_denoiser_names_what_is_wrong(model, match):
         check_denoiser(model, 5 if not isinstance(model, DropsPadding) else 12)
 
 
+def block_dit(k: int = 12, block_size: int = 2) -> DiT:
+    torch.manual_seed(0)
+    model = DiT.from_preset("tiny", vocab_size=k, hidden_size=32, n_blocks=1, n_heads=2,
+                            cond_dim=16, block_size=block_size)  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+class LeakyBlocks(torch.nn.Module):
+    """A block model whose training call lets each block read the whole clean copy."""
+
+    block_size = 2
+    reads_token_levels = True
+
+    def __init__(self, inner: DiT):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z_t, sigma, x_0=None, kv_cache=None):
+        shifted = torch.roll(x_0, shifts=-2, dims=1)  # block i sees x_0's block i + 1
+        return self.inner(z_t, sigma, x_0=shifted)
+
+
+def test_block_models_and_declarations_are_checked():
+    check_denoiser(block_dit(), 12)  # the training call, the block mask, the cache
+    with pytest.raises(AssertionError, match="block mask leaks"):
+        check_denoiser(LeakyBlocks(block_dit()), 12)
+    posterior = tiny_dit()
+    posterior.parameterization = "posterior"
+    check_denoiser(posterior, 12)
+    posterior.parameterization = "probs"
+    with pytest.raises(AssertionError, match="parameterization='probs'"):
+        check_denoiser(posterior, 12)
+
+
 # ---------------------------------------------------------------------------------------------
 # check_sampler
 # ---------------------------------------------------------------------------------------------

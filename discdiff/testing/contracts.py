@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from discdiff.context import reads_token_levels
+from discdiff.parameterization import PARAMETERIZATIONS
 from discdiff.samplers import (
     CappedRemask,
     Filter,
@@ -192,13 +193,31 @@ def check_denoiser(
     logits; if it takes the keyword ``padding`` (a (B, L) bool mask, True at real tokens), the
     logits at real positions do not change when the padded positions' tokens do. Tolerances:
     ``atol`` (1 + |logit|). ``cond``: the model's conditioning (tensors with a leading (B,)).
+
+    What the adapters and samplers read is checked too: a declared ``parameterization`` is
+    "x_hat" or "posterior"; a block model (an integer ``block_size``, SPEC §10) is checked on
+    its own calls instead (``_block_checks``): the training call ``model(z_t, sigma (B, L),
+    x_0=x_0)`` over three blocks (shape, determinism, rows apart), the block mask (a block's
+    logits ignore the other blocks' noisy tokens and the clean copy of itself and later blocks),
+    and, with ``new_kv_cache`` / ``prefill``, the cached call equal to the training call.
     """
     g = torch.Generator().manual_seed(seed)
+    parameterization = getattr(model, "parameterization", "x_hat")
+    if parameterization not in PARAMETERIZATIONS:
+        raise AssertionError(
+            f"the denoiser declares parameterization={parameterization!r}; the samplers and "
+            f"losses read one of {PARAMETERIZATIONS} (SPEC §11)"
+        )
+    block = getattr(model, "block_size", None)
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
     try:
         with torch.no_grad():
+            if isinstance(block, int) and not isinstance(block, bool):
+                _block_checks(model, vocab_size, block, batch_size, mask_id, dict(cond or {}),
+                              atol, g)  # fmt: skip
+                return
             _denoiser_checks(model, vocab_size, length, batch_size, mask_id, dict(cond or {}),
                              soft, padding, atol, g)  # fmt: skip
     finally:
@@ -230,6 +249,34 @@ def _denoiser_checks(model: Callable[..., Tensor], k: int, length: int, b: int,
         _check_soft(model, z, sigma, cond, out, k, soft, atol)
     if padding is not None and _takes(model, padding):
         _check_padding(model, z, sigma, cond, k, padding, mask_id, atol, g)
+
+
+def _block_checks(model: Callable[..., Tensor], k: int, bs: int, b: int, mask_id: int | None,
+                  cond: dict[str, Any], atol: float, g: torch.Generator) -> None:  # fmt: skip
+    length = 3 * bs
+    z, x = (torch.randint(0, k, (b, length), generator=g) for _ in range(2))
+    sigma = torch.rand(b, length, generator=g) * 4 + 0.05
+    what = f"the block model's training call (B, L) = {(b, length)}, block_size={bs}, x_0="
+    out = _logits_of(model, what, z, sigma, x_0=x, **cond)
+    _check_logits(out, (b, length, k), mask_id, what)
+    _close(_logits_of(model, what, z, sigma, x_0=x, **cond), out, atol,
+           "two training calls on the same input in eval mode (not deterministic)")  # fmt: skip
+    alone = _logits_of(model, "one row", z[1:2], sigma[1:2], x_0=x[1:2], **_rows(cond, slice(1, 2)))
+    _close(alone, out[1:2], atol, "row 1 alone and in its batch (rows interact)")
+    mid = slice(bs, 2 * bs)  # the middle block reads its own noisy tokens and the clean block 0
+    z2, x2 = z.clone(), x.clone()
+    z2[:, :bs], z2[:, 2 * bs :] = (z[:, :bs] + 1) % k, (z[:, 2 * bs :] + 1) % k
+    x2[:, bs:] = (x[:, bs:] + 1) % k
+    moved = _logits_of(model, what, z2, sigma, x_0=x2, **cond)
+    _close(moved[:, mid], out[:, mid], atol, "block 1's logits when only other blocks' noisy "
+           "tokens and the clean copy of blocks >= 1 change (the block mask leaks)")  # fmt: skip
+    if callable(getattr(model, "prefill", None)) and callable(getattr(model, "new_kv_cache", None)):
+        cache = model.new_kv_cache()
+        model.prefill(x[:, : 2 * bs], cache, **cond)
+        got = _logits_of(model, "the cached call", z[:, 2 * bs :], sigma[:, 2 * bs :],
+                         kv_cache=cache, **cond)  # fmt: skip
+        _close(got, out[:, 2 * bs :], atol,
+               "the cached call on block 2 after prefill(x_0 blocks 0, 1) and the training call")
 
 
 def _check_soft(model: Callable[..., Tensor], z: Tensor, sigma: Tensor, cond: dict[str, Any],
