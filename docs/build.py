@@ -36,7 +36,8 @@ PAGES = {  # page module -> (title, the markdown file it includes, a one-line su
               "what it gets right, the layout."),
     "concepts": ("Concepts", "docs/concepts.md",
                  "The mathematics: forward processes, the duality T, the NELBOs, the curriculum, "
-                 "the samplers with their tails and Ψ, DCD and SDTT, metrics."),
+                 "the samplers with their tails and Ψ, DCD and SDTT, metrics, block diffusion, "
+                 "the two meanings of a model's logits."),
     "training": ("Training example", "examples/README.md",
                  "The example: data, configs, the training loop on CPU or many GPUs, unpacked "
                  "data, your own backbone, evaluation, released checkpoints."),
