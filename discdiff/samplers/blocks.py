@@ -422,7 +422,8 @@ def sample_masked_blocks(
 
     def make_predict(denoiser: Denoiser, clean: Tensor | None) -> Predict:
         return Predictor(denoiser, vocab_size, cond=cond, guidance=guidance,
-                         time_conditioned=time_conditioned, cache=reuse)  # fmt: skip
+                         time_conditioned=time_conditioned, cache=reuse,
+                         convert=False)  # fmt: skip
 
     def prior(rows: int, b: int, source: Source, where: torch.device) -> Tensor:
         return torch.full((rows, b), mask_id, dtype=torch.long, device=where)

@@ -4,8 +4,8 @@ cost: ``decode(Decoding(...), denoiser, n, length, ...)`` -> ``Decoded``.
 A ``Decoding`` names a step object (``UniformStep``, ``MaskedStep`` or a policy of
 ``discdiff.samplers.policies``), a step count, a tail and what the step reads: the exact
 uniform steps read x_hat, ``EntropyBoundStep`` was designed for the posterior p(x | z_t) of a
-model trained with cross-entropy, so a Duo model's x_hat is converted for it, exactly
-(``discdiff.parameterization.posterior_from_x_hat``, at the level in float64). ``decode`` builds
+model trained with cross-entropy, so the ``Predictor`` converts a Duo model's x_hat for it
+(``Predictor(..., reads="posterior")``: exactly, at the level in float64). ``decode`` builds
 the parts as ``sample_uniform`` / ``sample_masked`` do (the same z_1 draw, grid, ``Predictor``
 and ``Finish``: with ``UniformStep`` / ``MaskedStep`` the samples are theirs for the same
 generator) and calls ``discdiff.samplers.loop.run``.
@@ -27,16 +27,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from discdiff.parameterization import (
-    Parameterization,
-    check_parameterization,
-    parameterization_of,
-    posterior_from_x_hat,
-)
+from discdiff.parameterization import Parameterization, check_parameterization
 from discdiff.samplers.categorical import randint
 from discdiff.samplers.grid import Tail, TimeGrid
 from discdiff.samplers.loop import Step, StepRecord, run
-from discdiff.samplers.parts import Filter, Finish, Prediction
+from discdiff.samplers.parts import Filter, Finish
 from discdiff.samplers.predict import Predictor
 from discdiff.schedules import Schedule
 from discdiff.typing import Denoiser, check_count
@@ -88,27 +83,6 @@ class Decoded:
         return self.samples.numel() / total if total > 0 else math.inf
 
 
-class _PosteriorPredict:
-    """A ``Predict`` whose logits are log p(x | z_t), converted from the x_hat logits of a
-    ``Predictor`` at sigma = -log alpha_t in float64 (the float32 sigma the denoiser sees
-    would cost the shift ~1e-7 of its value)."""
-
-    def __init__(self, predict: Predictor, vocab_size: int) -> None:
-        self.predict, self.vocab_size = predict, vocab_size
-
-    @property
-    def calls(self) -> int:
-        return self.predict.calls
-
-    def __call__(self, z: Int[Tensor, "b l"], alpha_t: float) -> Prediction:
-        pred = self.predict(z, alpha_t)
-        if pred.uncond is not None:  # a Predictor built here has no guidance
-            raise ValueError("a posterior-reading decoder takes no guidance")
-        alpha = torch.tensor(alpha_t, dtype=torch.float64, device=z.device)
-        sigma = -torch.log(alpha).expand(z.shape[0])
-        return Prediction(posterior_from_x_hat(pred.logits, z, sigma, self.vocab_size))
-
-
 class _Calls:
     """A callback counting the calls each row needed (module docstring): the row of the z a
     call saw holds a mask (masked process) and, with ``cache``, differs from the row's z at its
@@ -134,7 +108,7 @@ class _Calls:
 def _parts(
     decoding: Decoding, denoiser: Denoiser, vocab_size: int, mask_id: int | None,
     time_conditioned: bool,
-) -> tuple[Predictor | _PosteriorPredict, Finish | None, bool]:  # fmt: skip
+) -> tuple[Predictor, Finish | None, bool]:  # fmt: skip
     """The predictor, the tail and whether predictions are cached, as the samplers build them."""
     tail = decoding.tail
     if mask_id is not None:
@@ -146,14 +120,9 @@ def _parts(
         predict = Predictor(denoiser, vocab_size, time_conditioned=time_conditioned,
                             cache=cache, convert=False)  # fmt: skip
         return predict, None if tail == "none" else Finish("greedy", Filter(), mask_id), cache
-    own = parameterization_of(denoiser)
-    # a posterior-reading step on a posterior denoiser takes its logits as they are
-    predict = Predictor(denoiser, vocab_size, convert=decoding.reads == "x_hat")
-    wrapped = predict
-    if decoding.reads == "posterior" and own == "x_hat":
-        wrapped = _PosteriorPredict(predict, vocab_size)
+    predict = Predictor(denoiser, vocab_size, reads=decoding.reads)
     filt = getattr(decoding.step, "filter", Filter())
-    return wrapped, None if tail == "none" else Finish(tail, filt), False
+    return predict, None if tail == "none" else Finish(tail, filt), False
 
 
 @torch.no_grad()

@@ -45,13 +45,23 @@ __all__ = [
 ]
 
 
-@dataclass
 class Tally:
     """What a policy did: ``calls`` steps taken (one denoiser call each) and ``committed``
-    tokens committed by them (accepted or unmasked). ``per_call`` = committed / calls."""
+    tokens committed by them (accepted or unmasked). ``per_call`` = committed / calls.
 
-    calls: int = 0
-    committed: int = 0
+    The count stays on the tokens' device while the steps run (no host sync per step) and is
+    read back when ``committed`` is asked for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._committed: Tensor | int = 0
+
+    def __repr__(self) -> str:
+        return f"Tally(calls={self.calls}, committed={self.committed})"
+
+    @property
+    def committed(self) -> int:
+        return int(self._committed)
 
     @property
     def per_call(self) -> float:
@@ -59,10 +69,10 @@ class Tally:
 
     def add(self, committed: Tensor) -> None:
         self.calls += 1
-        self.committed += int(committed.sum())
+        self._committed = self._committed + committed.sum()
 
     def reset(self) -> None:
-        self.calls, self.committed = 0, 0
+        self.calls, self._committed = 0, 0
 
 
 def _unguided(pred: Prediction, name: str) -> Tensor:

@@ -23,7 +23,12 @@ from torch import Tensor
 
 from discdiff.context import token_levels
 from discdiff.denoise import denoise, noise_level
-from discdiff.parameterization import convert_logits, parameterization_of
+from discdiff.parameterization import (
+    Parameterization,
+    check_parameterization,
+    convert_logits,
+    parameterization_of,
+)
 from discdiff.samplers.parts import Guidance, Prediction
 from discdiff.typing import Denoiser
 
@@ -47,9 +52,10 @@ class Predictor:
     ``guidance.uncond``. With a ``clean`` mask (B, L) it sees per-token levels, 0 there.
     ``time_conditioned=False`` shows it sigma = 0 whatever alpha_t; ``cache`` (only then valid)
     returns the last prediction again while z is unchanged (one host sync per call), without
-    calling the denoiser. ``convert`` (the uniform process): a "posterior" denoiser's logits
-    become x_hat logits before any step sees them (``Prediction.logits`` and the callback's
-    ``StepRecord`` hold x_hat).
+    calling the denoiser. ``convert`` (the uniform process): the denoiser's logits become what
+    the step ``reads`` — x_hat (the exact steps) or the posterior (a policy such as
+    ``EntropyBoundStep``) — before any step sees them (``Prediction.logits`` and the
+    callback's ``StepRecord`` hold them); ``convert=False`` hands them over as they are.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class Predictor:
         time_conditioned: bool = True,
         cache: bool = False,
         convert: bool = True,
+        reads: Parameterization = "x_hat",
     ) -> None:
         if cache and time_conditioned:
             raise ValueError(
@@ -72,7 +79,8 @@ class Predictor:
         self.denoiser, self.vocab_size, self.cond = denoiser, vocab_size, cond
         self.guidance, self.clean = guidance, clean
         self.time_conditioned, self.cache = time_conditioned, cache
-        self.source = parameterization_of(denoiser) if convert else "x_hat"
+        self.target = check_parameterization(reads, "reads")
+        self.source = parameterization_of(denoiser) if convert else self.target
         self.calls = 0
         self._last: tuple[Tensor, Prediction] | None = None
 
@@ -81,10 +89,10 @@ class Predictor:
             return self._last[1]
         level = alpha_t if self.time_conditioned else 1.0
         sigma = token_levels(noise_level(level, z.shape[0], z.device), self.clean)
-        logits = self._x_hat(self._denoise(z, sigma, self.cond), z, level)
+        logits = self._read(self._denoise(z, sigma, self.cond), z, level)
         pred = Prediction(logits)
         if self.guidance is not None:
-            uncond = self._x_hat(self._denoise(z, sigma, self.guidance.uncond), z, level)
+            uncond = self._read(self._denoise(z, sigma, self.guidance.uncond), z, level)
             pred = Prediction(logits, uncond, self.guidance.scale)
         if self.cache:
             self._last = (z, pred)
@@ -94,11 +102,11 @@ class Predictor:
         self.calls += 1
         return denoise(self.denoiser, z, sigma, vocab_size=self.vocab_size, cond=cond)
 
-    def _x_hat(self, logits: Tensor, z: Tensor, level: float) -> Tensor:
-        """x_hat logits from the denoiser's, converted at sigma = -log alpha_t in float64 (the
-        float32 sigma the denoiser sees would cost the shift ~1e-7 of its value)."""
-        if self.source == "x_hat":
+    def _read(self, logits: Tensor, z: Tensor, level: float) -> Tensor:
+        """The logits the step reads, converted from the denoiser's at sigma = -log alpha_t in
+        float64 (the float32 sigma the denoiser sees would cost the shift ~1e-7 of its value)."""
+        if self.source == self.target:
             return logits
         alpha = torch.tensor(level, dtype=torch.float64, device=z.device)
         sigma = token_levels(-torch.log(alpha).expand(z.shape[0]), self.clean)
-        return convert_logits(logits, z, sigma, source=self.source, target="x_hat")
+        return convert_logits(logits, z, sigma, source=self.source, target=self.target)
